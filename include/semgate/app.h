@@ -1,0 +1,41 @@
+/* Process-wide state shared by the routes (struct sg_app, read-only after
+ * start except where a member says otherwise) and each worker thread's own
+ * connections (struct sg_worker, never shared between threads). */
+#ifndef SEMGATE_APP_H
+#define SEMGATE_APP_H
+
+#include "semgate/config.h"
+#include "semgate/upstream.h"
+
+struct store;
+struct prompts;
+
+struct sg_app {
+	const struct sg_config *cfg;
+	struct upstream_target llm;   /* the chat completions upstream */
+	struct prompts *prompts;      /* named system prompts, read-only */
+};
+
+struct sg_worker {
+	struct sg_app *app;
+	struct store *store;          /* created on first use */
+	struct upstream *up;          /* created on first use */
+};
+
+/* civetweb thread hooks (see http.h). */
+struct sg_worker *worker_create(struct sg_app *app);
+void worker_destroy(struct sg_worker *w);
+
+/* This thread's Redis store / HTTP client, created on first use; NULL only
+ * when out of memory. */
+struct store *worker_store(struct sg_worker *w);
+struct upstream *worker_upstream(struct sg_worker *w);
+
+/* Fill app from cfg (cfg borrowed; must outlive app): load prompts and
+ * check that the default prompt exists. On failure e names the problem;
+ * app_finish must still be called. */
+enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
+		     struct sg_error *e);
+void app_finish(struct sg_app *app);
+
+#endif

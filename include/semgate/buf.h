@@ -1,0 +1,32 @@
+/* A growable byte buffer with a hard cap, for everything filled from the
+ * network: it refuses to grow past its cap instead of eating memory. */
+#ifndef SEMGATE_BUF_H
+#define SEMGATE_BUF_H
+
+#include <stddef.h>
+#include "semgate/err.h"
+
+struct sg_buf {
+	char *data;   /* always NUL-terminated when non-NULL */
+	size_t len;
+	size_t alloc;
+	size_t cap;   /* maximum len; 0 means no limit (trusted data only) */
+};
+
+/* Initialise on the caller's memory; no allocation happens yet. */
+void sg_buf_init(struct sg_buf *b, size_t cap);
+/* Free the storage; b may be reused after sg_buf_init. Accepts NULL. */
+void sg_buf_finish(struct sg_buf *b);
+/* Drop the contents, keep the storage. */
+void sg_buf_reset(struct sg_buf *b);
+
+/* Append; SG_ERR_TOO_LARGE past the cap (nothing appended), SG_ERR_NOMEM. */
+enum sg_err sg_buf_append(struct sg_buf *b, const void *data, size_t len);
+enum sg_err sg_buf_puts(struct sg_buf *b, const char *s);
+enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Take ownership of the data (caller frees); the buffer becomes empty. */
+char *sg_buf_steal(struct sg_buf *b, size_t *len);
+
+#endif

@@ -1,0 +1,61 @@
+/* Configuration: every SEMGATE_* setting is one row of a table in config.c;
+ * parsing, range checks, --help and the start-up summary all come from it.
+ * Secrets are never printed by anything in this module. */
+#ifndef SEMGATE_CONFIG_H
+#define SEMGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include "semgate/err.h"
+
+struct sg_config {
+	/* server */
+	char *host;
+	long long port;
+	long long threads;
+	long long max_body_bytes;
+	long long keepalive_ms;
+	char *log_level;
+	/* redis */
+	char *redis_host;
+	long long redis_port;
+	char *redis_password;
+	long long redis_db;
+	char *redis_prefix;
+	long long redis_timeout_ms;
+	/* upstream LLM */
+	char *upstream_url;
+	char *upstream_api_key;
+	long long upstream_connect_timeout_ms;
+	long long upstream_timeout_ms;
+	long long max_upstream_bytes;
+	/* memory */
+	long long history_max;
+	long long history_ttl;
+	char *prompts_dir;
+	char *default_prompt;
+
+	/* set by config_load when the command line asked for these */
+	bool show_help;
+	bool show_version;
+};
+
+/* Fill cfg from defaults, then the environment (envp, NULL-terminated
+ * "NAME=value" strings; may be NULL), then argv (--flag VALUE or
+ * --flag=VALUE; argv[0] is skipped). On a bad value returns
+ * SG_ERR_BAD_REQUEST with a message naming the variable or flag, the value
+ * and the allowed range. cfg must be released with config_finish even on
+ * failure. Not thread-safe; call once at start. */
+enum sg_err config_load(struct sg_config *cfg, int argc, char **argv,
+			char **envp, struct sg_error *e);
+
+/* Free every string in cfg. Accepts NULL. */
+void config_finish(struct sg_config *cfg);
+
+/* Print usage with every option, its variable, default and range. */
+void config_print_help(FILE *out, const char *argv0);
+
+/* Log the effective configuration at info level, secrets shown as "(set)". */
+void config_log_summary(const struct sg_config *cfg);
+
+#endif

@@ -1,0 +1,35 @@
+/* Strict JSON parsing and typed getters over cJSON.
+ * sg_json_parse refuses anything DESIGN.md calls bad input: invalid UTF-8,
+ * lone surrogates, trailing bytes, nesting deeper than SG_JSON_MAX_DEPTH. */
+#ifndef SEMGATE_JSON_H
+#define SEMGATE_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <cjson/cJSON.h>
+#include "semgate/err.h"
+
+#define SG_JSON_MAX_DEPTH 64
+
+/* Parse exactly one JSON value from data[0..len). On success *out owns the
+ * tree (caller deletes). On failure returns SG_ERR_BAD_REQUEST with a message
+ * in e. Never reads past len; data need not be NUL-terminated. */
+enum sg_err sg_json_parse(const char *data, size_t len, cJSON **out,
+			  struct sg_error *e);
+
+/* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool sg_utf8_valid(const char *s, size_t len);
+
+/* Typed getters: return the borrowed item, or NULL when absent or of another
+ * type. */
+const char *sg_json_str(const cJSON *obj, const char *key);
+const cJSON *sg_json_obj(const cJSON *obj, const char *key);
+const cJSON *sg_json_arr(const cJSON *obj, const char *key);
+
+/* Render compactly; caller frees with free(). NULL on out of memory. */
+char *sg_json_render(const cJSON *item);
+
+/* Build {"error":{"message","type","code"}} rendered; caller frees. */
+char *sg_json_error_body(const char *message, const char *type, const char *code);
+
+#endif

@@ -1,0 +1,62 @@
+/* HTTP client for OpenAI-compatible APIs (the LLM and embedding services)
+ * over libcurl. One struct upstream per worker thread holds one easy handle,
+ * so connections to the upstream stay alive between requests. Never logs a
+ * key or a request body. */
+#ifndef SEMGATE_UPSTREAM_H
+#define SEMGATE_UPSTREAM_H
+
+#include <stddef.h>
+#include "semgate/buf.h"
+#include "semgate/err.h"
+
+/* Where and how to call. All fields borrowed. */
+struct upstream_target {
+	const char *base_url;      /* e.g. "https://api.openai.com/v1" */
+	const char *api_key;       /* Bearer token, or "" for none */
+	long long connect_timeout_ms;
+	long long timeout_ms;
+	size_t max_bytes;          /* cap on the response body */
+};
+
+struct upstream_resp {
+	long status;               /* HTTP status, 0 before any answer */
+	struct sg_buf body;        /* capped at target->max_bytes */
+	double ms;                 /* wall time of the call */
+};
+
+/* Called for each piece of a streamed body as libcurl delivers it.
+ * Return non-zero to abort the transfer (e.g. the client went away). */
+typedef int (*upstream_data_fn)(void *ud, long status, const char *data, size_t len);
+
+struct upstream;
+
+/* Call once at start, before any thread uses the client. */
+enum sg_err upstream_global_init(void);
+void upstream_global_cleanup(void);
+
+/* NULL on out of memory. Owned by one thread. */
+struct upstream *upstream_create(void);
+void upstream_destroy(struct upstream *u);
+
+void upstream_resp_finish(struct upstream_resp *r);
+
+/* POST body (JSON) to base_url + path. bearer overrides the target's key
+ * when non-NULL (a client's own key passed through). On SG_OK out->status
+ * holds whatever status the upstream answered (the caller judges it).
+ * SG_ERR_UPSTREAM: unreachable, bad answer or body over the cap;
+ * SG_ERR_TIMEOUT: the connect or total timeout passed. out must be
+ * finished by the caller in every case. */
+enum sg_err upstream_post(struct upstream *u, const struct upstream_target *t,
+			  const char *path, const char *body, size_t len,
+			  const char *bearer, struct upstream_resp *out,
+			  struct sg_error *e);
+
+/* Like upstream_post but hands the body to on_data piece by piece instead
+ * of collecting it (out->body stays empty). SG_ERR_CLIENT_GONE when on_data
+ * aborted. */
+enum sg_err upstream_post_stream(struct upstream *u, const struct upstream_target *t,
+				 const char *path, const char *body, size_t len,
+				 const char *bearer, upstream_data_fn on_data, void *ud,
+				 struct upstream_resp *out, struct sg_error *e);
+
+#endif

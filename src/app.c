@@ -1,0 +1,69 @@
+/* Process-wide application state and per-thread worker state: the wiring
+ * between configuration and the adapters' handles. Holds no request data. */
+#include <stdlib.h>
+
+#include <string.h>
+
+#include "semgate/app.h"
+#include "semgate/prompts.h"
+#include "semgate/store.h"
+
+enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
+		     struct sg_error *e)
+{
+	memset(app, 0, sizeof(*app));
+	app->cfg = cfg;
+	app->llm = (struct upstream_target){
+		.base_url = cfg->upstream_url,
+		.api_key = cfg->upstream_api_key,
+		.connect_timeout_ms = cfg->upstream_connect_timeout_ms,
+		.timeout_ms = cfg->upstream_timeout_ms,
+		.max_bytes = (size_t)cfg->max_upstream_bytes,
+	};
+	app->prompts = prompts_load(cfg->prompts_dir, e);
+	if (!app->prompts)
+		return e->code;
+	if (cfg->default_prompt[0] && !prompts_get(app->prompts, cfg->default_prompt))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"SEMGATE_DEFAULT_PROMPT: no prompt '%s' in %s (expected %s/%s.txt)",
+			cfg->default_prompt, cfg->prompts_dir, cfg->prompts_dir,
+			cfg->default_prompt);
+	return SG_OK;
+}
+
+void app_finish(struct sg_app *app)
+{
+	prompts_destroy(app->prompts);
+	app->prompts = NULL;
+}
+
+struct sg_worker *worker_create(struct sg_app *app)
+{
+	struct sg_worker *w = calloc(1, sizeof(*w));
+	if (w)
+		w->app = app;
+	return w;
+}
+
+void worker_destroy(struct sg_worker *w)
+{
+	if (!w)
+		return;
+	store_destroy(w->store);
+	upstream_destroy(w->up);
+	free(w);
+}
+
+struct store *worker_store(struct sg_worker *w)
+{
+	if (!w->store)
+		w->store = store_create(w->app->cfg);
+	return w->store;
+}
+
+struct upstream *worker_upstream(struct sg_worker *w)
+{
+	if (!w->up)
+		w->up = upstream_create();
+	return w->up;
+}

@@ -1,0 +1,388 @@
+/* Base layer: error names and status map, logging, the capped buffer and
+ * strict JSON parsing. Depends on libc and cJSON only; never on a server
+ * library, so every other module and every test can use it. */
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "semgate/buf.h"
+#include "semgate/clock.h"
+#include "semgate/err.h"
+#include "semgate/json.h"
+#include "semgate/log.h"
+
+/* ---- clocks ---- */
+
+double sg_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+int64_t sg_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- errors ---- */
+
+const char *sg_strerror(enum sg_err code)
+{
+	switch (code) {
+	case SG_OK: return "ok";
+	case SG_ERR_NOMEM: return "out of memory";
+	case SG_ERR_BAD_REQUEST: return "bad request";
+	case SG_ERR_NOT_FOUND: return "not found";
+	case SG_ERR_TOO_LARGE: return "too large";
+	case SG_ERR_UNAUTHORIZED: return "unauthorized";
+	case SG_ERR_RATE_LIMITED: return "rate limited";
+	case SG_ERR_REDIS: return "redis unavailable";
+	case SG_ERR_UPSTREAM: return "upstream failure";
+	case SG_ERR_TIMEOUT: return "timeout";
+	case SG_ERR_CLIENT_GONE: return "client disconnected";
+	case SG_ERR_INTERNAL: return "internal error";
+	}
+	return "unknown error";
+}
+
+int sg_err_http_status(enum sg_err code)
+{
+	switch (code) {
+	case SG_OK: return 200;
+	case SG_ERR_NOMEM: return 503;
+	case SG_ERR_BAD_REQUEST: return 400;
+	case SG_ERR_NOT_FOUND: return 404;
+	case SG_ERR_TOO_LARGE: return 413;
+	case SG_ERR_UNAUTHORIZED: return 401;
+	case SG_ERR_RATE_LIMITED: return 429;
+	case SG_ERR_REDIS: return 503;
+	case SG_ERR_UPSTREAM: return 502;
+	case SG_ERR_TIMEOUT: return 504;
+	case SG_ERR_CLIENT_GONE: return 499;
+	case SG_ERR_INTERNAL: return 500;
+	}
+	return 500;
+}
+
+const char *sg_err_type(enum sg_err code)
+{
+	switch (code) {
+	case SG_OK: return "ok";
+	case SG_ERR_BAD_REQUEST: return "invalid_request_error";
+	case SG_ERR_NOT_FOUND: return "not_found_error";
+	case SG_ERR_TOO_LARGE: return "invalid_request_error";
+	case SG_ERR_UNAUTHORIZED: return "authentication_error";
+	case SG_ERR_RATE_LIMITED: return "rate_limit_exceeded";
+	case SG_ERR_NOMEM:
+	case SG_ERR_REDIS: return "service_unavailable";
+	case SG_ERR_UPSTREAM:
+	case SG_ERR_TIMEOUT: return "upstream_error";
+	case SG_ERR_CLIENT_GONE:
+	case SG_ERR_INTERNAL: return "server_error";
+	}
+	return "server_error";
+}
+
+enum sg_err sg_error_set(struct sg_error *e, enum sg_err code, const char *fmt, ...)
+{
+	if (!e)
+		return code;
+	e->code = code;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		e->msg[0] = '\0';
+	return code;
+}
+
+/* ---- logging ---- */
+
+static enum sg_log_level g_level = SG_LOG_INFO;
+static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void sg_log_set_level(enum sg_log_level level) { g_level = level; }
+enum sg_log_level sg_log_get_level(void) { return g_level; }
+
+int sg_log_level_parse(const char *name)
+{
+	static const char *const names[] = { "debug", "info", "warn", "error" };
+	for (int i = 0; i < 4; i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+void sg_log(enum sg_log_level level, const char *fmt, ...)
+{
+	static const char *const names[] = { "debug", "info", "warn", "error" };
+	if (level < g_level)
+		return;
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* Keep every record on one line even if a message carries a newline. */
+	for (char *p = msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	char when[32];
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	pthread_mutex_lock(&g_log_lock);
+	fprintf(stderr, "%s.%03ldZ %s semgate: %s\n", when, ts.tv_nsec / 1000000,
+		names[level], msg);
+	pthread_mutex_unlock(&g_log_lock);
+}
+
+void sg_log_raw(const char *line)
+{
+	pthread_mutex_lock(&g_log_lock);
+	fputs(line, stderr);
+	fputc('\n', stderr);
+	pthread_mutex_unlock(&g_log_lock);
+}
+
+/* ---- capped buffer ---- */
+
+void sg_buf_init(struct sg_buf *b, size_t cap)
+{
+	b->data = NULL;
+	b->len = 0;
+	b->alloc = 0;
+	b->cap = cap;
+}
+
+void sg_buf_finish(struct sg_buf *b)
+{
+	if (!b)
+		return;
+	free(b->data);
+	b->data = NULL;
+	b->len = b->alloc = 0;
+}
+
+void sg_buf_reset(struct sg_buf *b)
+{
+	b->len = 0;
+	if (b->data)
+		b->data[0] = '\0';
+}
+
+enum sg_err sg_buf_append(struct sg_buf *b, const void *data, size_t len)
+{
+	if (b->cap && (len > b->cap || b->len > b->cap - len))
+		return SG_ERR_TOO_LARGE;
+	if (b->len + len + 1 > b->alloc) {
+		size_t want = b->alloc ? b->alloc : 256;
+		while (want < b->len + len + 1)
+			want *= 2;
+		char *p = realloc(b->data, want);
+		if (!p)
+			return SG_ERR_NOMEM;
+		b->data = p;
+		b->alloc = want;
+	}
+	if (len)
+		memcpy(b->data + b->len, data, len);
+	b->len += len;
+	b->data[b->len] = '\0';
+	return SG_OK;
+}
+
+enum sg_err sg_buf_puts(struct sg_buf *b, const char *s)
+{
+	return sg_buf_append(b, s, strlen(s));
+}
+
+enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
+{
+	char small[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(small, sizeof(small), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return SG_ERR_INTERNAL;
+	if ((size_t)n < sizeof(small))
+		return sg_buf_append(b, small, (size_t)n);
+	char *big = malloc((size_t)n + 1);
+	if (!big)
+		return SG_ERR_NOMEM;
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	enum sg_err rc = sg_buf_append(b, big, (size_t)n);
+	free(big);
+	return rc;
+}
+
+char *sg_buf_steal(struct sg_buf *b, size_t *len)
+{
+	if (!b->data && sg_buf_append(b, "", 0) != SG_OK)
+		return NULL;
+	char *p = b->data;
+	if (len)
+		*len = b->len;
+	b->data = NULL;
+	b->len = b->alloc = 0;
+	return p;
+}
+
+/* ---- strict JSON ---- */
+
+bool sg_utf8_valid(const char *str, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t i = 0;
+	while (i < len) {
+		unsigned c = s[i];
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		size_t n;
+		uint32_t cp;
+		if (c >= 0xC2 && c <= 0xDF) {
+			n = 1;
+			cp = c & 0x1F;
+		} else if (c >= 0xE0 && c <= 0xEF) {
+			n = 2;
+			cp = c & 0x0F;
+		} else if (c >= 0xF0 && c <= 0xF4) {
+			n = 3;
+			cp = c & 0x07;
+		} else {
+			return false;
+		}
+		if (len - i <= n)
+			return false;
+		for (size_t k = 1; k <= n; k++) {
+			if ((s[i + k] & 0xC0) != 0x80)
+				return false;
+			cp = (cp << 6) | (s[i + k] & 0x3F);
+		}
+		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+		    cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+		i += n + 1;
+	}
+	return true;
+}
+
+/* One pass over the text before cJSON sees it: nesting depth and raw
+ * control characters inside strings, which cJSON would accept. */
+static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
+{
+	int depth = 0;
+	bool in_str = false, esc = false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (in_str) {
+			if (esc)
+				esc = false;
+			else if (c == '\\')
+				esc = true;
+			else if (c == '"')
+				in_str = false;
+			else if (c < 0x20)
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"invalid JSON: control character in string at byte %zu", i);
+			continue;
+		}
+		if (c == '"') {
+			in_str = true;
+		} else if (c == '{' || c == '[') {
+			if (++depth > SG_JSON_MAX_DEPTH)
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"invalid JSON: nesting deeper than %d", SG_JSON_MAX_DEPTH);
+		} else if (c == '}' || c == ']') {
+			depth--;
+		} else if (c == '\0') {
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"invalid JSON: NUL byte at %zu", i);
+		}
+	}
+	return SG_OK;
+}
+
+enum sg_err sg_json_parse(const char *data, size_t len, cJSON **out,
+			  struct sg_error *e)
+{
+	*out = NULL;
+	if (!sg_utf8_valid(data, len))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "body is not valid UTF-8");
+	enum sg_err rc = json_prescan(data, len, e);
+	if (rc != SG_OK)
+		return rc;
+	const char *end = NULL;
+	cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, 0);
+	if (!root) {
+		size_t at = (end && end >= data) ? (size_t)(end - data) : 0;
+		if (len == 0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST, "empty body: expected JSON");
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"invalid JSON near byte %zu", at);
+	}
+	size_t pos = (size_t)(end - data);
+	while (pos < len && (data[pos] == ' ' || data[pos] == '\t' ||
+			     data[pos] == '\r' || data[pos] == '\n'))
+		pos++;
+	if (pos != len) {
+		cJSON_Delete(root);
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"invalid JSON: unexpected data after the value at byte %zu", pos);
+	}
+	*out = root;
+	return SG_OK;
+}
+
+const char *sg_json_str(const cJSON *obj, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+const cJSON *sg_json_obj(const cJSON *obj, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsObject(it) ? it : NULL;
+}
+
+const cJSON *sg_json_arr(const cJSON *obj, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsArray(it) ? it : NULL;
+}
+
+char *sg_json_render(const cJSON *item)
+{
+	return cJSON_PrintUnformatted(item);
+}
+
+char *sg_json_error_body(const char *message, const char *type, const char *code)
+{
+	cJSON *root = cJSON_CreateObject();
+	cJSON *err = cJSON_AddObjectToObject(root, "error");
+	char *out = NULL;
+	if (err && cJSON_AddStringToObject(err, "message", message) &&
+	    cJSON_AddStringToObject(err, "type", type) &&
+	    cJSON_AddStringToObject(err, "code", code))
+		out = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	return out;
+}

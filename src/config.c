@@ -1,0 +1,277 @@
+/* Configuration table, parsing and validation. Every setting is one row of
+ * config_rows[]; nothing else in the program reads SEMGATE_* variables.
+ * Secrets (passwords, API keys) are never echoed, not even in error text. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/config.h"
+#include "semgate/log.h"
+
+enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL };
+
+struct cfg_row {
+	const char *env;
+	const char *flag;
+	enum cfg_type type;
+	const char *def;
+	long long min, max;
+	size_t off;
+	const char *help;
+};
+
+#define OFF(f) offsetof(struct sg_config, f)
+
+static const struct cfg_row config_rows[] = {
+	{ "SEMGATE_HOST", "--host", CFG_STR, "127.0.0.1", 0, 0, OFF(host),
+	  "address to listen on" },
+	{ "SEMGATE_PORT", "--port", CFG_INT, "8080", 0, 65535, OFF(port),
+	  "TCP port to listen on (0 picks a free one)" },
+	{ "SEMGATE_THREADS", "--threads", CFG_INT, "256", 2, 4096, OFF(threads),
+	  "worker threads; each open connection or stream holds one" },
+	{ "SEMGATE_MAX_BODY_BYTES", "--max-body-bytes", CFG_INT, "4194304", 1024,
+	  1073741824, OFF(max_body_bytes), "largest request body accepted (413 above)" },
+	{ "SEMGATE_KEEPALIVE_MS", "--keepalive-ms", CFG_INT, "500", 0, 600000,
+	  OFF(keepalive_ms), "how long an idle keep-alive connection may hold a thread" },
+	{ "SEMGATE_LOG_LEVEL", "--log-level", CFG_LOGLEVEL, "info", 0, 0, OFF(log_level),
+	  "debug, info, warn or error" },
+	{ "SEMGATE_REDIS_HOST", "--redis-host", CFG_STR, "127.0.0.1", 0, 0,
+	  OFF(redis_host), "Redis host" },
+	{ "SEMGATE_REDIS_PORT", "--redis-port", CFG_INT, "6379", 1, 65535,
+	  OFF(redis_port), "Redis port" },
+	{ "SEMGATE_REDIS_PASSWORD", "--redis-password", CFG_SECRET, "", 0, 0,
+	  OFF(redis_password), "Redis AUTH password (empty: no AUTH)" },
+	{ "SEMGATE_REDIS_DB", "--redis-db", CFG_INT, "0", 0, 100000, OFF(redis_db),
+	  "Redis database number (SELECT)" },
+	{ "SEMGATE_REDIS_PREFIX", "--redis-prefix", CFG_STR, "sg:", 0, 0,
+	  OFF(redis_prefix), "prefix of every Redis key" },
+	{ "SEMGATE_REDIS_TIMEOUT_MS", "--redis-timeout-ms", CFG_INT, "500", 10,
+	  60000, OFF(redis_timeout_ms), "Redis connect and command timeout" },
+	{ "SEMGATE_UPSTREAM_URL", "--upstream-url", CFG_URL, "https://api.openai.com/v1",
+	  0, 0, OFF(upstream_url), "base URL of the OpenAI-compatible LLM API" },
+	{ "SEMGATE_UPSTREAM_API_KEY", "--upstream-api-key", CFG_SECRET, "", 0, 0,
+	  OFF(upstream_api_key), "API key sent upstream as a Bearer token" },
+	{ "SEMGATE_UPSTREAM_CONNECT_TIMEOUT_MS", "--upstream-connect-timeout-ms",
+	  CFG_INT, "5000", 1, 600000, OFF(upstream_connect_timeout_ms),
+	  "upstream connect timeout" },
+	{ "SEMGATE_UPSTREAM_TIMEOUT_MS", "--upstream-timeout-ms", CFG_INT, "120000",
+	  1, 3600000, OFF(upstream_timeout_ms), "upstream total timeout per call" },
+	{ "SEMGATE_MAX_UPSTREAM_BYTES", "--max-upstream-bytes", CFG_INT, "16777216",
+	  1024, 1073741824, OFF(max_upstream_bytes),
+	  "largest upstream response accepted (502 above)" },
+	{ "SEMGATE_HISTORY_MAX", "--history-max", CFG_INT, "20", 1, 10000,
+	  OFF(history_max), "messages kept per conversation (older ones are trimmed)" },
+	{ "SEMGATE_HISTORY_TTL", "--history-ttl", CFG_INT, "86400", 1, 31536000,
+	  OFF(history_ttl), "seconds a conversation lives after its last write" },
+	{ "SEMGATE_PROMPTS_DIR", "--prompts-dir", CFG_STR, "prompts", 0, 0,
+	  OFF(prompts_dir), "directory of named system prompts (NAME.txt)" },
+	{ "SEMGATE_DEFAULT_PROMPT", "--default-prompt", CFG_OPTSTR, "", 0, 0,
+	  OFF(default_prompt), "prompt prepended when a request has no system message" },
+};
+
+#define N_ROWS (sizeof(config_rows) / sizeof(config_rows[0]))
+
+static char **str_field(struct sg_config *cfg, const struct cfg_row *r)
+{
+	return (char **)((char *)cfg + r->off);
+}
+
+static long long *int_field(struct sg_config *cfg, const struct cfg_row *r)
+{
+	return (long long *)((char *)cfg + r->off);
+}
+
+static bool is_string_type(enum cfg_type t)
+{
+	switch (t) {
+	case CFG_STR:
+	case CFG_OPTSTR:
+	case CFG_SECRET:
+	case CFG_LOGLEVEL:
+	case CFG_URL:
+		return true;
+	case CFG_INT:
+		return false;
+	}
+	return false;
+}
+
+/* Name shown in errors: the source the value came from. */
+static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
+			     const char *val, const char *source, struct sg_error *e)
+{
+	const char *shown = r->type == CFG_SECRET ? "(hidden)" : val;
+	switch (r->type) {
+	case CFG_INT: {
+		errno = 0;
+		char *end = NULL;
+		long long v = strtoll(val, &end, 10);
+		if (errno || end == val || *end != '\0')
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not an integer (allowed %lld..%lld)",
+				source, shown, r->min, r->max);
+		if (v < r->min || v > r->max)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: %lld is out of range (allowed %lld..%lld)",
+				source, v, r->min, r->max);
+		*int_field(cfg, r) = v;
+		return SG_OK;
+	}
+	case CFG_LOGLEVEL:
+		if (sg_log_level_parse(val) < 0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not a log level (debug, info, warn, error)",
+				source, shown);
+		break;
+	case CFG_URL:
+		if (strncmp(val, "http://", 7) != 0 && strncmp(val, "https://", 8) != 0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not an http:// or https:// URL", source, shown);
+		break;
+	case CFG_STR:
+		if (r->off == OFF(redis_prefix)) {
+			for (const char *p = val; *p; p++)
+				if (*p <= ' ' || *p == '*' || *p == '?' || *p == '[' ||
+				    *p == ']' || *p == '\\' || (unsigned char)*p >= 0x7f)
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"%s: '%s' may only hold printable ASCII without "
+						"spaces or glob characters", source, shown);
+		} else if (val[0] == '\0') {
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: must not be empty", source);
+		}
+		break;
+	case CFG_OPTSTR:
+	case CFG_SECRET:
+		break;
+	}
+	char *copy = strdup(val);
+	if (!copy)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	char **slot = str_field(cfg, r);
+	free(*slot);
+	*slot = copy;
+	return SG_OK;
+}
+
+static const char *env_lookup(char **envp, const char *name)
+{
+	if (!envp)
+		return NULL;
+	size_t n = strlen(name);
+	for (char **p = envp; *p; p++)
+		if (strncmp(*p, name, n) == 0 && (*p)[n] == '=')
+			return *p + n + 1;
+	return NULL;
+}
+
+static const struct cfg_row *find_flag(const char *arg, size_t len)
+{
+	for (size_t i = 0; i < N_ROWS; i++)
+		if (strlen(config_rows[i].flag) == len &&
+		    strncmp(config_rows[i].flag, arg, len) == 0)
+			return &config_rows[i];
+	return NULL;
+}
+
+enum sg_err config_load(struct sg_config *cfg, int argc, char **argv,
+			char **envp, struct sg_error *e)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	enum sg_err rc;
+	for (size_t i = 0; i < N_ROWS; i++) {
+		const struct cfg_row *r = &config_rows[i];
+		/* Defaults are trusted; an empty default string is allowed. */
+		if (is_string_type(r->type)) {
+			char *copy = strdup(r->def);
+			if (!copy)
+				return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			*str_field(cfg, r) = copy;
+		} else {
+			*int_field(cfg, r) = strtoll(r->def, NULL, 10);
+		}
+	}
+	for (size_t i = 0; i < N_ROWS; i++) {
+		const char *v = env_lookup(envp, config_rows[i].env);
+		if (v && (rc = set_value(cfg, &config_rows[i], v, config_rows[i].env, e)))
+			return rc;
+	}
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+			cfg->show_help = true;
+			continue;
+		}
+		if (strcmp(arg, "--version") == 0 || strcmp(arg, "-V") == 0) {
+			cfg->show_version = true;
+			continue;
+		}
+		const char *eq = strchr(arg, '=');
+		size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+		const struct cfg_row *r = strncmp(arg, "--", 2) == 0 ? find_flag(arg, len) : NULL;
+		if (!r)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"unknown option '%.*s' (see --help)", (int)(len > 80 ? 80 : len), arg);
+		const char *val = eq ? eq + 1 : NULL;
+		if (!val) {
+			if (i + 1 >= argc)
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"%s needs a value", r->flag);
+			val = argv[++i];
+		}
+		if ((rc = set_value(cfg, r, val, r->flag, e)))
+			return rc;
+	}
+	return SG_OK;
+}
+
+void config_finish(struct sg_config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < N_ROWS; i++) {
+		if (!is_string_type(config_rows[i].type))
+			continue;
+		char **slot = str_field(cfg, &config_rows[i]);
+		free(*slot);
+		*slot = NULL;
+	}
+}
+
+void config_print_help(FILE *out, const char *argv0)
+{
+	fprintf(out,
+		"Usage: %s [OPTION VALUE]...\n"
+		"semgate: chat-memory and semantic-cache gateway for OpenAI-compatible LLM APIs.\n"
+		"Every option can also be set by its environment variable; a flag wins.\n\n",
+		argv0);
+	for (size_t i = 0; i < N_ROWS; i++) {
+		const struct cfg_row *r = &config_rows[i];
+		char range[64] = "";
+		if (r->type == CFG_INT)
+			snprintf(range, sizeof(range), ", %lld..%lld", r->min, r->max);
+		fprintf(out, "  %-32s %s\n  %-32s   %s (default: %s%s)\n",
+			r->flag, r->env, "", r->help,
+			r->def[0] ? r->def : "empty", range);
+	}
+	fprintf(out, "\n  %-32s show this help\n  %-32s show the version\n",
+		"--help, -h", "--version, -V");
+}
+
+void config_log_summary(const struct sg_config *cfg)
+{
+	for (size_t i = 0; i < N_ROWS; i++) {
+		const struct cfg_row *r = &config_rows[i];
+		struct sg_config *c = (struct sg_config *)cfg;
+		if (r->type == CFG_INT)
+			sg_log(SG_LOG_INFO, "config %s=%lld", r->env, *int_field(c, r));
+		else if (r->type == CFG_SECRET)
+			sg_log(SG_LOG_INFO, "config %s=%s", r->env,
+			       (*str_field(c, r))[0] ? "(set)" : "(empty)");
+		else
+			sg_log(SG_LOG_INFO, "config %s=%s", r->env, *str_field(c, r));
+	}
+}

@@ -1,0 +1,480 @@
+/* civetweb adapter: one catch-all handler dispatches over the route table,
+ * bounds body reads, writes JSON/error/chunked responses and one JSON access
+ * log line per request. The only file that includes civetweb.h. It never
+ * logs header values, so keys sent by clients cannot reach the log. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <civetweb.h>
+#include <cjson/cJSON.h>
+
+#include "semgate/http.h"
+#include "semgate/json.h"
+#include "semgate/log.h"
+
+struct sg_http {
+	struct mg_context *ctx;
+	const struct sg_route *routes;
+	size_t nroutes;
+	struct sg_app *app;
+	sg_worker_create_fn wcreate;
+	sg_worker_destroy_fn wdestroy;
+	long long max_body;
+	int port;
+};
+
+/* ---- routing ---- */
+
+/* Match path against pattern segment by segment; {x} captures one
+ * non-empty segment. Returns true on a match. */
+static bool route_match(const char *pattern, const char *path, struct sg_req *req)
+{
+	const char *p = pattern, *s = path;
+	int np = 0;
+	while (*p && *s) {
+		if (*p == '{') {
+			const char *pe = strchr(p, '}');
+			const char *se = strchr(s, '/');
+			size_t slen = se ? (size_t)(se - s) : strlen(s);
+			if (!pe || slen == 0 || np >= SG_HTTP_MAX_PARAMS)
+				return false;
+			/* an overlong segment still matches but captures "", which
+			 * every route refuses as an invalid id */
+			if (slen >= SG_HTTP_PARAM_MAX) {
+				req->params[np][0] = '\0';
+			} else {
+				memcpy(req->params[np], s, slen);
+				req->params[np][slen] = '\0';
+			}
+			np++;
+			p = pe + 1;
+			s += slen;
+			continue;
+		}
+		if (*p != *s)
+			return false;
+		p++;
+		s++;
+	}
+	if (*p || *s)
+		return false;
+	req->nparams = np;
+	return true;
+}
+
+/* ---- request access ---- */
+
+const char *http_header(const struct sg_req *req, const char *name)
+{
+	return mg_get_header((struct mg_connection *)req->conn, name);
+}
+
+enum sg_err http_read_body(struct sg_req *req, struct sg_error *e)
+{
+	struct mg_connection *conn = req->conn;
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	size_t cap = req->body.cap;
+	if (ri->content_length >= 0 && (unsigned long long)ri->content_length > cap)
+		return sg_error_set(e, SG_ERR_TOO_LARGE,
+			"request body of %lld bytes exceeds the limit of %zu bytes",
+			ri->content_length, cap);
+	char chunk[16384];
+	for (;;) {
+		int n = mg_read(conn, chunk, sizeof(chunk));
+		if (n == 0)
+			break;
+		if (n < 0)
+			return sg_error_set(e, SG_ERR_CLIENT_GONE,
+				"connection closed while reading the body");
+		enum sg_err rc = sg_buf_append(&req->body, chunk, (size_t)n);
+		if (rc == SG_ERR_TOO_LARGE)
+			return sg_error_set(e, rc,
+				"request body exceeds the limit of %zu bytes", cap);
+		if (rc != SG_OK)
+			return sg_error_set(e, rc, "out of memory reading the body");
+	}
+	if (ri->content_length >= 0 && (long long)req->body.len != ri->content_length)
+		return sg_error_set(e, SG_ERR_CLIENT_GONE, "body shorter than Content-Length");
+	if (!req->body.data && sg_buf_append(&req->body, "", 0) != SG_OK)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	return SG_OK;
+}
+
+/* ---- responses ---- */
+
+static bool header_value_ok(const char *v)
+{
+	for (; *v; v++)
+		if (*v == '\r' || *v == '\n' || (unsigned char)*v < 0x20)
+			return false;
+	return true;
+}
+
+static void add_headers(struct mg_connection *conn, const char *const *headers)
+{
+	if (!headers)
+		return;
+	for (size_t i = 0; headers[i] && headers[i + 1]; i += 2)
+		if (header_value_ok(headers[i]) && header_value_ok(headers[i + 1]))
+			mg_response_header_add(conn, headers[i], headers[i + 1], -1);
+}
+
+int http_send(struct sg_req *req, int status, const char *content_type,
+	      const char *body, size_t len, const char *const *headers)
+{
+	struct mg_connection *conn = req->conn;
+	char clen[32];
+	snprintf(clen, sizeof(clen), "%zu", len);
+	mg_response_header_start(conn, status);
+	mg_response_header_add(conn, "Content-Type", content_type, -1);
+	mg_response_header_add(conn, "Content-Length", clen, -1);
+	mg_response_header_add(conn, "Cache-Control", "no-store", -1);
+	if (status == 413)
+		mg_response_header_add(conn, "Connection", "close", -1);
+	add_headers(conn, headers);
+	mg_response_header_send(conn);
+	if (len && strcmp(req->method, "HEAD") != 0)
+		mg_write(conn, body, len);
+	req->status = status;
+	return status;
+}
+
+int http_send_json(struct sg_req *req, int status, const char *json,
+		   const char *const *headers)
+{
+	return http_send(req, status, "application/json", json, strlen(json), headers);
+}
+
+int http_send_error(struct sg_req *req, int status, const char *type,
+		    const char *code, const char *message)
+{
+	char *body = sg_json_error_body(message, type, code);
+	static const char fallback[] =
+		"{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+		"\"code\":\"out_of_memory\"}}";
+	const char *retry[] = { "Retry-After", "1", NULL };
+	int rc = http_send(req, body ? status : 503, "application/json",
+			   body ? body : fallback, body ? strlen(body) : strlen(fallback),
+			   (body ? status : 503) == 503 ? retry : NULL);
+	free(body);
+	return rc;
+}
+
+static const char *err_code_name(enum sg_err code)
+{
+	switch (code) {
+	case SG_OK: return "ok";
+	case SG_ERR_NOMEM: return "out_of_memory";
+	case SG_ERR_BAD_REQUEST: return "invalid_request";
+	case SG_ERR_NOT_FOUND: return "not_found";
+	case SG_ERR_TOO_LARGE: return "request_too_large";
+	case SG_ERR_UNAUTHORIZED: return "invalid_api_key";
+	case SG_ERR_RATE_LIMITED: return "rate_limit_exceeded";
+	case SG_ERR_REDIS: return "redis_unavailable";
+	case SG_ERR_UPSTREAM: return "upstream_unavailable";
+	case SG_ERR_TIMEOUT: return "upstream_timeout";
+	case SG_ERR_CLIENT_GONE: return "client_closed_request";
+	case SG_ERR_INTERNAL: return "internal_error";
+	}
+	return "internal_error";
+}
+
+int http_send_sg_error(struct sg_req *req, const struct sg_error *e)
+{
+	return http_send_error(req, sg_err_http_status(e->code), sg_err_type(e->code),
+			       err_code_name(e->code),
+			       e->msg[0] ? e->msg : sg_strerror(e->code));
+}
+
+enum sg_err http_stream_begin(struct sg_req *req, int status,
+			      const char *content_type, const char *const *headers)
+{
+	struct mg_connection *conn = req->conn;
+	mg_response_header_start(conn, status);
+	mg_response_header_add(conn, "Content-Type", content_type, -1);
+	mg_response_header_add(conn, "Cache-Control", "no-cache", -1);
+	mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
+	add_headers(conn, headers);
+	req->status = status;
+	req->streaming = true;
+	if (mg_response_header_send(conn) < 0)
+		return SG_ERR_CLIENT_GONE;
+	return SG_OK;
+}
+
+enum sg_err http_stream_write(struct sg_req *req, const char *data, size_t len)
+{
+	if (len == 0)
+		return SG_OK;
+	if (mg_send_chunk(req->conn, data, (unsigned)len) <= 0)
+		return SG_ERR_CLIENT_GONE;
+	return SG_OK;
+}
+
+void http_stream_end(struct sg_req *req)
+{
+	mg_send_chunk(req->conn, "", 0);
+}
+
+/* ---- access log ---- */
+
+static void access_log(const struct sg_req *req, double ms)
+{
+	if (sg_log_get_level() > SG_LOG_INFO)
+		return;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	char when[40];
+	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(when + n, sizeof(when) - n, ".%03ldZ", ts.tv_nsec / 1000000);
+	cJSON_AddStringToObject(o, "time", when);
+	cJSON_AddStringToObject(o, "msg", "request");
+	cJSON_AddStringToObject(o, "method", req->method);
+	/* the raw path is client data: keep it short and valid UTF-8 */
+	char path[256];
+	snprintf(path, sizeof(path), "%s", req->path);
+	if (!sg_utf8_valid(path, strlen(path)))
+		snprintf(path, sizeof(path), "(invalid utf-8)");
+	cJSON_AddStringToObject(o, "path", path);
+	cJSON_AddStringToObject(o, "route", req->route ? req->route : "-");
+	cJSON_AddNumberToObject(o, "status", req->status);
+	cJSON_AddStringToObject(o, "tenant", req->tenant);
+	if (req->cache_outcome)
+		cJSON_AddStringToObject(o, "cache", req->cache_outcome);
+	if (req->similarity >= -1.0)
+		cJSON_AddNumberToObject(o, "similarity", req->similarity);
+	cJSON_AddNumberToObject(o, "ms", (double)(long long)(ms * 1000) / 1000.0);
+	if (req->upstream_ms >= 0)
+		cJSON_AddNumberToObject(o, "upstream_ms",
+					(double)(long long)(req->upstream_ms * 1000) / 1000.0);
+	char *line = cJSON_PrintUnformatted(o);
+	if (line)
+		sg_log_raw(line);
+	free(line);
+	cJSON_Delete(o);
+}
+
+/* ---- dispatch ---- */
+
+static int dispatch(struct mg_connection *conn, void *cbdata)
+{
+	struct sg_http *h = cbdata;
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	double t0 = sg_now_ms();
+	struct sg_req req;
+	memset(&req, 0, sizeof(req));
+	req.method = ri->request_method;
+	req.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+	req.query = ri->query_string;
+	req.app = h->app;
+	req.worker = mg_get_thread_pointer(conn);
+	req.conn = conn;
+	req.similarity = -2.0;
+	req.upstream_ms = -1.0;
+	snprintf(req.tenant, sizeof(req.tenant), "default");
+	sg_buf_init(&req.body, (size_t)h->max_body);
+
+	const struct sg_route *hit = NULL;
+	bool path_known = false;
+	for (size_t i = 0; i < h->nroutes; i++) {
+		if (!route_match(h->routes[i].pattern, req.path, &req))
+			continue;
+		path_known = true;
+		req.route = h->routes[i].pattern;
+		if (strcmp(h->routes[i].method, req.method) == 0) {
+			hit = &h->routes[i];
+			break;
+		}
+	}
+	if (hit) {
+		if (!req.worker)
+			http_send_error(&req, 503, "service_unavailable", "no_worker_state",
+					"worker thread has no state (out of memory)");
+		else
+			hit->fn(&req);
+	} else if (path_known) {
+		char allow[64] = "";
+		for (size_t i = 0; i < h->nroutes; i++) {
+			struct sg_req tmp;
+			memset(&tmp, 0, sizeof(tmp));
+			if (route_match(h->routes[i].pattern, req.path, &tmp) &&
+			    strlen(allow) + strlen(h->routes[i].method) + 3 < sizeof(allow)) {
+				if (allow[0])
+					strcat(allow, ", ");
+				strcat(allow, h->routes[i].method);
+			}
+		}
+		char msg[128];
+		snprintf(msg, sizeof(msg), "method %.16s is not allowed here (allowed: %s)",
+			 req.method, allow);
+		const char *hdr[] = { "Allow", allow, NULL };
+		char *body = sg_json_error_body(msg, "invalid_request_error",
+						"method_not_allowed");
+		if (body)
+			http_send(&req, 405, "application/json", body, strlen(body), hdr);
+		else
+			http_send_error(&req, 503, "server_error", "out_of_memory", "out of memory");
+		free(body);
+	} else {
+		req.route = NULL;
+		http_send_error(&req, 404, "invalid_request_error", "not_found",
+				"no such route");
+	}
+	if (req.status == 0) {
+		/* a handler must answer; make a missing answer visible, not a hang */
+		sg_log(SG_LOG_ERROR, "handler for %s sent no response", req.route);
+		http_send_error(&req, 500, "server_error", "internal_error",
+				"handler sent no response");
+	}
+	access_log(&req, sg_now_ms() - t0);
+	sg_buf_finish(&req.body);
+	return req.status;
+}
+
+/* ---- lifecycle ---- */
+
+void http_global_init(void)
+{
+	mg_init_library(0);
+}
+
+void http_global_cleanup(void)
+{
+	mg_exit_library();
+}
+
+static void *on_thread_init(const struct mg_context *ctx, int thread_type)
+{
+	struct sg_http *h = mg_get_user_data(ctx);
+	if (thread_type != 1 || !h || !h->wcreate)
+		return NULL;
+	return h->wcreate(h->app);
+}
+
+static void on_thread_exit(const struct mg_context *ctx, int thread_type, void *ptr)
+{
+	struct sg_http *h = mg_get_user_data(ctx);
+	if (thread_type == 1 && h && h->wdestroy && ptr)
+		h->wdestroy(ptr);
+}
+
+static int on_log_message(const struct mg_connection *conn, const char *message)
+{
+	(void)conn;
+	sg_log(SG_LOG_DEBUG, "civetweb: %s", message);
+	return 1;
+}
+
+struct sg_http *http_start(const struct sg_http_opts *opts,
+			   const struct sg_route *routes, size_t nroutes,
+			   struct sg_app *app, sg_worker_create_fn wcreate,
+			   sg_worker_destroy_fn wdestroy, struct sg_error *e)
+{
+	struct sg_http *h = calloc(1, sizeof(*h));
+	if (!h) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	h->routes = routes;
+	h->nroutes = nroutes;
+	h->app = app;
+	h->wcreate = wcreate;
+	h->wdestroy = wdestroy;
+	h->max_body = opts->max_body_bytes;
+
+	char ports[300], threads[16], keepalive[24], reqto[24];
+	if (strchr(opts->host, ':'))
+		snprintf(ports, sizeof(ports), "[%s]:%d", opts->host, opts->port);
+	else
+		snprintf(ports, sizeof(ports), "%s:%d", opts->host, opts->port);
+	snprintf(threads, sizeof(threads), "%d", opts->threads);
+	snprintf(keepalive, sizeof(keepalive), "%lld", opts->keepalive_ms);
+	snprintf(reqto, sizeof(reqto), "%d", opts->request_timeout_ms);
+	const char *options[] = {
+		"listening_ports", ports,
+		"num_threads", threads,
+		"tcp_nodelay", "1",
+		"enable_keep_alive", opts->keepalive_ms > 0 ? "yes" : "no",
+		"keep_alive_timeout_ms", keepalive,
+		"request_timeout_ms", reqto,
+		"decode_url", "no",
+		"listen_backlog", "1024",
+		"connection_queue", "1024",
+		NULL,
+	};
+	struct mg_callbacks cb;
+	memset(&cb, 0, sizeof(cb));
+	cb.init_thread = on_thread_init;
+	cb.exit_thread = on_thread_exit;
+	cb.log_message = on_log_message;
+	h->ctx = mg_start(&cb, h, options);
+	if (!h->ctx) {
+		sg_error_set(e, SG_ERR_INTERNAL, "cannot listen on %s (address in use?)", ports);
+		free(h);
+		return NULL;
+	}
+	mg_set_request_handler(h->ctx, "/", dispatch, h);
+	struct mg_server_port sp[4];
+	int n = mg_get_server_ports(h->ctx, 4, sp);
+	h->port = n > 0 ? sp[0].port : opts->port;
+	return h;
+}
+
+int http_port(const struct sg_http *h)
+{
+	return h->port;
+}
+
+/* civetweb's master thread polls the listening socket with a 2 s timeout
+ * and only then notices the stop flag; a loopback connection wakes it at
+ * once, so shutdown takes milliseconds instead of up to two seconds. */
+struct waker {
+	int port;
+	atomic_bool done;
+};
+
+static void *wake_master(void *arg)
+{
+	struct waker *w = arg;
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)w->port) };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (int i = 0; i < 100 && !atomic_load(&w->done); i++) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0) {
+			connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+			close(fd);
+		}
+		const struct timespec pause = { 0, 20 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
+	}
+	return NULL;
+}
+
+void http_stop(struct sg_http *h)
+{
+	if (!h)
+		return;
+	struct waker w = { .port = h->port };
+	atomic_init(&w.done, false);
+	pthread_t t;
+	bool have_waker = pthread_create(&t, NULL, wake_master, &w) == 0;
+	mg_stop(h->ctx);
+	atomic_store(&w.done, true);
+	if (have_waker)
+		pthread_join(t, NULL);
+	free(h);
+}

@@ -1,0 +1,102 @@
+/* semgate entry point: configuration, wiring and signals only. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "semgate/app.h"
+#include "semgate/config.h"
+#include "semgate/http.h"
+#include "semgate/log.h"
+#include "semgate/routes.h"
+#include "semgate/upstream.h"
+
+#ifndef SEMGATE_VERSION
+#define SEMGATE_VERSION "0.1.0"
+#endif
+
+extern char **environ;
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	g_stop = 1;
+}
+
+int main(int argc, char **argv)
+{
+	struct sg_config cfg;
+	struct sg_error e = { 0 };
+	int rc = 1;
+	if (config_load(&cfg, argc, argv, environ, &e) != SG_OK) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		config_finish(&cfg);
+		return 2;
+	}
+	if (cfg.show_help) {
+		config_print_help(stdout, argv[0]);
+		config_finish(&cfg);
+		return 0;
+	}
+	if (cfg.show_version) {
+		printf("semgate %s\n", SEMGATE_VERSION);
+		config_finish(&cfg);
+		return 0;
+	}
+	sg_log_set_level((enum sg_log_level)sg_log_level_parse(cfg.log_level));
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	if (upstream_global_init() != SG_OK) {
+		fprintf(stderr, "semgate: cannot initialise libcurl\n");
+		config_finish(&cfg);
+		return 1;
+	}
+	http_global_init();
+
+	struct sg_app app;
+	if (app_init(&app, &cfg, &e) != SG_OK) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		rc = 2;
+		goto out;
+	}
+	config_log_summary(&cfg);
+
+	size_t nroutes;
+	const struct sg_route *routes = routes_table(&nroutes);
+	struct sg_http_opts opts = {
+		.host = cfg.host,
+		.port = (int)cfg.port,
+		.threads = (int)cfg.threads,
+		.max_body_bytes = cfg.max_body_bytes,
+		.keepalive_ms = cfg.keepalive_ms,
+		.request_timeout_ms = 30000,
+	};
+	struct sg_http *http = http_start(&opts, routes, nroutes, &app, worker_create,
+					  worker_destroy, &e);
+	if (!http) {
+		sg_log(SG_LOG_ERROR, "%s", e.msg);
+		goto out;
+	}
+	sg_log(SG_LOG_INFO, "semgate %s listening on http://%s:%d", SEMGATE_VERSION,
+	       cfg.host, http_port(http));
+	const struct timespec tick = { 0, 100 * 1000 * 1000 };
+	while (!g_stop)
+		nanosleep(&tick, NULL);
+	sg_log(SG_LOG_INFO, "shutting down");
+	http_stop(http);
+	rc = 0;
+out:
+	app_finish(&app);
+	http_global_cleanup();
+	upstream_global_cleanup();
+	config_finish(&cfg);
+	return rc;
+}

@@ -1,0 +1,134 @@
+/* Conversations API: read, append to and delete a conversation's history.
+ * Ids are validated before anything touches Redis; a bad id or body changes
+ * nothing. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/app.h"
+#include "semgate/json.h"
+#include "semgate/memory.h"
+#include "semgate/routes.h"
+#include "semgate/scope.h"
+#include "semgate/store.h"
+
+static const char *conv_id(struct sg_req *req)
+{
+	const char *id = req->params[0];
+	return memory_id_valid(id) ? id : NULL;
+}
+
+static int bad_id(struct sg_req *req)
+{
+	return http_send_error(req, 400, "invalid_request_error", "invalid_conversation_id",
+			       "conversation id must match [A-Za-z0-9._:-]{1,128}");
+}
+
+static int redis_error(struct sg_req *req, const struct sg_error *e)
+{
+	return http_send_sg_error(req, e);
+}
+
+int route_conv_get(struct sg_req *req)
+{
+	const char *id = conv_id(req);
+	if (!id)
+		return bad_id(req);
+	struct sg_error e = { 0 };
+	struct store *s = worker_store(req->worker);
+	cJSON *hist = NULL;
+	long long ttl = -2;
+	if (!s)
+		return http_send_error(req, 503, "service_unavailable", "out_of_memory",
+				       "out of memory");
+	if (memory_load(s, req->tenant, id, &hist, &ttl, &e) != SG_OK)
+		return redis_error(req, &e);
+	if (cJSON_GetArraySize(hist) == 0) {
+		cJSON_Delete(hist);
+		return http_send_error(req, 404, "not_found_error", "conversation_not_found",
+				       "no such conversation");
+	}
+	int status;
+	cJSON *o = cJSON_CreateObject();
+	int len = cJSON_GetArraySize(hist);
+	if (o && cJSON_AddStringToObject(o, "id", id)) {
+		cJSON_AddItemToObject(o, "messages", hist);
+		hist = NULL;
+		cJSON_AddNumberToObject(o, "length", len);
+		cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
+	}
+	char *body = o ? cJSON_PrintUnformatted(o) : NULL;
+	if (body)
+		status = http_send_json(req, 200, body, NULL);
+	else
+		status = http_send_error(req, 503, "service_unavailable", "out_of_memory",
+					 "out of memory");
+	free(body);
+	cJSON_Delete(o);
+	cJSON_Delete(hist);
+	return status;
+}
+
+int route_conv_append(struct sg_req *req)
+{
+	const char *id = conv_id(req);
+	if (!id)
+		return bad_id(req);
+	struct sg_error e = { 0 };
+	cJSON *body = NULL;
+	int status;
+	if (http_read_body(req, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	if (sg_json_parse(req->body.data, req->body.len, &body, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
+	if (!cJSON_IsObject(body)) {
+		sg_error_set(&e, SG_ERR_BAD_REQUEST, "the request body must be a JSON object");
+		status = http_send_sg_error(req, &e);
+		goto out;
+	}
+	if (!msgs) {
+		sg_error_set(&e, SG_ERR_BAD_REQUEST, "'messages' is required");
+		status = http_send_sg_error(req, &e);
+		goto out;
+	}
+	if (scope_validate_messages(msgs, &e) != SG_OK) {
+		status = http_send_sg_error(req, &e);
+		goto out;
+	}
+	struct store *s = worker_store(req->worker);
+	long long len = 0;
+	const struct sg_config *cfg = req->app->cfg;
+	if (!s) {
+		status = http_send_error(req, 503, "service_unavailable", "out_of_memory",
+					 "out of memory");
+		goto out;
+	}
+	if (memory_append(s, req->tenant, id, msgs, cfg->history_max, cfg->history_ttl,
+			  &len, &e) != SG_OK) {
+		status = redis_error(req, &e);
+		goto out;
+	}
+	char json[64];
+	snprintf(json, sizeof(json), "{\"length\":%lld}", len);
+	status = http_send_json(req, 201, json, NULL);
+out:
+	cJSON_Delete(body);
+	return status;
+}
+
+int route_conv_delete(struct sg_req *req)
+{
+	const char *id = conv_id(req);
+	if (!id)
+		return bad_id(req);
+	struct sg_error e = { 0 };
+	struct store *s = worker_store(req->worker);
+	bool existed = false;
+	if (!s)
+		return http_send_error(req, 503, "service_unavailable", "out_of_memory",
+				       "out of memory");
+	if (memory_delete(s, req->tenant, id, &existed, &e) != SG_OK)
+		return redis_error(req, &e);
+	return http_send(req, 204, "application/json", "", 0, NULL);
+}

@@ -1,0 +1,933 @@
+/* Vector index: per-partition row-major float32 matrices of L2-normalised
+ * rows with ids and expiry times beside them, scanned with cblas_sgemv and
+ * cblas_sgemm. Owns only its own memory: it never talks to Redis, never logs
+ * request data and never changes OpenBLAS' thread settings. */
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/err.h"
+#include "semgate/vindex.h"
+
+#define INITIAL_ROWS 8
+/* Never shrink a partition's arrays below this many rows. */
+#define SHRINK_FLOOR_ROWS 64
+/* BLAS takes row counts as int. */
+#define ROWS_MAX ((size_t)INT32_MAX)
+/* A single search scores this many rows per sgemv call: 256 KiB of scores
+ * stay in L2 while the max pass reads them back, and the buffer does not grow
+ * with the partition. */
+#define SCAN_BLOCK_ROWS 65536
+/* A batch search keeps at most this many scores (nq x block rows): 1 MiB. */
+#define BATCH_SCORES_MAX 262144
+
+struct part {
+	struct part *next; /* hash chain; changed by the writer under tlock */
+	uint64_t hash;
+	char *key;
+	size_t keylen;
+	int dim;               /* fixed at creation; read without locks */
+	atomic_long refs;      /* the table's reference plus one per search */
+	struct vindex *owner;  /* for byte accounting when the last ref goes */
+	pthread_rwlock_t lock; /* guards everything below */
+	size_t n;
+	/* Each array has its own capacity so that a failed realloc of one never
+	 * leaves another's size unknown; the usable capacity is the minimum. */
+	size_t cap_mat, cap_exp, cap_ids;
+	float *mat;            /* n x dim, row-major, rows of unit norm */
+	int64_t *exp;          /* expiry per row, ms since epoch, 0 = never */
+	char (*ids)[VINDEX_ID_MAX + 1];
+};
+
+/* id -> (partition, row), open addressing with linear probing. The key is
+ * not stored: it is p->ids[row], so a slot costs 16 bytes. */
+struct idslot {
+	struct part *p; /* NULL = empty slot */
+	uint32_t row;
+	uint32_t hash;
+};
+
+struct vindex {
+	/* Serialises writers (add, remove, expire, clear). Only writers change
+	 * the table, the id map or a partition, so a writer may read all of
+	 * them without further locks. */
+	pthread_mutex_t wlock;
+	/* Held shared by searches while they look a partition up, exclusive by
+	 * the writer while it changes the table's shape; never held during a
+	 * scan, nor while waiting for a partition lock. */
+	pthread_rwlock_t tlock;
+	struct part **buckets;
+	size_t nbuckets;
+	struct idslot *slots;
+	size_t nslots, nids;
+	atomic_size_t nparts, rows, bytes;
+};
+
+/* ---- small helpers ---- */
+
+static uint64_t hash_bytes(const char *s, size_t len)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 1099511628211ULL;
+	}
+	/* FNV's low bits mix poorly and both tables index by low bits. */
+	h ^= h >> 31;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	h ^= h >> 29;
+	return h;
+}
+
+static uint32_t id_hash(const char *id)
+{
+	return (uint32_t)hash_bytes(id, strlen(id));
+}
+
+static void account(struct vindex *vi, size_t old_bytes, size_t new_bytes)
+{
+	if (new_bytes >= old_bytes)
+		atomic_fetch_add(&vi->bytes, new_bytes - old_bytes);
+	else
+		atomic_fetch_sub(&vi->bytes, old_bytes - new_bytes);
+}
+
+/* Norm in double so that large finite components cannot overflow and tiny
+ * ones cannot underflow; 0 marks a vector that cannot be normalised. */
+static double norm_of(const float *v, int dim)
+{
+	double s = 0;
+	for (int i = 0; i < dim; i++) {
+		double x = v[i];
+		s += x * x;
+	}
+	if (!isfinite(s) || s <= 0)
+		return 0;
+	return sqrt(s);
+}
+
+float vindex_normalize(float *v, int dim)
+{
+	if (!v || dim < 1)
+		return 0;
+	double n = norm_of(v, dim);
+	if (n == 0)
+		return 0;
+	double inv = 1.0 / n;
+	for (int i = 0; i < dim; i++)
+		v[i] = (float)(v[i] * inv);
+	return n > FLT_MAX ? FLT_MAX : (float)n;
+}
+
+static bool id_valid(const char *id, size_t *len)
+{
+	size_t n = 0;
+	if (!id)
+		return false;
+	for (; id[n]; n++) {
+		unsigned char c = (unsigned char)id[n];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		          (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+		          c == ':' || c == '-';
+		if (!ok || n >= VINDEX_ID_MAX)
+			return false;
+	}
+	*len = n;
+	return n > 0;
+}
+
+static enum sg_err check_key(const char *key, size_t *len, struct sg_error *e)
+{
+	if (!key)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "partition key is missing");
+	size_t n = strnlen(key, VINDEX_KEY_MAX + 1);
+	if (n == 0 || n > VINDEX_KEY_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "partition key must be 1..%d bytes", VINDEX_KEY_MAX);
+	*len = n;
+	return SG_OK;
+}
+
+static enum sg_err check_dim(int dim, struct sg_error *e)
+{
+	if (dim < 1 || dim > VINDEX_DIM_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "vector dimension %d is outside 1..%d", dim,
+		                    VINDEX_DIM_MAX);
+	return SG_OK;
+}
+
+static enum sg_err dim_mismatch(struct sg_error *e, int dim, int part_dim)
+{
+	return sg_error_set(e, SG_ERR_BAD_REQUEST,
+	                    "vector has dimension %d but partition has %d", dim,
+	                    part_dim);
+}
+
+static void hit_none(struct vindex_hit *h)
+{
+	h->id[0] = '\0';
+	h->similarity = -1.0f;
+	h->found = false;
+}
+
+static void hit_set(struct vindex_hit *h, const char *id, double sim)
+{
+	/* Rounding can push |cos| a hair past 1. */
+	if (sim > 1.0)
+		sim = 1.0;
+	if (sim < -1.0)
+		sim = -1.0;
+	memcpy(h->id, id, VINDEX_ID_MAX + 1);
+	h->similarity = (float)sim;
+	h->found = true;
+}
+
+static bool live(int64_t expires, int64_t now_ms)
+{
+	return expires == 0 || expires > now_ms;
+}
+
+/* ---- per-thread scratch for scores ---- */
+
+struct scratch {
+	size_t cap; /* floats */
+	float v[];
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static bool scratch_key_ok;
+
+static void scratch_free(void *p)
+{
+	free(p);
+}
+
+static void scratch_key_init(void)
+{
+	scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+/* A buffer of at least want floats owned by the calling thread (grow-only,
+ * freed at thread exit), or NULL when it cannot be had. */
+static float *scratch_get(size_t want)
+{
+	pthread_once(&scratch_once, scratch_key_init);
+	if (!scratch_key_ok)
+		return NULL;
+	struct scratch *s = pthread_getspecific(scratch_key);
+	if (s && s->cap >= want)
+		return s->v;
+	/* calloc: the first sgemv/sgemm with beta = 0 then never reads junk */
+	struct scratch *ns = calloc(1, sizeof *ns + want * sizeof(float));
+	if (!ns)
+		return NULL;
+	ns->cap = want;
+	if (pthread_setspecific(scratch_key, ns) != 0) {
+		free(ns);
+		return NULL;
+	}
+	free(s);
+	return ns->v;
+}
+
+/* ---- partitions ---- */
+
+static size_t part_cap(const struct part *p)
+{
+	size_t c = p->cap_mat;
+	if (p->cap_exp < c)
+		c = p->cap_exp;
+	if (p->cap_ids < c)
+		c = p->cap_ids;
+	return c;
+}
+
+static size_t part_bytes(const struct part *p)
+{
+	return sizeof *p + p->keylen + 1 +
+	       p->cap_mat * (size_t)p->dim * sizeof(float) +
+	       p->cap_exp * sizeof(int64_t) + p->cap_ids * sizeof p->ids[0];
+}
+
+static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
+                             uint64_t hash, int dim)
+{
+	pthread_rwlockattr_t attr;
+	struct part *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->key = malloc(keylen + 1);
+	if (!p->key)
+		goto fail_key;
+	memcpy(p->key, key, keylen);
+	p->key[keylen] = '\0';
+	p->keylen = keylen;
+	p->hash = hash;
+	p->dim = dim;
+	p->owner = vi;
+	atomic_init(&p->refs, 1);
+	if (pthread_rwlockattr_init(&attr) != 0)
+		goto fail_attr;
+	/* glibc's default prefers readers: back-to-back searches on a busy
+	 * partition would starve every add. */
+	pthread_rwlockattr_setkind_np(&attr,
+	                              PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	int rc = pthread_rwlock_init(&p->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	if (rc != 0)
+		goto fail_attr;
+	account(vi, 0, part_bytes(p));
+	return p;
+
+fail_attr:
+	free(p->key);
+fail_key:
+	free(p);
+	return NULL;
+}
+
+static void part_unref(struct part *p)
+{
+	if (!p || atomic_fetch_sub(&p->refs, 1) != 1)
+		return;
+	account(p->owner, part_bytes(p), 0);
+	pthread_rwlock_destroy(&p->lock);
+	free(p->mat);
+	free(p->exp);
+	free(p->ids);
+	free(p->key);
+	free(p);
+}
+
+static void *resize(struct vindex *vi, void *arr, size_t old_bytes, size_t new_bytes)
+{
+	void *na = realloc(arr, new_bytes);
+	if (na)
+		account(vi, old_bytes, new_bytes);
+	return na;
+}
+
+/* Set every array's capacity to want (>= n, >= 1) rows. On failure some
+ * arrays may have changed, none is smaller than n, and false is returned.
+ * Caller holds p->lock exclusive (realloc moves what searches read). */
+static bool part_set_cap_locked(struct vindex *vi, struct part *p, size_t want)
+{
+	size_t rowb = (size_t)p->dim * sizeof(float);
+	if (p->cap_mat != want) {
+		float *m = resize(vi, p->mat, p->cap_mat * rowb, want * rowb);
+		if (!m)
+			return false;
+		p->mat = m;
+		p->cap_mat = want;
+	}
+	if (p->cap_exp != want) {
+		int64_t *x = resize(vi, p->exp, p->cap_exp * sizeof *x, want * sizeof *x);
+		if (!x)
+			return false;
+		p->exp = x;
+		p->cap_exp = want;
+	}
+	if (p->cap_ids != want) {
+		char (*d)[VINDEX_ID_MAX + 1] = resize(vi, p->ids,
+		                                     p->cap_ids * sizeof p->ids[0],
+		                                     want * sizeof p->ids[0]);
+		if (!d)
+			return false;
+		p->ids = d;
+		p->cap_ids = want;
+	}
+	return true;
+}
+
+/* Give back memory once a partition is at most a quarter full. */
+static void part_maybe_shrink_locked(struct vindex *vi, struct part *p)
+{
+	size_t cap = part_cap(p), want = cap;
+	if (p->n == 0)
+		return;
+	while (want / 2 >= SHRINK_FLOOR_ROWS && p->n <= want / 4)
+		want /= 2;
+	if (want != cap)
+		(void)part_set_cap_locked(vi, p, want); /* failing to shrink is harmless */
+}
+
+/* ---- partition table (writer changes it under tlock) ---- */
+
+static struct part *table_find(const struct vindex *vi, const char *key,
+                               size_t keylen, uint64_t hash)
+{
+	if (!vi->nbuckets)
+		return NULL;
+	for (struct part *p = vi->buckets[hash & (vi->nbuckets - 1)]; p; p = p->next)
+		if (p->hash == hash && p->keylen == keylen && memcmp(p->key, key, keylen) == 0)
+			return p;
+	return NULL;
+}
+
+/* Make room for one more partition; false when out of memory. */
+static bool table_reserve(struct vindex *vi)
+{
+	size_t nparts = atomic_load(&vi->nparts);
+	if (nparts + 1 <= vi->nbuckets)
+		return true;
+	size_t nb = vi->nbuckets ? vi->nbuckets * 2 : 16;
+	struct part **b = calloc(nb, sizeof *b);
+	if (!b)
+		return false;
+	pthread_rwlock_wrlock(&vi->tlock);
+	for (size_t i = 0; i < vi->nbuckets; i++) {
+		struct part *p = vi->buckets[i], *next;
+		for (; p; p = next) {
+			next = p->next;
+			p->next = b[p->hash & (nb - 1)];
+			b[p->hash & (nb - 1)] = p;
+		}
+	}
+	free(vi->buckets);
+	account(vi, vi->nbuckets * sizeof *b, nb * sizeof *b);
+	vi->buckets = b;
+	vi->nbuckets = nb;
+	pthread_rwlock_unlock(&vi->tlock);
+	return true;
+}
+
+static void table_link(struct vindex *vi, struct part *p)
+{
+	pthread_rwlock_wrlock(&vi->tlock);
+	struct part **head = &vi->buckets[p->hash & (vi->nbuckets - 1)];
+	p->next = *head;
+	*head = p;
+	pthread_rwlock_unlock(&vi->tlock);
+	atomic_fetch_add(&vi->nparts, 1);
+}
+
+/* Unlink p and drop the table's reference (searches holding one finish
+ * first; the last of them frees it). */
+static void table_unlink(struct vindex *vi, struct part *p)
+{
+	pthread_rwlock_wrlock(&vi->tlock);
+	struct part **pp = &vi->buckets[p->hash & (vi->nbuckets - 1)];
+	while (*pp != p)
+		pp = &(*pp)->next;
+	*pp = p->next;
+	pthread_rwlock_unlock(&vi->tlock);
+	atomic_fetch_sub(&vi->nparts, 1);
+	part_unref(p);
+}
+
+/* For searches: the partition with one reference taken, or NULL. */
+static struct part *part_acquire(struct vindex *vi, const char *key, size_t keylen)
+{
+	uint64_t h = hash_bytes(key, keylen);
+	pthread_rwlock_rdlock(&vi->tlock);
+	struct part *p = table_find(vi, key, keylen, h);
+	if (p)
+		atomic_fetch_add(&p->refs, 1);
+	pthread_rwlock_unlock(&vi->tlock);
+	return p;
+}
+
+/* ---- id map (writer only) ---- */
+
+static size_t idmap_find(const struct vindex *vi, const char *id, uint32_t h)
+{
+	if (!vi->nslots)
+		return SIZE_MAX;
+	size_t mask = vi->nslots - 1;
+	for (size_t i = h & mask;; i = (i + 1) & mask) {
+		const struct idslot *s = &vi->slots[i];
+		if (!s->p)
+			return SIZE_MAX;
+		if (s->hash == h && strcmp(s->p->ids[s->row], id) == 0)
+			return i;
+	}
+}
+
+static void idmap_put(struct idslot *slots, size_t nslots, struct idslot s)
+{
+	size_t mask = nslots - 1;
+	size_t i = s.hash & mask;
+	while (slots[i].p)
+		i = (i + 1) & mask;
+	slots[i] = s;
+}
+
+/* Make room for one more id (load <= 3/4); false when out of memory. */
+static bool idmap_reserve(struct vindex *vi)
+{
+	if ((vi->nids + 1) * 4 <= vi->nslots * 3)
+		return true;
+	size_t ns = vi->nslots ? vi->nslots * 2 : 64;
+	struct idslot *s = calloc(ns, sizeof *s);
+	if (!s)
+		return false;
+	for (size_t i = 0; i < vi->nslots; i++)
+		if (vi->slots[i].p)
+			idmap_put(s, ns, vi->slots[i]);
+	free(vi->slots);
+	account(vi, vi->nslots * sizeof *s, ns * sizeof *s);
+	vi->slots = s;
+	vi->nslots = ns;
+	return true;
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void idmap_delete(struct vindex *vi, size_t i)
+{
+	size_t mask = vi->nslots - 1, j = i;
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!vi->slots[j].p)
+			break;
+		size_t home = vi->slots[j].hash & mask;
+		bool movable = j > i ? (home <= i || home > j) : (home <= i && home > j);
+		if (movable) {
+			vi->slots[i] = vi->slots[j];
+			i = j;
+		}
+	}
+	vi->slots[i].p = NULL;
+	vi->nids--;
+}
+
+/* Remove row from p: its id leaves the id map and the last row moves into
+ * the hole. Caller is the writer and holds p->lock exclusive. */
+static void swap_remove_locked(struct vindex *vi, struct part *p, size_t row)
+{
+	size_t slot = idmap_find(vi, p->ids[row], id_hash(p->ids[row]));
+	if (slot != SIZE_MAX)
+		idmap_delete(vi, slot);
+	size_t last = p->n - 1;
+	if (row != last) {
+		size_t d = (size_t)p->dim;
+		memcpy(p->mat + row * d, p->mat + last * d, d * sizeof(float));
+		p->exp[row] = p->exp[last];
+		memcpy(p->ids[row], p->ids[last], sizeof p->ids[0]);
+		/* The moved id's slot still says row "last", whose id bytes are
+		 * intact, so the lookup finds it. */
+		slot = idmap_find(vi, p->ids[row], id_hash(p->ids[row]));
+		if (slot != SIZE_MAX)
+			vi->slots[slot].row = (uint32_t)row;
+	}
+	p->n = last;
+}
+
+/* Remove the row in id map slot; drop its partition if it empties.
+ * Caller is the writer. */
+static void drop_slot(struct vindex *vi, size_t slot)
+{
+	struct part *p = vi->slots[slot].p;
+	size_t row = vi->slots[slot].row;
+	pthread_rwlock_wrlock(&p->lock);
+	swap_remove_locked(vi, p, row);
+	part_maybe_shrink_locked(vi, p);
+	size_t left = p->n;
+	pthread_rwlock_unlock(&p->lock);
+	atomic_fetch_sub(&vi->rows, 1);
+	if (left == 0)
+		table_unlink(vi, p);
+}
+
+static void store_row(struct part *p, size_t row, const char *id, size_t idlen,
+                      const float *vec, double inv_norm, int64_t expires)
+{
+	float *dst = p->mat + row * (size_t)p->dim;
+	for (int i = 0; i < p->dim; i++)
+		dst[i] = (float)(vec[i] * inv_norm);
+	p->exp[row] = expires;
+	memset(p->ids[row], 0, sizeof p->ids[0]);
+	memcpy(p->ids[row], id, idlen);
+}
+
+/* ---- public API ---- */
+
+struct vindex *vindex_create(void)
+{
+	pthread_rwlockattr_t attr;
+	struct vindex *vi = calloc(1, sizeof *vi);
+	if (!vi)
+		return NULL;
+	if (pthread_mutex_init(&vi->wlock, NULL) != 0)
+		goto fail_mutex;
+	if (pthread_rwlockattr_init(&attr) != 0)
+		goto fail_attr;
+	pthread_rwlockattr_setkind_np(&attr,
+	                              PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	int rc = pthread_rwlock_init(&vi->tlock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	if (rc != 0)
+		goto fail_attr;
+	atomic_init(&vi->nparts, 0);
+	atomic_init(&vi->rows, 0);
+	atomic_init(&vi->bytes, 0);
+	return vi;
+
+fail_attr:
+	pthread_mutex_destroy(&vi->wlock);
+fail_mutex:
+	free(vi);
+	return NULL;
+}
+
+void vindex_destroy(struct vindex *vi)
+{
+	if (!vi)
+		return;
+	vindex_clear(vi);
+	pthread_rwlock_destroy(&vi->tlock);
+	pthread_mutex_destroy(&vi->wlock);
+	free(vi);
+}
+
+enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
+                       const char *id, const float *vec, int64_t expires_at_ms,
+                       struct sg_error *e)
+{
+	size_t keylen = 0, idlen = 0;
+	enum sg_err rc;
+
+	if (!vi)
+		return sg_error_set(e, SG_ERR_INTERNAL, "vector index is missing");
+	if ((rc = check_key(partition, &keylen, e)) != SG_OK ||
+	    (rc = check_dim(dim, e)) != SG_OK)
+		return rc;
+	if (!id_valid(id, &idlen))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "entry id must be 1..%d characters of [A-Za-z0-9._:-]",
+		                    VINDEX_ID_MAX);
+	if (!vec)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "vector is missing");
+	if (expires_at_ms < 0)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "expiry must be >= 0 ms since the epoch (0 = never)");
+	double norm = norm_of(vec, dim);
+	if (norm == 0)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "vector is zero or has a non-finite component");
+	double inv = 1.0 / norm;
+	uint64_t kh = hash_bytes(partition, keylen);
+	uint32_t ih = (uint32_t)hash_bytes(id, idlen);
+
+	pthread_mutex_lock(&vi->wlock);
+	struct part *p = table_find(vi, partition, keylen, kh);
+	if (p && p->dim != dim) {
+		rc = dim_mismatch(e, dim, p->dim);
+		goto out;
+	}
+	size_t old = idmap_find(vi, id, ih);
+	if (old != SIZE_MAX && vi->slots[old].p == p) {
+		/* Same partition: overwrite in place, so the id never vanishes
+		 * from concurrent searches. */
+		pthread_rwlock_wrlock(&p->lock);
+		store_row(p, vi->slots[old].row, id, idlen, vec, inv, expires_at_ms);
+		pthread_rwlock_unlock(&p->lock);
+		rc = SG_OK;
+		goto out;
+	}
+	/* Everything that can fail happens before the old row is touched. */
+	if (old == SIZE_MAX && !idmap_reserve(vi)) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory growing the id map");
+		goto out;
+	}
+	bool created = false;
+	if (!p) {
+		if (!table_reserve(vi) ||
+		    !(p = part_new(vi, partition, keylen, kh, dim))) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory creating a partition");
+			goto out;
+		}
+		created = true;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	if (p->n >= ROWS_MAX) {
+		rc = sg_error_set(e, SG_ERR_TOO_LARGE, "partition is full (%zu rows)", p->n);
+	} else if (p->n == part_cap(p)) {
+		size_t cap = part_cap(p);
+		size_t want = cap == 0 ? INITIAL_ROWS : cap > ROWS_MAX / 2 ? ROWS_MAX : cap * 2;
+		rc = part_set_cap_locked(vi, p, want) ? SG_OK :
+		     sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a partition to %zu rows",
+		                  want);
+	}
+	pthread_rwlock_unlock(&p->lock);
+	if (rc != SG_OK) {
+		if (created)
+			part_unref(p);
+		goto out;
+	}
+
+	/* p is another partition than the old row's, so dropping the old row
+	 * (and maybe its partition) leaves p and its reserved room alone. */
+	if (old != SIZE_MAX)
+		drop_slot(vi, old);
+	pthread_rwlock_wrlock(&p->lock);
+	size_t row = p->n;
+	store_row(p, row, id, idlen, vec, inv, expires_at_ms);
+	p->n++;
+	pthread_rwlock_unlock(&p->lock);
+	if (created)
+		table_link(vi, p);
+	struct idslot s = { .p = p, .row = (uint32_t)row, .hash = ih };
+	idmap_put(vi->slots, vi->nslots, s);
+	vi->nids++;
+	atomic_fetch_add(&vi->rows, 1);
+	rc = SG_OK;
+out:
+	pthread_mutex_unlock(&vi->wlock);
+	return rc;
+}
+
+bool vindex_remove(struct vindex *vi, const char *id)
+{
+	size_t idlen = 0;
+	if (!vi || !id_valid(id, &idlen))
+		return false;
+	pthread_mutex_lock(&vi->wlock);
+	size_t slot = idmap_find(vi, id, (uint32_t)hash_bytes(id, idlen));
+	if (slot != SIZE_MAX)
+		drop_slot(vi, slot);
+	pthread_mutex_unlock(&vi->wlock);
+	return slot != SIZE_MAX;
+}
+
+/* Validate what every search needs, copy the nq queries normalised into the
+ * calling thread's scratch (followed by room for nq x *blk scores, *blk
+ * capped to the partition's rows) and acquire the partition: *out is NULL
+ * when it does not exist. On SG_OK with *out set, p->lock is held shared.
+ * Normalising a copy keeps every score in [-1, 1], whatever the query's
+ * magnitude. */
+static enum sg_err search_begin(struct vindex *vi, const char *partition, int dim,
+                                const float *queries, int nq, size_t *blk,
+                                float **qn, float **scores, struct part **out,
+                                struct sg_error *e)
+{
+	size_t keylen = 0, d = (size_t)dim, uq = (size_t)nq;
+	enum sg_err rc;
+	*out = NULL;
+	if (!vi)
+		return sg_error_set(e, SG_ERR_INTERNAL, "vector index is missing");
+	if ((rc = check_key(partition, &keylen, e)) != SG_OK ||
+	    (rc = check_dim(dim, e)) != SG_OK)
+		return rc;
+	if (!queries)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "query vector is missing");
+	double norms[VINDEX_BATCH_MAX];
+	for (size_t q = 0; q < uq; q++) {
+		norms[q] = norm_of(queries + q * d, dim);
+		if (norms[q] != 0)
+			continue;
+		if (nq == 1)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			                    "query vector is zero or has a non-finite component");
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "query %zu is zero or has a non-finite component", q);
+	}
+	struct part *p = part_acquire(vi, partition, keylen);
+	if (!p)
+		return SG_OK;
+	if (p->dim != dim) {
+		rc = dim_mismatch(e, dim, p->dim);
+		part_unref(p);
+		return rc;
+	}
+	pthread_rwlock_rdlock(&p->lock);
+	if (*blk > p->n)
+		*blk = p->n;
+	float *buf = scratch_get(uq * d + uq * *blk);
+	if (!buf) {
+		pthread_rwlock_unlock(&p->lock);
+		part_unref(p);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
+	}
+	for (size_t q = 0; q < uq; q++) {
+		double inv = 1.0 / norms[q];
+		for (size_t i = 0; i < d; i++)
+			buf[q * d + i] = (float)(queries[q * d + i] * inv);
+	}
+	*qn = buf;
+	*scores = buf + uq * d;
+	*out = p;
+	return SG_OK;
+}
+
+static void search_end(struct part *p)
+{
+	pthread_rwlock_unlock(&p->lock);
+	part_unref(p);
+}
+
+enum sg_err vindex_search(struct vindex *vi, const char *partition, int dim,
+                          const float *query, int64_t now_ms,
+                          struct vindex_hit *best, struct sg_error *e)
+{
+	struct part *p;
+	float *q, *scores;
+	size_t blk = SCAN_BLOCK_ROWS;
+	enum sg_err rc;
+
+	if (!best)
+		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
+	hit_none(best);
+	rc = search_begin(vi, partition, dim, query, 1, &blk, &q, &scores, &p, e);
+	if (rc != SG_OK || !p)
+		return rc;
+
+	size_t n = p->n, d = (size_t)dim, bi = SIZE_MAX;
+	float bs = -INFINITY;
+	for (size_t start = 0; start < n; start += blk) {
+		size_t rows = n - start < blk ? n - start : blk;
+		const int64_t *ex = p->exp + start;
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, dim, 1.0f,
+		            p->mat + start * d, dim, q, 1, 0.0f, scores, 1);
+		for (size_t i = 0; i < rows; i++) {
+			if (scores[i] > bs && live(ex[i], now_ms)) {
+				bs = scores[i];
+				bi = start + i;
+			}
+		}
+	}
+	if (bi != SIZE_MAX)
+		hit_set(best, p->ids[bi], bs);
+	search_end(p);
+	return SG_OK;
+}
+
+enum sg_err vindex_search_batch(struct vindex *vi, const char *partition, int dim,
+                                const float *queries, int nq, int64_t now_ms,
+                                struct vindex_hit *best, struct sg_error *e)
+{
+	struct part *p;
+	float *qn, *scores;
+	size_t bi[VINDEX_BATCH_MAX];
+	float bs[VINDEX_BATCH_MAX];
+	enum sg_err rc;
+
+	if (!best)
+		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
+	if (nq < 1 || nq > VINDEX_BATCH_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "batch of %d queries is outside 1..%d", nq,
+		                    VINDEX_BATCH_MAX);
+	for (int q = 0; q < nq; q++)
+		hit_none(&best[q]);
+	size_t uq = (size_t)nq, blk = BATCH_SCORES_MAX / uq;
+	rc = search_begin(vi, partition, dim, queries, nq, &blk, &qn, &scores, &p, e);
+	if (rc != SG_OK || !p)
+		return rc;
+
+	size_t n = p->n, d = (size_t)dim;
+	for (size_t q = 0; q < uq; q++) {
+		bi[q] = SIZE_MAX;
+		bs[q] = -INFINITY;
+	}
+	for (size_t start = 0; start < n; start += blk) {
+		size_t rows = n - start < blk ? n - start : blk;
+		const int64_t *ex = p->exp + start;
+		/* scores (nq x rows) = queries (nq x dim) . block^T (dim x rows) */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, (int)rows, dim,
+		            1.0f, qn, dim, p->mat + start * d, dim, 0.0f, scores,
+		            (int)rows);
+		for (size_t q = 0; q < uq; q++) {
+			const float *sc = scores + q * rows;
+			for (size_t i = 0; i < rows; i++) {
+				if (sc[i] > bs[q] && live(ex[i], now_ms)) {
+					bs[q] = sc[i];
+					bi[q] = start + i;
+				}
+			}
+		}
+	}
+	for (size_t q = 0; q < uq; q++)
+		if (bi[q] != SIZE_MAX)
+			hit_set(&best[q], p->ids[bi[q]], bs[q]);
+	search_end(p);
+	return SG_OK;
+}
+
+size_t vindex_expire(struct vindex *vi, int64_t now_ms)
+{
+	size_t removed = 0;
+	if (!vi)
+		return 0;
+	pthread_mutex_lock(&vi->wlock);
+	for (size_t b = 0; b < vi->nbuckets; b++) {
+		struct part *p, *next;
+		for (p = vi->buckets[b]; p; p = next) {
+			next = p->next;
+			pthread_rwlock_wrlock(&p->lock);
+			for (size_t i = 0; i < p->n;) {
+				if (!live(p->exp[i], now_ms)) {
+					swap_remove_locked(vi, p, i); /* row i now holds the old last */
+					removed++;
+				} else {
+					i++;
+				}
+			}
+			part_maybe_shrink_locked(vi, p);
+			size_t left = p->n;
+			pthread_rwlock_unlock(&p->lock);
+			if (left == 0)
+				table_unlink(vi, p);
+		}
+	}
+	atomic_fetch_sub(&vi->rows, removed);
+	pthread_mutex_unlock(&vi->wlock);
+	return removed;
+}
+
+void vindex_clear(struct vindex *vi)
+{
+	struct part *all = NULL;
+	if (!vi)
+		return;
+	pthread_mutex_lock(&vi->wlock);
+	pthread_rwlock_wrlock(&vi->tlock);
+	for (size_t b = 0; b < vi->nbuckets; b++) {
+		struct part *p, *next;
+		for (p = vi->buckets[b]; p; p = next) {
+			next = p->next;
+			p->next = all;
+			all = p;
+		}
+	}
+	free(vi->buckets);
+	account(vi, vi->nbuckets * sizeof *vi->buckets, 0);
+	vi->buckets = NULL;
+	vi->nbuckets = 0;
+	atomic_store(&vi->nparts, 0);
+	pthread_rwlock_unlock(&vi->tlock);
+
+	free(vi->slots);
+	account(vi, vi->nslots * sizeof *vi->slots, 0);
+	vi->slots = NULL;
+	vi->nslots = vi->nids = 0;
+	atomic_store(&vi->rows, 0);
+	while (all) {
+		struct part *next = all->next;
+		part_unref(all);
+		all = next;
+	}
+	pthread_mutex_unlock(&vi->wlock);
+}
+
+size_t vindex_count(struct vindex *vi)
+{
+	return vi ? atomic_load(&vi->rows) : 0;
+}
+
+size_t vindex_bytes(struct vindex *vi)
+{
+	return vi ? atomic_load(&vi->bytes) : 0;
+}
+
+size_t vindex_partition_count(struct vindex *vi)
+{
+	return vi ? atomic_load(&vi->nparts) : 0;
+}

@@ -1,0 +1,239 @@
+"""Fixtures for semgate's integration tests: a real redis-server, the
+project's mock OpenAI upstream and the real semgate binary, each on a free
+loopback port, started and stopped by the tests themselves."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis as redis_lib
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("SEMGATE_BUILD_DIR", os.path.join(ROOT, "build"))
+SEMGATE_BIN = os.path.join(BUILD, "semgate")
+MOCK_BIN = os.path.join(BUILD, "tests", "upstream", "sg-mock-upstream")
+# Sanitizer builds are slower; every wait below is a deadline, never a sleep.
+SLOW = 3.0 if os.environ.get("SEMGATE_SANITIZED") else 1.0
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout * SLOW
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class RedisServer:
+    def __init__(self, tmpdir):
+        self.port = free_port()
+        self.tmpdir = tmpdir
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.tmpdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.client().ping(), what="redis to start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self):
+        return redis_lib.Redis(host="127.0.0.1", port=self.port,
+                               socket_timeout=5, decode_responses=False)
+
+
+class MockUpstream:
+    def __init__(self, tmpdir, extra_args=()):
+        self.port_file = os.path.join(tmpdir, f"mock-{os.getpid()}-{time.monotonic_ns()}.port")
+        self.log = open(os.path.join(tmpdir, "mock.log"), "ab")
+        self.proc = subprocess.Popen(
+            [MOCK_BIN, "--port", "0", "--port-file", self.port_file, *extra_args],
+            stdout=self.log, stderr=self.log)
+        self.port = int(wait_until(lambda: os.path.exists(self.port_file)
+                                   and open(self.port_file).read().strip(),
+                                   what="mock upstream port"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base = self.url + "/v1"
+        wait_until(lambda: requests.get(self.url + "/healthz", timeout=2).ok,
+                   what="mock upstream")
+
+    def stats(self):
+        return requests.get(self.url + "/stats", timeout=5).json()
+
+    def reset(self):
+        requests.post(self.url + "/reset", timeout=5).raise_for_status()
+
+    def control(self, **kw):
+        r = requests.post(self.url + "/control", json=kw, timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    def set_similarity(self, text, like, similarity):
+        r = requests.post(self.url + "/control/embeddings",
+                          json={"text": text, "like": like, "similarity": similarity},
+                          timeout=5)
+        r.raise_for_status()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Gateway:
+    def __init__(self, tmpdir, env, args=()):
+        self.port = free_port()
+        self.log_path = os.path.join(tmpdir, f"semgate-{self.port}.log")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMGATE_")}
+        full_env.update({"SEMGATE_HOST": "127.0.0.1", "SEMGATE_PORT": str(self.port),
+                         "SEMGATE_THREADS": "32"})
+        full_env.update({k: str(v) for k, v in env.items()})
+        self.env = full_env
+        self.args = list(args)
+        self.proc = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([SEMGATE_BIN, *self.args], env=self.env,
+                                     stdout=self.log, stderr=self.log)
+        wait_until(self._healthy, what="semgate to start")
+
+    def _healthy(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"semgate exited with {self.proc.returncode}: {self.logs()[-2000:]}")
+        return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def logs(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def access_log(self):
+        out = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def chat(self, messages, model="mock-1", headers=None, timeout=30, **extra):
+        body = {"model": model, "messages": messages, **extra}
+        return requests.post(self.url + "/v1/chat/completions", json=body,
+                             headers=headers or {}, timeout=timeout)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15 * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode if self.proc else None
+        self.log.close()
+        return rc
+
+
+@pytest.fixture(scope="session")
+def tmpdir_session():
+    with tempfile.TemporaryDirectory(prefix="semgate-it-") as d:
+        yield d
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmpdir_session):
+    srv = RedisServer(tmpdir_session)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmpdir_session):
+    m = MockUpstream(tmpdir_session)
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """A running Redis, emptied before the test."""
+    if redis_server.proc is None:
+        redis_server.start()
+    c = redis_server.client()
+    c.flushall()
+    yield c
+    if redis_server.proc is None:  # a test stopped it: bring it back for the next one
+        redis_server.start()
+
+
+@pytest.fixture
+def upstream(mock_upstream):
+    mock_upstream.reset()
+    return mock_upstream
+
+
+@pytest.fixture
+def make_gateway(tmpdir_session, redis_server, mock_upstream):
+    started = []
+
+    def make(env=None, args=(), **kw):
+        full = {"SEMGATE_REDIS_PORT": redis_server.port,
+                "SEMGATE_UPSTREAM_URL": mock_upstream.base,
+                "SEMGATE_EMBED_URL": mock_upstream.base,
+                "SEMGATE_LOG_LEVEL": "info"}
+        full.update(env or {})
+        full.update(kw)
+        g = Gateway(tmpdir_session, full, args)
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        rc = g.stop()
+        # a gateway that crashed during a test is a failure of that test
+        assert rc in (0, None, -signal.SIGKILL), f"semgate exited with {rc}:\n{g.logs()[-3000:]}"
+
+
+@pytest.fixture
+def gateway(make_gateway, redis_db, upstream):
+    return make_gateway()
+
+
+def user(text):
+    return [{"role": "user", "content": text}]

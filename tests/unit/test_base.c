@@ -1,0 +1,123 @@
+/* Unit tests for the base layer: capped buffer, UTF-8 check, strict JSON. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/buf.h"
+#include "semgate/json.h"
+#include "sg_test.h"
+
+static void test_buf_refuses_to_grow_past_its_cap(void)
+{
+	struct sg_buf b;
+	sg_buf_init(&b, 10);
+	CHECK_INT(sg_buf_append(&b, "12345", 5), SG_OK);
+	CHECK_INT(sg_buf_append(&b, "123456", 6), SG_ERR_TOO_LARGE);
+	CHECK_INT(b.len, 5);
+	CHECK_INT(sg_buf_append(&b, "12345", 5), SG_OK);
+	CHECK_STR(b.data, "1234512345");
+	CHECK_INT(sg_buf_append(&b, "x", 1), SG_ERR_TOO_LARGE);
+	sg_buf_reset(&b);
+	CHECK_INT(sg_buf_printf(&b, "%d-%s", 42, "ok"), SG_OK);
+	CHECK_STR(b.data, "42-ok");
+	size_t n;
+	char *s = sg_buf_steal(&b, &n);
+	CHECK_STR(s, "42-ok");
+	CHECK_INT(n, 5);
+	CHECK(b.data == NULL);
+	free(s);
+	sg_buf_finish(&b);
+}
+
+static void test_buf_printf_handles_long_output(void)
+{
+	struct sg_buf b;
+	sg_buf_init(&b, 0);
+	char big[3000];
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	CHECK_INT(sg_buf_printf(&b, "<%s>", big), SG_OK);
+	CHECK_INT(b.len, sizeof(big) + 1);
+	sg_buf_finish(&b);
+}
+
+static void test_utf8_validation(void)
+{
+	CHECK(sg_utf8_valid("hello", 5));
+	CHECK(sg_utf8_valid("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", 15));
+	CHECK(!sg_utf8_valid("\xff", 1));
+	CHECK(!sg_utf8_valid("\xc0\xaf", 2));          /* overlong '/' */
+	CHECK(!sg_utf8_valid("\xed\xa0\x80", 3));      /* surrogate */
+	CHECK(!sg_utf8_valid("\xe2\x82", 2));          /* truncated */
+	CHECK(!sg_utf8_valid("\xf4\x90\x80\x80", 4));  /* > U+10FFFF */
+}
+
+static enum sg_err parse(const char *s, cJSON **out, struct sg_error *e)
+{
+	return sg_json_parse(s, strlen(s), out, e);
+}
+
+static void test_json_accepts_one_value_with_whitespace(void)
+{
+	cJSON *j = NULL;
+	struct sg_error e = { 0 };
+	CHECK_INT(parse(" {\"a\": [1, 2, {\"b\": null}]}\n ", &j, &e), SG_OK);
+	CHECK(cJSON_IsObject(j));
+	CHECK(sg_json_arr(j, "a") != NULL);
+	CHECK(sg_json_str(j, "a") == NULL);
+	cJSON_Delete(j);
+}
+
+static void test_json_refuses_trailing_bytes_and_bad_input(void)
+{
+	cJSON *j = NULL;
+	struct sg_error e = { 0 };
+	CHECK_INT(parse("{} {}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(j == NULL);
+	CHECK(strstr(e.msg, "after") != NULL);
+	CHECK_INT(parse("", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(parse("{\"a\":\"\\ud800\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(parse("{\"a\":\"x\ty\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_json_parse("{\"a\":1}\0x", 9, &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_json_parse("\"\xff\"", 3, &j, &e), SG_ERR_BAD_REQUEST);
+	/* a valid surrogate pair is fine */
+	CHECK_INT(parse("\"\\ud83d\\ude00\"", &j, &e), SG_OK);
+	cJSON_Delete(j);
+}
+
+static void test_json_depth_is_bounded(void)
+{
+	char deep[300];
+	int d = SG_JSON_MAX_DEPTH + 1;
+	for (int i = 0; i < d; i++) {
+		deep[i] = '[';
+		deep[d + i] = ']';
+	}
+	deep[2 * d] = '\0';
+	cJSON *j = NULL;
+	struct sg_error e = { 0 };
+	CHECK_INT(parse(deep, &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "nesting") != NULL);
+	/* brackets inside strings do not count */
+	CHECK_INT(parse("\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"", &j, &e), SG_OK);
+	cJSON_Delete(j);
+}
+
+static void test_error_body_shape(void)
+{
+	char *s = sg_json_error_body("bad \"thing\"", "invalid_request_error", "x");
+	CHECK_STR(s, "{\"error\":{\"message\":\"bad \\\"thing\\\"\",\"type\":"
+		  "\"invalid_request_error\",\"code\":\"x\"}}");
+	free(s);
+}
+
+int main(void)
+{
+	RUN(test_buf_refuses_to_grow_past_its_cap);
+	RUN(test_buf_printf_handles_long_output);
+	RUN(test_utf8_validation);
+	RUN(test_json_accepts_one_value_with_whitespace);
+	RUN(test_json_refuses_trailing_bytes_and_bad_input);
+	RUN(test_json_depth_is_bounded);
+	RUN(test_error_body_shape);
+	return TEST_DONE();
+}
