@@ -7,6 +7,7 @@
 #include "semgate/app.h"
 #include "semgate/prompts.h"
 #include "semgate/store.h"
+#include "semgate/vindex.h"
 
 enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 		     struct sg_error *e)
@@ -20,6 +21,10 @@ enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 		.timeout_ms = cfg->upstream_timeout_ms,
 		.max_bytes = (size_t)cfg->max_upstream_bytes,
 	};
+	embedder_init(&app->embedder, cfg);
+	app->vindex = vindex_create();
+	if (!app->vindex)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	app->prompts = prompts_load(cfg->prompts_dir, e);
 	if (!app->prompts)
 		return e->code;
@@ -35,6 +40,8 @@ void app_finish(struct sg_app *app)
 {
 	prompts_destroy(app->prompts);
 	app->prompts = NULL;
+	vindex_destroy(app->vindex);
+	app->vindex = NULL;
 }
 
 struct sg_worker *worker_create(struct sg_app *app)

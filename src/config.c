@@ -11,7 +11,8 @@
 #include "semgate/config.h"
 #include "semgate/log.h"
 
-enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL };
+enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL,
+		CFG_OPTURL, CFG_RATIO };
 
 struct cfg_row {
 	const char *env;
@@ -70,6 +71,21 @@ static const struct cfg_row config_rows[] = {
 	  OFF(prompts_dir), "directory of named system prompts (NAME.txt)" },
 	{ "SEMGATE_DEFAULT_PROMPT", "--default-prompt", CFG_OPTSTR, "", 0, 0,
 	  OFF(default_prompt), "prompt prepended when a request has no system message" },
+	{ "SEMGATE_CACHE_TTL", "--cache-ttl", CFG_INT, "86400", 1, 31536000,
+	  OFF(cache_ttl), "seconds a cached answer lives (per request: X-Semgate-TTL)" },
+	{ "SEMGATE_SEMANTIC_THRESHOLD", "--semantic-threshold", CFG_RATIO, "0.95", 0, 1,
+	  OFF(semantic_threshold),
+	  "cosine similarity needed for a semantic hit, in (0, 1] (per request: X-Semgate-Threshold)" },
+	{ "SEMGATE_EMBED_URL", "--embed-url", CFG_OPTURL, "", 0, 0, OFF(embed_url),
+	  "base URL of an OpenAI-compatible embeddings API (empty: built-in local embedder)" },
+	{ "SEMGATE_EMBED_MODEL", "--embed-model", CFG_STR, "text-embedding-3-small", 0, 0,
+	  OFF(embed_model), "embedding model sent to SEMGATE_EMBED_URL" },
+	{ "SEMGATE_EMBED_API_KEY", "--embed-api-key", CFG_SECRET, "", 0, 0,
+	  OFF(embed_api_key), "API key for the embeddings API" },
+	{ "SEMGATE_EMBED_DIM", "--embed-dim", CFG_INT, "384", 8, 8192, OFF(embed_dim),
+	  "dimension of the built-in local embedder" },
+	{ "SEMGATE_EMBED_TIMEOUT_MS", "--embed-timeout-ms", CFG_INT, "2000", 1, 600000,
+	  OFF(embed_timeout_ms), "embedding call timeout (on failure the request goes on as a miss)" },
 };
 
 #define N_ROWS (sizeof(config_rows) / sizeof(config_rows[0]))
@@ -92,8 +108,10 @@ static bool is_string_type(enum cfg_type t)
 	case CFG_SECRET:
 	case CFG_LOGLEVEL:
 	case CFG_URL:
+	case CFG_OPTURL:
 		return true;
 	case CFG_INT:
+	case CFG_RATIO:
 		return false;
 	}
 	return false;
@@ -126,6 +144,20 @@ static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
 				"%s: '%s' is not a log level (debug, info, warn, error)",
 				source, shown);
 		break;
+	case CFG_RATIO: {
+		errno = 0;
+		char *end = NULL;
+		double v = strtod(val, &end);
+		if (errno || end == val || *end != '\0' || !isfinite(v) || v <= 0.0 || v > 1.0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not a number in (0, 1]", source, shown);
+		*(double *)((char *)cfg + r->off) = v;
+		return SG_OK;
+	}
+	case CFG_OPTURL:
+		if (val[0] == '\0')
+			break;
+		/* fall through */
 	case CFG_URL:
 		if (strncmp(val, "http://", 7) != 0 && strncmp(val, "https://", 8) != 0)
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
@@ -190,6 +222,8 @@ enum sg_err config_load(struct sg_config *cfg, int argc, char **argv,
 			if (!copy)
 				return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 			*str_field(cfg, r) = copy;
+		} else if (r->type == CFG_RATIO) {
+			*(double *)((char *)cfg + r->off) = strtod(r->def, NULL);
 		} else {
 			*int_field(cfg, r) = strtoll(r->def, NULL, 10);
 		}
@@ -253,6 +287,8 @@ void config_print_help(FILE *out, const char *argv0)
 		char range[64] = "";
 		if (r->type == CFG_INT)
 			snprintf(range, sizeof(range), ", %lld..%lld", r->min, r->max);
+		else if (r->type == CFG_RATIO)
+			snprintf(range, sizeof(range), ", in (0, 1]");
 		fprintf(out, "  %-32s %s\n  %-32s   %s (default: %s%s)\n",
 			r->flag, r->env, "", r->help,
 			r->def[0] ? r->def : "empty", range);
@@ -268,6 +304,9 @@ void config_log_summary(const struct sg_config *cfg)
 		struct sg_config *c = (struct sg_config *)cfg;
 		if (r->type == CFG_INT)
 			sg_log(SG_LOG_INFO, "config %s=%lld", r->env, *int_field(c, r));
+		else if (r->type == CFG_RATIO)
+			sg_log(SG_LOG_INFO, "config %s=%g", r->env,
+			       *(double *)((char *)c + r->off));
 		else if (r->type == CFG_SECRET)
 			sg_log(SG_LOG_INFO, "config %s=%s", r->env,
 			       (*str_field(c, r))[0] ? "(set)" : "(empty)");

@@ -11,10 +11,17 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <civetweb.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SG_ASAN_FIBERS 1
+#endif
 #include <cjson/cJSON.h>
 
 #include "semgate/http.h"
@@ -31,6 +38,66 @@ struct sg_http {
 	long long max_body;
 	int port;
 };
+
+/* ---- handler stacks ----
+ * Debian's civetweb gives each worker thread a 100 KiB stack of which it
+ * uses most itself, leaving handlers about 14 KiB: not enough for libcurl,
+ * hiredis and OpenBLAS. Every handler therefore runs on a 1 MiB stack of
+ * its thread's own (with a guard page), entered with swapcontext. */
+
+#define HANDLER_STACK (1024 * 1024)
+
+struct http_thread {
+	struct sg_worker *worker;
+	void *map;             /* guard page + stack */
+	size_t map_len;
+	ucontext_t caller, fiber;
+	struct sg_req *req;
+	sg_handler fn;
+#ifdef SG_ASAN_FIBERS
+	const void *caller_bottom;
+	size_t caller_size;
+#endif
+};
+
+static _Thread_local struct http_thread *tl_thread;
+
+static void fiber_main(void)
+{
+	struct http_thread *t = tl_thread;
+#ifdef SG_ASAN_FIBERS
+	__sanitizer_finish_switch_fiber(NULL, &t->caller_bottom, &t->caller_size);
+#endif
+	t->fn(t->req);
+#ifdef SG_ASAN_FIBERS
+	__sanitizer_start_switch_fiber(NULL, t->caller_bottom, t->caller_size);
+#endif
+	/* returning resumes t->caller through uc_link */
+}
+
+static void run_handler(struct http_thread *t, sg_handler fn, struct sg_req *req)
+{
+	if (!t || !t->map) {
+		fn(req);
+		return;
+	}
+	t->fn = fn;
+	t->req = req;
+	tl_thread = t;
+	getcontext(&t->fiber);
+	t->fiber.uc_stack.ss_sp = (char *)t->map + sysconf(_SC_PAGESIZE);
+	t->fiber.uc_stack.ss_size = HANDLER_STACK;
+	t->fiber.uc_link = &t->caller;
+	makecontext(&t->fiber, fiber_main, 0);
+#ifdef SG_ASAN_FIBERS
+	void *fake = NULL;
+	__sanitizer_start_switch_fiber(&fake, t->fiber.uc_stack.ss_sp, HANDLER_STACK);
+#endif
+	swapcontext(&t->caller, &t->fiber);
+#ifdef SG_ASAN_FIBERS
+	__sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
 
 /* ---- routing ---- */
 
@@ -281,7 +348,8 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 	req.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
 	req.query = ri->query_string;
 	req.app = h->app;
-	req.worker = mg_get_thread_pointer(conn);
+	struct http_thread *th = mg_get_thread_pointer(conn);
+	req.worker = th ? th->worker : NULL;
 	req.conn = conn;
 	req.similarity = -2.0;
 	req.upstream_ms = -1.0;
@@ -305,7 +373,7 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 			http_send_error(&req, 503, "service_unavailable", "no_worker_state",
 					"worker thread has no state (out of memory)");
 		else
-			hit->fn(&req);
+			run_handler(th, hit->fn, &req);
 	} else if (path_known) {
 		char allow[64] = "";
 		for (size_t i = 0; i < h->nroutes; i++) {
@@ -360,16 +428,38 @@ void http_global_cleanup(void)
 static void *on_thread_init(const struct mg_context *ctx, int thread_type)
 {
 	struct sg_http *h = mg_get_user_data(ctx);
-	if (thread_type != 1 || !h || !h->wcreate)
+	if (thread_type != 1 || !h)
 		return NULL;
-	return h->wcreate(h->app);
+	struct http_thread *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	t->map_len = HANDLER_STACK + page;
+	t->map = mmap(NULL, t->map_len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (t->map == MAP_FAILED) {
+		t->map = NULL;
+	} else if (mprotect(t->map, page, PROT_NONE) != 0) {
+		munmap(t->map, t->map_len);
+		t->map = NULL;
+	}
+	if (!t->map)
+		sg_log(SG_LOG_WARN, "no handler stack for a worker thread; using civetweb's");
+	t->worker = h->wcreate ? h->wcreate(h->app) : NULL;
+	return t;
 }
 
 static void on_thread_exit(const struct mg_context *ctx, int thread_type, void *ptr)
 {
 	struct sg_http *h = mg_get_user_data(ctx);
-	if (thread_type == 1 && h && h->wdestroy && ptr)
-		h->wdestroy(ptr);
+	struct http_thread *t = ptr;
+	if (thread_type != 1 || !t)
+		return;
+	if (h && h->wdestroy && t->worker)
+		h->wdestroy(t->worker);
+	if (t->map)
+		munmap(t->map, t->map_len);
+	free(t);
 }
 
 static int on_log_message(const struct mg_connection *conn, const char *message)

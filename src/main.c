@@ -6,10 +6,14 @@
 #include <time.h>
 
 #include "semgate/app.h"
+#include "semgate/cache.h"
+#include "semgate/clock.h"
 #include "semgate/config.h"
 #include "semgate/http.h"
 #include "semgate/log.h"
 #include "semgate/routes.h"
+#include "semgate/store.h"
+#include "semgate/vindex.h"
 #include "semgate/upstream.h"
 
 #ifndef SEMGATE_VERSION
@@ -24,6 +28,24 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	g_stop = 1;
+}
+
+/* Load every cached vector from Redis into the index. Redis being down at
+ * start is not fatal: the cache fills again as answers are stored. */
+static void rebuild_index(struct sg_app *app)
+{
+	struct store *s = store_create(app->cfg);
+	struct sg_error e = { 0 };
+	size_t loaded = 0;
+	double t0 = sg_now_ms();
+	if (!s)
+		return;
+	if (cache_rebuild(app, s, &loaded, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s", loaded, e.msg);
+	else
+		sg_log(SG_LOG_INFO, "index rebuilt from redis: %zu entries in %.0f ms", loaded,
+		       sg_now_ms() - t0);
+	store_destroy(s);
 }
 
 int main(int argc, char **argv)
@@ -68,6 +90,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	config_log_summary(&cfg);
+	if (app.embedder.local)
+		sg_log(SG_LOG_INFO, "embeddings: built-in local embedder (%s, %d dims): lexical "
+		       "similarity, not semantic; set SEMGATE_EMBED_URL for a real model",
+		       app.embedder.model, app.embedder.local_dim);
+	rebuild_index(&app);
 
 	size_t nroutes;
 	const struct sg_route *routes = routes_table(&nroutes);
@@ -88,8 +115,15 @@ int main(int argc, char **argv)
 	sg_log(SG_LOG_INFO, "semgate %s listening on http://%s:%d", SEMGATE_VERSION,
 	       cfg.host, http_port(http));
 	const struct timespec tick = { 0, 100 * 1000 * 1000 };
-	while (!g_stop)
+	double next_expire = sg_now_ms() + 5000;
+	while (!g_stop) {
 		nanosleep(&tick, NULL);
+		if (sg_now_ms() >= next_expire) {
+			/* give back the rows of entries whose TTL has passed */
+			vindex_expire(app.vindex, sg_wall_ms());
+			next_expire = sg_now_ms() + 5000;
+		}
+	}
 	sg_log(SG_LOG_INFO, "shutting down");
 	http_stop(http);
 	rc = 0;

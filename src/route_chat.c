@@ -1,13 +1,17 @@
 /* POST /v1/chat/completions: validate, apply gateway headers (memory mode,
- * prompts), call the LLM upstream and relay its answer, then append the turn
- * to the conversation. Never forwards a body it has not validated, never
- * calls the LLM in memory mode without the history, and never appends a
- * turn whose answer failed. */
+ * prompts, cache controls), answer from the cache or call the LLM upstream,
+ * store what may be cached, then append the turn to the conversation.
+ * Never forwards a body it has not validated, never calls the LLM in memory
+ * mode without the history, never caches or appends a failed answer. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "semgate/app.h"
+#include "semgate/cache.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
 #include "semgate/memory.h"
@@ -24,8 +28,46 @@ struct chat {
 	const char *prompt;     /* system prompt text to prepend, or NULL */
 	cJSON *turn;            /* this turn's non-system messages (to store) */
 	char *upstream_body;    /* rendered request when it differs from the client's */
+	/* cache controls */
+	bool no_cache;          /* Cache-Control: no-cache: skip lookup, still store */
+	bool no_store;          /* Cache-Control: no-store: neither */
+	double threshold;
+	long long ttl;
+	const char *ns;         /* X-Semgate-Namespace or "" */
+	/* cache state */
+	struct scope_info si;
+	struct cache_result cr;
+	const char *outcome;    /* hit-exact, hit-semantic, miss, bypass */
+	char entry[65];         /* entry stored or served */
+	/* response header values */
 	char hdr_len[24];
+	char hdr_sim[24];
+	char hdr_tokens[24];
+	const char *hdrs[20];
+	int nh;
 };
+
+static void add_hdr(struct chat *c, const char *name, const char *value)
+{
+	if (c->nh + 2 < (int)(sizeof(c->hdrs) / sizeof(c->hdrs[0]))) {
+		c->hdrs[c->nh++] = name;
+		c->hdrs[c->nh++] = value;
+		c->hdrs[c->nh] = NULL;
+	}
+}
+
+static bool has_token(const char *list, const char *token)
+{
+	size_t n = strlen(token);
+	for (const char *p = list; (p = strcasestr(p, token)); p += n) {
+		bool start = p == list || p[-1] == ',' || p[-1] == ' ' || p[-1] == '\t';
+		char after = p[n];
+		if (start && (after == '\0' || after == ',' || after == ' ' || after == ';' ||
+			      after == '\t'))
+			return true;
+	}
+	return false;
+}
 
 /* The client's own Bearer token, passed through only when the gateway has
  * no upstream key of its own. */
@@ -56,6 +98,42 @@ static enum sg_err read_headers(struct chat *c, struct sg_error *e)
 				"X-Conversation-Id must match [A-Za-z0-9._:-]{1,128}");
 		c->conv = conv;
 	}
+	const struct sg_config *cfg = req->app->cfg;
+	c->threshold = cfg->semantic_threshold;
+	c->ttl = cfg->cache_ttl;
+	c->ns = "";
+	const char *cc = http_header(req, "Cache-Control");
+	if (cc) {
+		c->no_store = has_token(cc, "no-store");
+		c->no_cache = c->no_store || has_token(cc, "no-cache");
+	}
+	const char *th = http_header(req, "X-Semgate-Threshold");
+	if (th) {
+		char *end = NULL;
+		errno = 0;
+		double v = strtod(th, &end);
+		if (errno || end == th || *end || !isfinite(v) || v <= 0.0 || v > 1.0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"X-Semgate-Threshold must be a number in (0, 1]");
+		c->threshold = v;
+	}
+	const char *ttl = http_header(req, "X-Semgate-TTL");
+	if (ttl) {
+		char *end = NULL;
+		errno = 0;
+		long long v = strtoll(ttl, &end, 10);
+		if (errno || end == ttl || *end || v < 1 || v > 31536000)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"X-Semgate-TTL must be an integer number of seconds in 1..31536000");
+		c->ttl = v;
+	}
+	const char *ns = http_header(req, "X-Semgate-Namespace");
+	if (ns) {
+		if (!memory_id_valid(ns))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"X-Semgate-Namespace must match [A-Za-z0-9._:-]{1,128}");
+		c->ns = ns;
+	}
 	const char *name = http_header(req, "X-Semgate-Prompt");
 	if (!name && req->app->cfg->default_prompt[0])
 		name = req->app->cfg->default_prompt;
@@ -85,6 +163,9 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 		c->prompt = NULL;
 	if (!c->conv && !c->prompt)
 		return SG_OK; /* forward the client's bytes untouched */
+	c->turn = cJSON_CreateArray();
+	if (!c->turn)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 
 	cJSON *history = NULL;
 	if (c->conv) {
@@ -101,8 +182,7 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 		}
 	}
 	cJSON *out = cJSON_CreateArray();
-	c->turn = cJSON_CreateArray();
-	if (!out || !c->turn)
+	if (!out)
 		goto nomem;
 	if (c->prompt) {
 		cJSON *sys = cJSON_CreateObject();
@@ -158,13 +238,17 @@ static cJSON *answer_message(const cJSON *doc)
 	return copy;
 }
 
-/* Append this turn and the answer to the conversation. Returns the value
- * of the X-Semgate-Memory header. */
-static const char *remember(struct chat *c, const cJSON *doc)
+/* Append this turn and the answer to the conversation; sets the
+ * X-Semgate-Memory header. */
+static void remember(struct chat *c, const cJSON *doc)
 {
+	if (!c->conv)
+		return;
 	cJSON *ans = answer_message(doc);
-	if (!ans)
-		return "not-stored";
+	if (!ans) {
+		add_hdr(c, "X-Semgate-Memory", "not-stored");
+		return;
+	}
 	cJSON_AddItemToArray(c->turn, ans);
 	struct sg_error e = { 0 };
 	long long len = 0;
@@ -174,10 +258,92 @@ static const char *remember(struct chat *c, const cJSON *doc)
 				cfg->history_ttl, &len, &e) != SG_OK) {
 		sg_log(SG_LOG_WARN, "conversation %s: the answer was sent but the turn "
 		       "could not be stored: %s", c->conv, e.msg);
-		return "not-stored";
+		add_hdr(c, "X-Semgate-Memory", "not-stored");
+		return;
 	}
 	snprintf(c->hdr_len, sizeof(c->hdr_len), "%lld", len);
-	return "stored";
+	add_hdr(c, "X-Semgate-Memory", "stored");
+	add_hdr(c, "X-Semgate-History-Length", c->hdr_len);
+}
+
+static void add_cache_headers(struct chat *c)
+{
+	c->req->cache_outcome = c->outcome;
+	add_hdr(c, "X-Semgate-Cache", c->outcome);
+	if (c->cr.similarity >= -1.0) {
+		snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
+		add_hdr(c, "X-Semgate-Similarity", c->hdr_sim);
+		c->req->similarity = c->cr.similarity;
+	}
+	if (c->entry[0])
+		add_hdr(c, "X-Semgate-Entry", c->entry);
+}
+
+/* Look the request up. Returns true when a hit was sent (*status set). */
+static bool try_cache(struct chat *c, int *status)
+{
+	struct sg_req *req = c->req;
+	struct sg_error e = { 0 };
+	c->outcome = "bypass";
+	if (scope_compute(req->tenant, c->ns, c->body, &c->si, &e) != SG_OK) {
+		sg_log(SG_LOG_WARN, "scope not computed, bypassing the cache: %s", e.msg);
+		return false;
+	}
+	if (!c->si.cacheable || c->si.n_gt_1 || c->no_store)
+		return false;
+	struct store *s = worker_store(req->worker);
+	struct upstream *up = worker_upstream(req->worker);
+	if (!s)
+		return false;
+	if (c->no_cache) {
+		c->outcome = "miss";
+		if (c->si.semantic_ok)
+			cache_embed_query(req->app, up, &c->si, &c->cr);
+		return false;
+	}
+	if (cache_lookup(req->app, s, up, req->tenant, &c->si, c->si.semantic_ok && up,
+			 c->threshold, &c->cr, &e) != SG_OK) {
+		sg_log(SG_LOG_DEBUG, "cache bypassed: %s", e.msg);
+		return false;
+	}
+	c->outcome = "miss";
+	if (!c->cr.hit)
+		return false;
+	char *body = cache_render_hit(c->cr.answer, c->cr.answer_len);
+	cJSON *doc = NULL;
+	if (!body || sg_json_parse(body, strlen(body), &doc, NULL) != SG_OK) {
+		sg_log(SG_LOG_WARN, "cache entry %s is corrupt; answering from upstream", c->cr.id);
+		free(body);
+		return false;
+	}
+	c->outcome = c->cr.semantic ? "hit-semantic" : "hit-exact";
+	memcpy(c->entry, c->cr.id, sizeof(c->entry));
+	long long tokens = cache_answer_tokens(doc);
+	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
+	add_cache_headers(c);
+	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
+	store_entry_hit(s, req->tenant, c->cr.id, &e);
+	remember(c, doc);
+	cJSON_Delete(doc);
+	*status = http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
+	free(body);
+	return true;
+}
+
+/* Store a cacheable upstream answer. */
+static void store_answer(struct chat *c, const cJSON *doc, const struct upstream_resp *r)
+{
+	if (strcmp(c->outcome, "miss") != 0 || !cache_answer_cacheable(doc))
+		return;
+	struct sg_req *req = c->req;
+	struct store *s = worker_store(req->worker);
+	struct sg_error e = { 0 };
+	if (!s || cache_store(req->app, s, req->tenant, c->ns, &c->si, true, r->body.data,
+			      r->body.len, cache_answer_tokens(doc), c->cr.vec, c->cr.dim,
+			      c->ttl, c->entry, &e) != SG_OK) {
+		c->entry[0] = '\0';
+		sg_log(SG_LOG_WARN, "answer not cached: %s", e.msg);
+	}
 }
 
 /* Relay an upstream answer: JSON bodies as they are with the upstream's
@@ -197,24 +363,19 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 				       "upstream answered with invalid JSON");
 	}
 	int status = (r->status >= 100 && r->status <= 599) ? (int)r->status : 502;
-	const char *hdrs[8] = { NULL };
-	int nh = 0;
-	if (c->conv && status == 200) {
-		hdrs[nh++] = "X-Semgate-Memory";
-		hdrs[nh++] = remember(c, doc);
-		if (c->hdr_len[0]) {
-			hdrs[nh++] = "X-Semgate-History-Length";
-			hdrs[nh++] = c->hdr_len;
-		}
+	if (status == 200) {
+		store_answer(c, doc, r);
+		remember(c, doc);
 	}
+	add_cache_headers(c);
 	cJSON_Delete(doc);
-	return http_send(req, status, "application/json", r->body.data, r->body.len, hdrs);
+	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
 
 int route_chat_completions(struct sg_req *req)
 {
 	struct sg_error e = { 0 };
-	struct chat c = { .req = req };
+	struct chat c = { .req = req, .outcome = "bypass" };
 	int status;
 	if (http_read_body(req, &e) != SG_OK)
 		return http_send_sg_error(req, &e);
@@ -233,6 +394,8 @@ int route_chat_completions(struct sg_req *req)
 		status = http_send_sg_error(req, &e);
 		goto out;
 	}
+	if (try_cache(&c, &status))
+		goto out;
 	struct upstream *up = worker_upstream(req->worker);
 	if (!up) {
 		status = http_send_error(req, 503, "service_unavailable", "out_of_memory",
@@ -240,18 +403,20 @@ int route_chat_completions(struct sg_req *req)
 		goto out;
 	}
 	struct upstream_resp r = { 0 };
-	req->cache_outcome = "bypass";
 	const char *body = c.upstream_body ? c.upstream_body : req->body.data;
 	size_t len = c.upstream_body ? strlen(c.upstream_body) : req->body.len;
 	enum sg_err rc = upstream_post(up, &req->app->llm, "/chat/completions", body, len,
 				       client_bearer(req), &r, &e);
 	req->upstream_ms = r.ms;
+	req->cache_outcome = c.outcome;
 	if (rc != SG_OK)
 		status = http_send_sg_error(req, &e);
 	else
 		status = relay(&c, &r);
 	upstream_resp_finish(&r);
 out:
+	scope_info_finish(&c.si);
+	cache_result_finish(&c.cr);
 	free(c.upstream_body);
 	cJSON_Delete(c.turn);
 	cJSON_Delete(c.body);

@@ -5,15 +5,19 @@
 #define SEMGATE_APP_H
 
 #include "semgate/config.h"
+#include "semgate/embed.h"
 #include "semgate/upstream.h"
 
 struct store;
 struct prompts;
+struct vindex;
 
 struct sg_app {
 	const struct sg_config *cfg;
 	struct upstream_target llm;   /* the chat completions upstream */
 	struct prompts *prompts;      /* named system prompts, read-only */
+	struct embedder embedder;     /* read-only */
+	struct vindex *vindex;        /* thread-safe (its own locks) */
 };
 
 struct sg_worker {

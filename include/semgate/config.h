@@ -34,6 +34,14 @@ struct sg_config {
 	long long history_ttl;
 	char *prompts_dir;
 	char *default_prompt;
+	/* cache */
+	long long cache_ttl;
+	double semantic_threshold;
+	char *embed_url;
+	char *embed_model;
+	char *embed_api_key;
+	long long embed_dim;
+	long long embed_timeout_ms;
 
 	/* set by config_load when the command line asked for these */
 	bool show_help;

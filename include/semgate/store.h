@@ -52,4 +52,63 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 enum sg_err store_history_delete(struct store *s, const char *tenant, const char *conv,
 				 bool *existed, struct sg_error *e);
 
+/* ---- cache entries: {prefix}e:{tenant}:{id} and {prefix}x:{tenant}:{sha} ---- */
+
+/* One cache entry to write. All pointers borrowed. */
+struct store_entry {
+	const char *id;
+	const char *query;
+	size_t query_len;
+	const char *answer;        /* the completion JSON as served */
+	size_t answer_len;
+	const char *scope;         /* scope hash (hex) */
+	const char *ns;            /* namespace, "" for none */
+	const char *exact;         /* exact key hash, or NULL: no exact key */
+	const float *vec;          /* normalised vector, or NULL */
+	int dim;
+	const char *emb_model;     /* embedding model of vec, or "" */
+	long long created;         /* unix seconds */
+	long long tokens;          /* total tokens the answer cost */
+	long long ttl_s;
+};
+
+/* Write the entry hash and its exact key in one MULTI/EXEC, both with
+ * the entry's TTL. The exact key holds "<id>\n<answer>". */
+enum sg_err store_entry_put(struct store *s, const char *tenant,
+			    const struct store_entry *en, struct sg_error *e);
+
+/* An answer read back from Redis. answer is malloc'd, owned by the caller
+ * (free with store_answer_finish). */
+struct store_answer {
+	char id[65];
+	char *answer;
+	size_t answer_len;
+	long long tokens;
+};
+void store_answer_finish(struct store_answer *a);
+
+/* GET the exact key. *found false (and SG_OK) on a miss. */
+enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
+			    struct store_answer *out, bool *found, struct sg_error *e);
+
+/* HMGET answer and tokens of an entry. *found false when it is gone. */
+enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,
+			       struct store_answer *out, bool *found, struct sg_error *e);
+
+/* Count a hit on the entry (HINCRBY hits). */
+enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
+			    struct sg_error *e);
+
+/* Called for every entry that has a vector, while scanning at start.
+ * Pointers are valid only during the call. */
+typedef void (*store_entry_fn)(void *ud, const char *tenant, const char *id,
+			       const char *scope, const char *emb_model,
+			       const float *vec, int dim, long long pttl_ms);
+
+/* SCAN every entry key under the prefix and HMGET their vectors in
+ * pipelined batches; entries without a vector or with a blob whose length
+ * does not match dim are skipped. *scanned gets how many were delivered. */
+enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
+			       size_t *scanned, struct sg_error *e);
+
 #endif

@@ -157,7 +157,7 @@ def test_client_key_passes_through_only_without_an_upstream_key(make_gateway, re
     g.chat(user("hi"), headers={"Authorization": "Bearer client-key-123"})
     assert upstream.stats()["last_authorization"] == "Bearer client-key-123"
     g2 = make_gateway(SEMGATE_UPSTREAM_API_KEY="gw-upstream-key")
-    g2.chat(user("hi"), headers={"Authorization": "Bearer client-key-123"})
+    g2.chat(user("hi again"), headers={"Authorization": "Bearer client-key-123"})
     assert upstream.stats()["last_authorization"] == "Bearer gw-upstream-key"
     for gw in (g, g2):
         logs = gw.logs()

@@ -1874,7 +1874,8 @@ int main(int argc, char **argv)
 	sigset_t set;
 	int i, n, sig = 0;
 
-	for (i = 1; i < argc; i++) {
+	/* every option takes one value */
+	for (i = 1; i < argc; i += 2) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		bool ok = true;
 
@@ -1899,7 +1900,6 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
-		i++;
 	}
 	g_embed_dim = (int)dim;
 	g.ctl = default_controls;

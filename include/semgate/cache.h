@@ -1,0 +1,72 @@
+/* Exact and semantic answer cache: lookup, storing, and rebuilding the
+ * vector index from Redis. Works through store.h, vindex.h and embed.h only.
+ * It must never serve an answer across scopes: the exact key and the index
+ * partition both carry the scope hash, which carries the tenant. */
+#ifndef SEMGATE_CACHE_H
+#define SEMGATE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <cjson/cJSON.h>
+#include "semgate/err.h"
+#include "semgate/scope.h"
+
+struct sg_app;
+struct store;
+struct upstream;
+
+struct cache_result {
+	bool hit;
+	bool semantic;           /* a semantic (not exact) hit */
+	bool embed_failed;       /* the embedding call failed: exact cache only */
+	char id[65];             /* entry that answered */
+	char *answer;            /* stored completion JSON (owned) */
+	size_t answer_len;
+	long long tokens;        /* total tokens the cached answer cost */
+	double similarity;       /* best similarity seen; < -1 when none */
+	float *vec;              /* the query's normalised vector (owned), or NULL */
+	int dim;
+};
+void cache_result_finish(struct cache_result *r);
+
+/* Look up a request: the exact key first, then (when semantic is true) the
+ * index partition of the scope. On a semantic miss out->vec keeps the
+ * query's vector for cache_store. SG_ERR_REDIS when Redis fails (the
+ * caller bypasses the cache); an embedding failure is not an error. */
+enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
+			 const char *tenant, const struct scope_info *si,
+			 bool semantic, double threshold, struct cache_result *out,
+			 struct sg_error *e);
+
+/* Embed the query only (no lookup), for requests that skip the lookup but
+ * still store (Cache-Control: no-cache). On failure out->vec stays NULL. */
+void cache_embed_query(struct sg_app *app, struct upstream *up,
+		       const struct scope_info *si, struct cache_result *out);
+
+/* True when a completion may be cached: one choice, finish_reason stop or
+ * length, no tool calls, and a message with string content. */
+bool cache_answer_cacheable(const cJSON *completion);
+
+/* Total tokens from a completion's usage (0 when absent). */
+long long cache_answer_tokens(const cJSON *completion);
+
+/* Store an answer: entry hash, exact key (when exact is true) and, when vec
+ * is given, a row in the index. id_out receives the new entry id. */
+enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
+			const char *ns, const struct scope_info *si, bool exact,
+			const char *answer, size_t answer_len, long long tokens,
+			const float *vec, int dim, long long ttl_s, char id_out[65],
+			struct sg_error *e);
+
+/* Render a stored completion as a fresh answer: new id and created.
+ * Returns a malloc'd JSON string or NULL (corrupt entry / out of memory). */
+char *cache_render_hit(const char *answer, size_t len);
+
+/* Rebuild the index from Redis (at start). *loaded receives the count. */
+enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,
+			  struct sg_error *e);
+
+/* Make a new random entry id (32 hex chars). */
+void cache_new_id(char out[65]);
+
+#endif

@@ -1,0 +1,258 @@
+/* The exact + semantic cache. Partition keys are built here from tenant,
+ * scope and embedding model, so two requests of different scopes can never
+ * meet in one partition; a hit whose entry is gone from Redis is dropped
+ * from the index and treated as a miss. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "semgate/app.h"
+#include "semgate/cache.h"
+#include "semgate/clock.h"
+#include "semgate/embed.h"
+#include "semgate/json.h"
+#include "semgate/log.h"
+#include "semgate/store.h"
+#include "semgate/vindex.h"
+
+void cache_result_finish(struct cache_result *r)
+{
+	if (!r)
+		return;
+	free(r->answer);
+	free(r->vec);
+	r->answer = NULL;
+	r->vec = NULL;
+}
+
+void cache_new_id(char out[65])
+{
+	unsigned char raw[16];
+	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+		/* getrandom on Linux does not fail for 16 bytes once seeded; keep
+		 * ids unique anyway */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		static _Atomic unsigned long seq;
+		unsigned long x = (unsigned long)ts.tv_nsec ^ ((unsigned long)ts.tv_sec << 20) ^ seq++;
+		for (size_t i = 0; i < sizeof(raw); i++)
+			raw[i] = (unsigned char)(x >> ((i % 8) * 8)) ^ (unsigned char)(i * 131);
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+static void partition_key(char *out, size_t cap, const char *tenant, const char *scope,
+			  const char *model)
+{
+	snprintf(out, cap, "%s\x1f%s\x1f%s", tenant, scope, model);
+}
+
+enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
+			 const char *tenant, const struct scope_info *si,
+			 bool semantic, double threshold, struct cache_result *out,
+			 struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	out->similarity = -2.0;
+	struct store_answer a;
+	bool found = false;
+	enum sg_err rc = store_exact_get(s, tenant, si->exact, &a, &found, e);
+	if (rc != SG_OK)
+		return rc;
+	if (found) {
+		out->hit = true;
+		memcpy(out->id, a.id, sizeof(out->id));
+		out->answer = a.answer;
+		out->answer_len = a.answer_len;
+		out->similarity = 1.0;
+		/* the token count lives in the entry; the exact value is what
+		 * the answer's usage says, read by the caller from the answer */
+		return SG_OK;
+	}
+	if (!semantic)
+		return SG_OK;
+
+	cache_embed_query(app, up, si, out);
+	if (!out->vec)
+		return SG_OK;
+	float *vec = out->vec;
+	int dim = out->dim;
+	struct sg_error ee = { 0 };
+	char part[VINDEX_KEY_MAX];
+	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
+	for (int attempt = 0; attempt < 3; attempt++) {
+		struct vindex_hit best;
+		if (vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ee) != SG_OK) {
+			/* a dimension change of the embedding model: a miss, and the
+			 * new vector cannot be stored in this partition either */
+			sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ee.msg);
+			free(out->vec);
+			out->vec = NULL;
+			return SG_OK;
+		}
+		if (!best.found)
+			return SG_OK;
+		out->similarity = best.similarity;
+		if ((double)best.similarity < threshold)
+			return SG_OK;
+		rc = store_entry_answer(s, tenant, best.id, &a, &found, e);
+		if (rc != SG_OK)
+			return rc;
+		if (found) {
+			out->hit = true;
+			out->semantic = true;
+			memcpy(out->id, a.id, sizeof(out->id));
+			out->answer = a.answer;
+			out->answer_len = a.answer_len;
+			out->tokens = a.tokens;
+			return SG_OK;
+		}
+		/* expired or deleted in Redis: forget it and look again */
+		vindex_remove(app->vindex, best.id);
+		out->similarity = -2.0;
+	}
+	return SG_OK;
+}
+
+void cache_embed_query(struct sg_app *app, struct upstream *up,
+		       const struct scope_info *si, struct cache_result *out)
+{
+	struct sg_error ee = { 0 };
+	float *vec = NULL;
+	int dim = 0;
+	if (!up || embedder_embed(&app->embedder, up, si->query, si->query_len, &vec, &dim,
+				  &ee) != SG_OK) {
+		sg_log(SG_LOG_WARN, "embedding failed, continuing without the semantic cache: %s",
+		       ee.msg);
+		out->embed_failed = true;
+		return;
+	}
+	if (vindex_normalize(vec, dim) == 0.0f) {
+		free(vec);
+		out->embed_failed = true;
+		return;
+	}
+	out->vec = vec;
+	out->dim = dim;
+}
+
+bool cache_answer_cacheable(const cJSON *completion)
+{
+	const cJSON *choices = sg_json_arr(completion, "choices");
+	if (cJSON_GetArraySize(choices) != 1)
+		return false;
+	const cJSON *c0 = cJSON_GetArrayItem(choices, 0);
+	const char *fr = sg_json_str(c0, "finish_reason");
+	if (!fr || (strcmp(fr, "stop") != 0 && strcmp(fr, "length") != 0))
+		return false;
+	const cJSON *msg = sg_json_obj(c0, "message");
+	if (!msg || !sg_json_str(msg, "content"))
+		return false;
+	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(msg, "tool_calls");
+	if (tc && !cJSON_IsNull(tc) && !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0))
+		return false;
+	const cJSON *fc = cJSON_GetObjectItemCaseSensitive(msg, "function_call");
+	return !fc || cJSON_IsNull(fc);
+}
+
+long long cache_answer_tokens(const cJSON *completion)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(sg_json_obj(completion, "usage"),
+							  "total_tokens");
+	return cJSON_IsNumber(t) && t->valuedouble >= 0 ? (long long)t->valuedouble : 0;
+}
+
+enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
+			const char *ns, const struct scope_info *si, bool exact,
+			const char *answer, size_t answer_len, long long tokens,
+			const float *vec, int dim, long long ttl_s, char id_out[65],
+			struct sg_error *e)
+{
+	cache_new_id(id_out);
+	struct store_entry en = {
+		.id = id_out,
+		.query = si->query,
+		.query_len = si->query_len,
+		.answer = answer,
+		.answer_len = answer_len,
+		.scope = si->scope,
+		.ns = ns ? ns : "",
+		.exact = exact ? si->exact : NULL,
+		.vec = vec,
+		.dim = dim,
+		.emb_model = vec ? app->embedder.model : "",
+		.created = (long long)time(NULL),
+		.tokens = tokens,
+		.ttl_s = ttl_s,
+	};
+	enum sg_err rc = store_entry_put(s, tenant, &en, e);
+	if (rc != SG_OK || !vec)
+		return rc;
+	char part[VINDEX_KEY_MAX];
+	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
+	struct sg_error ve = { 0 };
+	if (vindex_add(app->vindex, part, dim, id_out, vec, sg_wall_ms() + ttl_s * 1000, &ve) != SG_OK)
+		sg_log(SG_LOG_WARN, "entry %s stored without an index row: %s", id_out, ve.msg);
+	return SG_OK;
+}
+
+char *cache_render_hit(const char *answer, size_t len)
+{
+	cJSON *doc = NULL;
+	if (sg_json_parse(answer, len, &doc, NULL) != SG_OK || !cJSON_IsObject(doc)) {
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	char id[65], cid[80];
+	cache_new_id(id);
+	snprintf(cid, sizeof(cid), "chatcmpl-sg%.24s", id);
+	cJSON *nid = cJSON_CreateString(cid);
+	cJSON *created = cJSON_CreateNumber((double)time(NULL));
+	char *out = NULL;
+	if (nid && created) {
+		if (cJSON_HasObjectItem(doc, "id"))
+			cJSON_ReplaceItemInObjectCaseSensitive(doc, "id", nid);
+		else
+			cJSON_AddItemToObject(doc, "id", nid);
+		nid = NULL;
+		if (cJSON_HasObjectItem(doc, "created"))
+			cJSON_ReplaceItemInObjectCaseSensitive(doc, "created", created);
+		else
+			cJSON_AddItemToObject(doc, "created", created);
+		created = NULL;
+		out = cJSON_PrintUnformatted(doc);
+	}
+	cJSON_Delete(nid);
+	cJSON_Delete(created);
+	cJSON_Delete(doc);
+	return out;
+}
+
+struct rebuild {
+	struct sg_app *app;
+	size_t added;
+};
+
+static void rebuild_one(void *ud, const char *tenant, const char *id, const char *scope,
+			const char *emb_model, const float *vec, int dim, long long pttl_ms)
+{
+	struct rebuild *rb = ud;
+	char part[VINDEX_KEY_MAX];
+	partition_key(part, sizeof(part), tenant, scope, emb_model);
+	int64_t expires = pttl_ms > 0 ? sg_wall_ms() + pttl_ms : 0;
+	if (vindex_add(rb->app->vindex, part, dim, id, vec, expires, NULL) == SG_OK)
+		rb->added++;
+}
+
+enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,
+			  struct sg_error *e)
+{
+	struct rebuild rb = { .app = app };
+	size_t scanned = 0;
+	enum sg_err rc = store_scan_entries(s, rebuild_one, &rb, &scanned, e);
+	*loaded = rb.added;
+	return rc;
+}
