@@ -3,6 +3,8 @@
  * log line per request. The only file that includes civetweb.h. It never
  * logs header values, so keys sent by clients cannot reach the log. */
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,17 +13,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/mman.h>
 #include <time.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <civetweb.h>
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/common_interface_defs.h>
-#define SG_ASAN_FIBERS 1
-#endif
 #include <cjson/cJSON.h>
 
 #include "semgate/http.h"
@@ -39,64 +34,38 @@ struct sg_http {
 	int port;
 };
 
-/* ---- handler stacks ----
- * Debian's civetweb gives each worker thread a 100 KiB stack of which it
- * uses most itself, leaving handlers about 14 KiB: not enough for libcurl,
- * hiredis and OpenBLAS. Every handler therefore runs on a 1 MiB stack of
- * its thread's own (with a guard page), entered with swapcontext. */
+/* ---- worker stacks ----
+ * Debian's civetweb creates its worker threads with 100 KiB stacks
+ * (pthread_attr_setstacksize(102400)) and uses most of that itself, which
+ * leaves handlers about 14 KiB: libcurl overflows it, and under ASan so
+ * does civetweb's own error path. The executable's definition of
+ * pthread_attr_setstacksize is found before libc's, so requests for small
+ * stacks are raised to SG_MIN_THREAD_STACK here; on_thread_init checks that
+ * it worked. Stack pages are only touched as used. */
 
-#define HANDLER_STACK (1024 * 1024)
+#define SG_MIN_THREAD_STACK ((size_t)1024 * 1024)
 
-struct http_thread {
-	struct sg_worker *worker;
-	void *map;             /* guard page + stack */
-	size_t map_len;
-	ucontext_t caller, fiber;
-	struct sg_req *req;
-	sg_handler fn;
-#ifdef SG_ASAN_FIBERS
-	const void *caller_bottom;
-	size_t caller_size;
-#endif
-};
-
-static _Thread_local struct http_thread *tl_thread;
-
-static void fiber_main(void)
+int pthread_attr_setstacksize(pthread_attr_t *attr, size_t size);
+int pthread_attr_setstacksize(pthread_attr_t *attr, size_t size)
 {
-	struct http_thread *t = tl_thread;
-#ifdef SG_ASAN_FIBERS
-	__sanitizer_finish_switch_fiber(NULL, &t->caller_bottom, &t->caller_size);
-#endif
-	t->fn(t->req);
-#ifdef SG_ASAN_FIBERS
-	__sanitizer_start_switch_fiber(NULL, t->caller_bottom, t->caller_size);
-#endif
-	/* returning resumes t->caller through uc_link */
+	static int (*real)(pthread_attr_t *, size_t);
+	if (!real)
+		real = (int (*)(pthread_attr_t *, size_t))dlsym(RTLD_NEXT,
+								"pthread_attr_setstacksize");
+	if (!real)
+		return EINVAL;
+	return real(attr, size < SG_MIN_THREAD_STACK ? SG_MIN_THREAD_STACK : size);
 }
 
-static void run_handler(struct http_thread *t, sg_handler fn, struct sg_req *req)
+static size_t current_stack_size(void)
 {
-	if (!t || !t->map) {
-		fn(req);
-		return;
+	pthread_attr_t attr;
+	size_t size = 0;
+	if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+		pthread_attr_getstacksize(&attr, &size);
+		pthread_attr_destroy(&attr);
 	}
-	t->fn = fn;
-	t->req = req;
-	tl_thread = t;
-	getcontext(&t->fiber);
-	t->fiber.uc_stack.ss_sp = (char *)t->map + sysconf(_SC_PAGESIZE);
-	t->fiber.uc_stack.ss_size = HANDLER_STACK;
-	t->fiber.uc_link = &t->caller;
-	makecontext(&t->fiber, fiber_main, 0);
-#ifdef SG_ASAN_FIBERS
-	void *fake = NULL;
-	__sanitizer_start_switch_fiber(&fake, t->fiber.uc_stack.ss_sp, HANDLER_STACK);
-#endif
-	swapcontext(&t->caller, &t->fiber);
-#ifdef SG_ASAN_FIBERS
-	__sanitizer_finish_switch_fiber(fake, NULL, NULL);
-#endif
+	return size;
 }
 
 /* ---- routing ---- */
@@ -348,8 +317,7 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 	req.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
 	req.query = ri->query_string;
 	req.app = h->app;
-	struct http_thread *th = mg_get_thread_pointer(conn);
-	req.worker = th ? th->worker : NULL;
+	req.worker = mg_get_thread_pointer(conn);
 	req.conn = conn;
 	req.similarity = -2.0;
 	req.upstream_ms = -1.0;
@@ -373,7 +341,7 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 			http_send_error(&req, 503, "service_unavailable", "no_worker_state",
 					"worker thread has no state (out of memory)");
 		else
-			run_handler(th, hit->fn, &req);
+			hit->fn(&req);
 	} else if (path_known) {
 		char allow[64] = "";
 		for (size_t i = 0; i < h->nroutes; i++) {
@@ -430,36 +398,26 @@ static void *on_thread_init(const struct mg_context *ctx, int thread_type)
 	struct sg_http *h = mg_get_user_data(ctx);
 	if (thread_type != 1 || !h)
 		return NULL;
-	struct http_thread *t = calloc(1, sizeof(*t));
-	if (!t)
-		return NULL;
-	size_t page = (size_t)sysconf(_SC_PAGESIZE);
-	t->map_len = HANDLER_STACK + page;
-	t->map = mmap(NULL, t->map_len, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (t->map == MAP_FAILED) {
-		t->map = NULL;
-	} else if (mprotect(t->map, page, PROT_NONE) != 0) {
-		munmap(t->map, t->map_len);
-		t->map = NULL;
-	}
-	if (!t->map)
-		sg_log(SG_LOG_WARN, "no handler stack for a worker thread; using civetweb's");
-	t->worker = h->wcreate ? h->wcreate(h->app) : NULL;
-	return t;
+	size_t stack = current_stack_size();
+	if (stack && stack < SG_MIN_THREAD_STACK / 2)
+		sg_log(SG_LOG_WARN, "worker thread stack is only %zu bytes; deep requests "
+		       "may crash", stack);
+	return h->wcreate ? h->wcreate(h->app) : NULL;
 }
 
 static void on_thread_exit(const struct mg_context *ctx, int thread_type, void *ptr)
 {
 	struct sg_http *h = mg_get_user_data(ctx);
-	struct http_thread *t = ptr;
-	if (thread_type != 1 || !t)
-		return;
-	if (h && h->wdestroy && t->worker)
-		h->wdestroy(t->worker);
-	if (t->map)
-		munmap(t->map, t->map_len);
-	free(t);
+	if (thread_type == 1 && h && h->wdestroy && ptr)
+		h->wdestroy(ptr);
+}
+
+/* Every request comes through here before civetweb's own handling, so
+ * nothing is served by civetweb's defaults, not even during start-up. */
+static int on_begin_request(struct mg_connection *conn)
+{
+	struct sg_http *h = mg_get_user_data(mg_get_context(conn));
+	return dispatch(conn, h);
 }
 
 static int on_log_message(const struct mg_connection *conn, const char *message)
@@ -508,6 +466,7 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 	};
 	struct mg_callbacks cb;
 	memset(&cb, 0, sizeof(cb));
+	cb.begin_request = on_begin_request;
 	cb.init_thread = on_thread_init;
 	cb.exit_thread = on_thread_exit;
 	cb.log_message = on_log_message;
@@ -517,7 +476,6 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 		free(h);
 		return NULL;
 	}
-	mg_set_request_handler(h->ctx, "/", dispatch, h);
 	struct mg_server_port sp[4];
 	int n = mg_get_server_ports(h->ctx, 4, sp);
 	h->port = n > 0 ? sp[0].port : opts->port;

@@ -18,6 +18,7 @@
 #include "semgate/prompts.h"
 #include "semgate/routes.h"
 #include "semgate/scope.h"
+#include "semgate/sse.h"
 #include "semgate/store.h"
 #include "semgate/upstream.h"
 
@@ -28,6 +29,8 @@ struct chat {
 	const char *prompt;     /* system prompt text to prepend, or NULL */
 	cJSON *turn;            /* this turn's non-system messages (to store) */
 	char *upstream_body;    /* rendered request when it differs from the client's */
+	bool stream;            /* "stream": true */
+	bool stream_usage;      /* stream_options.include_usage */
 	/* cache controls */
 	bool no_cache;          /* Cache-Control: no-cache: skip lookup, still store */
 	bool no_store;          /* Cache-Control: no-store: neither */
@@ -279,6 +282,27 @@ static void add_cache_headers(struct chat *c)
 		add_hdr(c, "X-Semgate-Entry", c->entry);
 }
 
+/* Send a cached completion as chat.completion.chunk events. */
+static int replay_stream(struct chat *c, const cJSON *doc)
+{
+	struct sg_buf out;
+	sg_buf_init(&out, 0);
+	const char *id = sg_json_str(doc, "id");
+	const cJSON *created = cJSON_GetObjectItemCaseSensitive(doc, "created");
+	if (sse_replay(doc, id ? id : "chatcmpl-sg",
+		       cJSON_IsNumber(created) ? (long long)created->valuedouble : 0,
+		       c->stream_usage, &out) != SG_OK) {
+		sg_buf_finish(&out);
+		return http_send_error(c->req, 500, "server_error", "internal_error",
+				       "cached answer could not be replayed");
+	}
+	if (http_stream_begin(c->req, 200, "text/event-stream", c->hdrs) == SG_OK &&
+	    http_stream_write(c->req, out.data, out.len) == SG_OK)
+		http_stream_end(c->req);
+	sg_buf_finish(&out);
+	return 200;
+}
+
 /* Look the request up. Returns true when a hit was sent (*status set). */
 static bool try_cache(struct chat *c, int *status)
 {
@@ -324,8 +348,11 @@ static bool try_cache(struct chat *c, int *status)
 	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
 	store_entry_hit(s, req->tenant, c->cr.id, &e);
 	remember(c, doc);
+	if (c->stream)
+		*status = replay_stream(c, doc);
+	else
+		*status = http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
 	cJSON_Delete(doc);
-	*status = http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
 	free(body);
 	return true;
 }
@@ -372,6 +399,132 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
 
+/* ---- streamed answers ---- */
+
+struct stream_relay {
+	struct chat *c;
+	long status;
+	bool started;
+	bool client_gone;
+	struct sg_buf errbody;     /* a non-200 answer, relayed as JSON */
+	struct sg_buf ev;          /* one event as it goes to the client */
+	struct sse_parser parser;
+	struct sse_answer answer;
+};
+
+static int on_event(void *ud, const char *raw, size_t raw_len, const char *data, size_t len)
+{
+	struct stream_relay *st = ud;
+	bool usage_only = sse_answer_feed(&st->answer, data, len);
+	(void)usage_only;
+	sg_buf_reset(&st->ev);
+	if (sg_buf_append(&st->ev, raw, raw_len) != SG_OK ||
+	    sg_buf_append(&st->ev, "\n\n", 2) != SG_OK ||
+	    http_stream_write(st->c->req, st->ev.data, st->ev.len) != SG_OK) {
+		st->client_gone = true;
+		return 1;
+	}
+	return 0;
+}
+
+static int on_stream_data(void *ud, long status, const char *data, size_t len)
+{
+	struct stream_relay *st = ud;
+	st->status = status;
+	if (status != 200)
+		return sg_buf_append(&st->errbody, data, len) == SG_OK ? 0 : 1;
+	if (!st->started) {
+		add_cache_headers(st->c);
+		st->started = true;
+		if (http_stream_begin(st->c->req, 200, "text/event-stream", st->c->hdrs) != SG_OK) {
+			st->client_gone = true;
+			return 1;
+		}
+	}
+	enum sg_err rc = sse_parser_feed(&st->parser, data, len, on_event, st);
+	if (rc == SG_ERR_CLIENT_GONE)
+		return 1;
+	if (rc != SG_OK)
+		st->answer.bad_event = true; /* an oversized event: relay stops */
+	return rc == SG_OK ? 0 : 1;
+}
+
+/* After a complete stream: cache the assembled answer, append the turn. */
+static void finish_stream(struct chat *c, struct stream_relay *st)
+{
+	if (!sse_answer_complete(&st->answer))
+		return;
+	char *json = sse_answer_render(&st->answer);
+	cJSON *doc = NULL;
+	if (json && sg_json_parse(json, strlen(json), &doc, NULL) == SG_OK) {
+		struct upstream_resp fake = { .status = 200 };
+		sg_buf_init(&fake.body, 0);
+		fake.body.data = json;
+		fake.body.len = strlen(json);
+		store_answer(c, doc, &fake);
+		remember(c, doc);
+	}
+	cJSON_Delete(doc);
+	free(json);
+}
+
+static int stream_upstream(struct chat *c, struct upstream *up, const char *body, size_t len)
+{
+	struct sg_req *req = c->req;
+	struct sg_error e = { 0 };
+	struct stream_relay st = { .c = c };
+	sg_buf_init(&st.errbody, 1 << 20);
+	sg_buf_init(&st.ev, 0);
+	sse_parser_init(&st.parser, (size_t)req->app->cfg->max_upstream_bytes);
+	sse_answer_init(&st.answer, (size_t)req->app->cfg->max_upstream_bytes);
+	struct upstream_resp r = { 0 };
+	enum sg_err rc = upstream_post_stream(up, &req->app->llm, "/chat/completions", body,
+					      len, client_bearer(req), on_stream_data, &st,
+					      &r, &e);
+	req->upstream_ms = r.ms;
+	req->cache_outcome = c->outcome;
+	int status;
+	if (st.started) {
+		status = 200;
+		if (rc == SG_OK && !st.client_gone) {
+			finish_stream(c, &st);
+		} else if (!st.client_gone) {
+			/* the upstream broke off: tell the client in-band, store nothing */
+			char *err = sg_json_error_body(e.msg[0] ? e.msg : "upstream stream broke off",
+						       "upstream_error", "upstream_stream_error");
+			if (err) {
+				char *ev = NULL;
+				if (asprintf(&ev, "data: %s\n\n", err) >= 0) {
+					http_stream_write(req, ev, strlen(ev));
+					free(ev);
+				}
+				free(err);
+			}
+		}
+		if (!st.client_gone)
+			http_stream_end(req);
+	} else if (rc != SG_OK && !(rc == SG_ERR_CLIENT_GONE && st.status != 200)) {
+		status = http_send_sg_error(req, &e);
+	} else {
+		r.status = st.status ? st.status : r.status;
+		sg_buf_finish(&r.body);
+		r.body = st.errbody;
+		sg_buf_init(&st.errbody, 0);
+		if (r.status == 200)  /* 200 with an empty body */
+			status = http_send_error(req, 502, "upstream_error",
+						 "upstream_invalid_response",
+						 "upstream answered an empty stream");
+		else
+			status = relay(c, &r);
+	}
+	upstream_resp_finish(&r);
+	sg_buf_finish(&st.errbody);
+	sg_buf_finish(&st.ev);
+	sse_parser_finish(&st.parser);
+	sse_answer_finish(&st.answer);
+	return status;
+}
+
 int route_chat_completions(struct sg_req *req)
 {
 	struct sg_error e = { 0 };
@@ -385,11 +538,9 @@ int route_chat_completions(struct sg_req *req)
 		status = http_send_sg_error(req, &e);
 		goto out;
 	}
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c.body, "stream"))) {
-		status = http_send_error(req, 400, "invalid_request_error", "stream_unsupported",
-					 "\"stream\": true is not supported by this gateway version");
-		goto out;
-	}
+	c.stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c.body, "stream"));
+	c.stream_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+		sg_json_obj(c.body, "stream_options"), "include_usage"));
 	if (build_request(&c, &e) != SG_OK) {
 		status = http_send_sg_error(req, &e);
 		goto out;
@@ -402,9 +553,13 @@ int route_chat_completions(struct sg_req *req)
 					 "out of memory");
 		goto out;
 	}
-	struct upstream_resp r = { 0 };
 	const char *body = c.upstream_body ? c.upstream_body : req->body.data;
 	size_t len = c.upstream_body ? strlen(c.upstream_body) : req->body.len;
+	if (c.stream) {
+		status = stream_upstream(&c, up, body, len);
+		goto out;
+	}
+	struct upstream_resp r = { 0 };
 	enum sg_err rc = upstream_post(up, &req->app->llm, "/chat/completions", body, len,
 				       client_bearer(req), &r, &e);
 	req->upstream_ms = r.ms;
