@@ -9,20 +9,11 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include <hiredis/hiredis.h>
 
 #include "semgate/clock.h"
 #include "semgate/log.h"
 #include "semgate/store.h"
-
-#define RECONNECT_BACKOFF_MS 100.0
-
-struct store {
-	const struct sg_config *cfg;
-	redisContext *c;
-	double next_attempt_ms; /* monotonic; no connect before this */
-	bool had_connection;    /* a success before the current outage */
-};
+#include "store_priv.h"
 
 static atomic_ullong g_reconnects;
 
@@ -61,7 +52,7 @@ void store_destroy(struct store *s)
 
 /* ---- key layout: the only place key names are made ---- */
 
-static char *key_fmt(const struct store *s, const char *kind, const char *tenant,
+char *store_key(const struct store *s, const char *kind, const char *tenant,
 		     const char *rest)
 {
 	char *k = NULL;
@@ -72,7 +63,7 @@ static char *key_fmt(const struct store *s, const char *kind, const char *tenant
 
 /* ---- connection ---- */
 
-static void drop(struct store *s)
+void store_drop(struct store *s)
 {
 	if (s->c) {
 		redisFree(s->c);
@@ -81,12 +72,12 @@ static void drop(struct store *s)
 	s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
 }
 
-static enum sg_err conn_get(struct store *s, struct sg_error *e)
+enum sg_err store_conn(struct store *s, struct sg_error *e)
 {
 	if (s->c && !s->c->err)
 		return SG_OK;
 	if (s->c)
-		drop(s);
+		store_drop(s);
 	if (sg_now_ms() < s->next_attempt_ms)
 		return sg_error_set(e, SG_ERR_REDIS, "redis unavailable (retrying shortly)");
 	const struct sg_config *cfg = s->cfg;
@@ -142,33 +133,33 @@ fail:
 
 /* Read one pipelined reply. NULL means the connection is gone (dropped
  * here, e set); an error reply is returned for the caller to judge. */
-static redisReply *read_reply(struct store *s, struct sg_error *e)
+redisReply *store_read_reply(struct store *s, struct sg_error *e)
 {
 	void *r = NULL;
 	if (redisGetReply(s->c, &r) != REDIS_OK || !r) {
 		sg_error_set(e, SG_ERR_REDIS, "redis connection lost: %s",
 			     s->c->errstr[0] ? s->c->errstr : "no reply");
-		drop(s);
+		store_drop(s);
 		return NULL;
 	}
 	return r;
 }
 
 /* Run one command given as argv; the reply belongs to the caller. */
-static redisReply *run_argv(struct store *s, int argc, const char **argv,
+redisReply *store_run(struct store *s, int argc, const char **argv,
 			    const size_t *lens, struct sg_error *e)
 {
-	if (conn_get(s, e) != SG_OK)
+	if (store_conn(s, e) != SG_OK)
 		return NULL;
 	if (redisAppendCommandArgv(s->c, argc, argv, lens) != REDIS_OK) {
 		sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis command");
-		drop(s);
+		store_drop(s);
 		return NULL;
 	}
-	return read_reply(s, e);
+	return store_read_reply(s, e);
 }
 
-static enum sg_err reply_error(redisReply *r, struct sg_error *e)
+enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
 	return sg_error_set(e, SG_ERR_REDIS, "redis error: %.200s", r->str);
 }
@@ -176,12 +167,12 @@ static enum sg_err reply_error(redisReply *r, struct sg_error *e)
 enum sg_err store_ping(struct store *s, struct sg_error *e)
 {
 	const char *argv[] = { "PING" };
-	redisReply *r = run_argv(s, 1, argv, NULL, e);
+	redisReply *r = store_run(s, 1, argv, NULL, e);
 	if (!r)
 		return SG_ERR_REDIS;
 	enum sg_err rc = SG_OK;
 	if (r->type == REDIS_REPLY_ERROR)
-		rc = reply_error(r, e);
+		rc = store_reply_error(r, e);
 	freeReplyObject(r);
 	return rc;
 }
@@ -222,20 +213,20 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 			      struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
-	char *key = key_fmt(s, "chat", tenant, conv);
+	char *key = store_key(s, "chat", tenant, conv);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	enum sg_err rc = conn_get(s, e);
+	enum sg_err rc = store_conn(s, e);
 	if (rc != SG_OK)
 		goto out;
 	redisAppendCommand(s->c, "LRANGE %s 0 -1", key);
 	redisAppendCommand(s->c, "TTL %s", key);
-	redisReply *r1 = read_reply(s, e);
-	redisReply *r2 = r1 ? read_reply(s, e) : NULL;
+	redisReply *r1 = store_read_reply(s, e);
+	redisReply *r2 = r1 ? store_read_reply(s, e) : NULL;
 	if (!r1 || !r2) {
 		rc = SG_ERR_REDIS;
 	} else if (r1->type == REDIS_REPLY_ERROR) {
-		rc = reply_error(r1, e);
+		rc = store_reply_error(r1, e);
 	} else if (r2->type != REDIS_REPLY_INTEGER) {
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected TTL reply");
 	} else {
@@ -253,11 +244,11 @@ out:
 
 /* Read the replies of a MULTI ... EXEC block of ncmds queued commands and
  * return the EXEC array reply (caller frees) or NULL with e set. */
-static redisReply *read_exec(struct store *s, size_t ncmds, struct sg_error *e)
+redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e)
 {
 	redisReply *bad = NULL;
 	for (size_t i = 0; i < ncmds + 1; i++) { /* MULTI + each QUEUED */
-		redisReply *r = read_reply(s, e);
+		redisReply *r = store_read_reply(s, e);
 		if (!r)
 			goto lost;
 		if (r->type == REDIS_REPLY_ERROR && !bad)
@@ -265,12 +256,12 @@ static redisReply *read_exec(struct store *s, size_t ncmds, struct sg_error *e)
 		else
 			freeReplyObject(r);
 	}
-	redisReply *exec = read_reply(s, e);
+	redisReply *exec = store_read_reply(s, e);
 	if (!exec)
 		goto lost;
 	if (bad || exec->type != REDIS_REPLY_ARRAY) {
 		if (bad)
-			reply_error(bad, e);
+			store_reply_error(bad, e);
 		else
 			sg_error_set(e, SG_ERR_REDIS, "transaction aborted");
 		if (bad)
@@ -290,7 +281,7 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 				 long long max, long long ttl_s, long long *new_len,
 				 struct sg_error *e)
 {
-	char *key = key_fmt(s, "chat", tenant, conv);
+	char *key = store_key(s, "chat", tenant, conv);
 	const char **argv = calloc(n + 2, sizeof(char *));
 	size_t *alen = calloc(n + 2, sizeof(size_t));
 	enum sg_err rc = SG_OK;
@@ -298,7 +289,7 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((rc = conn_get(s, e)) != SG_OK)
+	if ((rc = store_conn(s, e)) != SG_OK)
 		goto out;
 	argv[0] = "RPUSH";
 	alen[0] = 5;
@@ -314,7 +305,7 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
 	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = read_exec(s, 4, e);
+	redisReply *exec = store_read_exec(s, 4, e);
 	if (!exec) {
 		rc = SG_ERR_REDIS;
 		goto out;
@@ -334,11 +325,11 @@ out:
 enum sg_err store_history_delete(struct store *s, const char *tenant, const char *conv,
 				 bool *existed, struct sg_error *e)
 {
-	char *key = key_fmt(s, "chat", tenant, conv);
+	char *key = store_key(s, "chat", tenant, conv);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	const char *argv[] = { "DEL", key };
-	redisReply *r = run_argv(s, 2, argv, NULL, e);
+	redisReply *r = store_run(s, 2, argv, NULL, e);
 	free(key);
 	if (!r)
 		return SG_ERR_REDIS;
@@ -346,268 +337,8 @@ enum sg_err store_history_delete(struct store *s, const char *tenant, const char
 	if (r->type == REDIS_REPLY_INTEGER)
 		*existed = r->integer > 0;
 	else
-		rc = reply_error(r, e);
+		rc = store_reply_error(r, e);
 	freeReplyObject(r);
 	return rc;
 }
 
-/* ---- cache entries ---- */
-
-void store_answer_finish(struct store_answer *a)
-{
-	if (!a)
-		return;
-	free(a->answer);
-	a->answer = NULL;
-}
-
-enum sg_err store_entry_put(struct store *s, const char *tenant,
-			    const struct store_entry *en, struct sg_error *e)
-{
-	char *ekey = key_fmt(s, "e", tenant, en->id);
-	char *xkey = en->exact ? key_fmt(s, "x", tenant, en->exact) : NULL;
-	char *xval = NULL;
-	size_t xlen = strlen(en->id) + 1 + en->answer_len;
-	enum sg_err rc = SG_OK;
-	if (!ekey || (en->exact && !xkey) || !(xval = malloc(xlen))) {
-		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(xval, en->id, strlen(en->id));
-	xval[strlen(en->id)] = '\n';
-	memcpy(xval + strlen(en->id) + 1, en->answer, en->answer_len);
-	if ((rc = conn_get(s, e)) != SG_OK)
-		goto out;
-
-	char created[24], tokens[24], dim[16], ttl[24];
-	snprintf(created, sizeof(created), "%lld", en->created);
-	snprintf(tokens, sizeof(tokens), "%lld", en->tokens);
-	snprintf(dim, sizeof(dim), "%d", en->vec ? en->dim : 0);
-	snprintf(ttl, sizeof(ttl), "%lld", en->ttl_s);
-	const char *argv[32];
-	size_t alen[32];
-	int n = 0;
-#define ARG(p, l) do { argv[n] = (p); alen[n] = (l); n++; } while (0)
-#define ARGS(p) ARG((p), strlen(p))
-	ARGS("HSET");
-	ARGS(ekey);
-	ARGS("query"); ARG(en->query, en->query_len);
-	ARGS("answer"); ARG(en->answer, en->answer_len);
-	ARGS("scope"); ARGS(en->scope);
-	ARGS("namespace"); ARGS(en->ns);
-	ARGS("exact"); ARGS(en->exact ? en->exact : "");
-	ARGS("dim"); ARGS(dim);
-	ARGS("model"); ARGS(en->emb_model);
-	ARGS("created"); ARGS(created);
-	ARGS("tokens"); ARGS(tokens);
-	ARGS("hits"); ARGS("0");
-	if (en->vec) {
-		ARGS("vector");
-		ARG((const char *)en->vec, sizeof(float) * (size_t)en->dim);
-	}
-#undef ARG
-#undef ARGS
-	size_t queued = 2;
-	redisAppendCommand(s->c, "MULTI");
-	redisAppendCommandArgv(s->c, n, argv, alen);
-	redisAppendCommand(s->c, "EXPIRE %s %s", ekey, ttl);
-	if (xkey) {
-		redisAppendCommand(s->c, "SET %s %b EX %s", xkey, xval, xlen, ttl);
-		queued++;
-	}
-	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = read_exec(s, queued, e);
-	if (!exec)
-		rc = SG_ERR_REDIS;
-	else
-		freeReplyObject(exec);
-out:
-	free(ekey);
-	free(xkey);
-	free(xval);
-	return rc;
-}
-
-static enum sg_err dup_answer(struct store_answer *out, const char *p, size_t len,
-			      struct sg_error *e)
-{
-	out->answer = malloc(len + 1);
-	if (!out->answer)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	memcpy(out->answer, p, len);
-	out->answer[len] = '\0';
-	out->answer_len = len;
-	return SG_OK;
-}
-
-enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
-			    struct store_answer *out, bool *found, struct sg_error *e)
-{
-	memset(out, 0, sizeof(*out));
-	*found = false;
-	char *key = key_fmt(s, "x", tenant, exact);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "GET", key };
-	redisReply *r = run_argv(s, 2, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_STRING) {
-		const char *nl = memchr(r->str, '\n', r->len);
-		size_t idlen = nl ? (size_t)(nl - r->str) : 0;
-		/* anything not in our "<id>\n<answer>" shape is a miss, not a crash */
-		if (nl && idlen > 0 && idlen < sizeof(out->id)) {
-			memcpy(out->id, r->str, idlen);
-			out->id[idlen] = '\0';
-			rc = dup_answer(out, nl + 1, r->len - idlen - 1, e);
-			*found = rc == SG_OK;
-		}
-	} else if (r->type == REDIS_REPLY_ERROR) {
-		rc = reply_error(r, e);
-	}
-	freeReplyObject(r);
-	return rc;
-}
-
-enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,
-			       struct store_answer *out, bool *found, struct sg_error *e)
-{
-	memset(out, 0, sizeof(*out));
-	*found = false;
-	char *key = key_fmt(s, "e", tenant, id);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "HMGET", key, "answer", "tokens" };
-	redisReply *r = run_argv(s, 4, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-	    r->element[0]->type == REDIS_REPLY_STRING) {
-		snprintf(out->id, sizeof(out->id), "%s", id);
-		if (r->element[1]->type == REDIS_REPLY_STRING)
-			out->tokens = strtoll(r->element[1]->str, NULL, 10);
-		rc = dup_answer(out, r->element[0]->str, r->element[0]->len, e);
-		*found = rc == SG_OK;
-	} else if (r->type == REDIS_REPLY_ERROR) {
-		rc = reply_error(r, e);
-	}
-	freeReplyObject(r);
-	return rc;
-}
-
-enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
-			    struct sg_error *e)
-{
-	char *key = key_fmt(s, "e", tenant, id);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	/* only count hits on an entry that still exists: HINCRBY would
-	 * otherwise create a key without a TTL */
-	const char *argv[] = { "EVAL",
-		"if redis.call('EXISTS', KEYS[1]) == 1 then "
-		"return redis.call('HINCRBY', KEYS[1], 'hits', 1) end return 0",
-		"1", key };
-	redisReply *r = run_argv(s, 4, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? reply_error(r, e) : SG_OK;
-	freeReplyObject(r);
-	return rc;
-}
-
-/* Split "{prefix}e:{tenant}:{id}" into tenant and id. */
-static bool parse_entry_key(const struct store *s, const char *key, size_t len,
-			    char *tenant, size_t tcap, char *id, size_t icap)
-{
-	size_t plen = strlen(s->cfg->redis_prefix);
-	if (len < plen + 2 || memcmp(key, s->cfg->redis_prefix, plen) != 0 ||
-	    memcmp(key + plen, "e:", 2) != 0)
-		return false;
-	const char *t = key + plen + 2, *end = key + len;
-	const char *colon = memchr(t, ':', (size_t)(end - t));
-	if (!colon || (size_t)(colon - t) >= tcap || (size_t)(end - colon - 1) >= icap ||
-	    colon == t || colon + 1 == end)
-		return false;
-	memcpy(tenant, t, (size_t)(colon - t));
-	tenant[colon - t] = '\0';
-	memcpy(id, colon + 1, (size_t)(end - colon - 1));
-	id[end - colon - 1] = '\0';
-	return true;
-}
-
-enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
-			       size_t *scanned, struct sg_error *e)
-{
-	*scanned = 0;
-	char *pattern = NULL;
-	if (asprintf(&pattern, "%se:*", s->cfg->redis_prefix) < 0)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	char cursor[32] = "0";
-	enum sg_err rc = SG_OK;
-	do {
-		if ((rc = conn_get(s, e)) != SG_OK)
-			break;
-		redisReply *r = redisCommand(s->c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-		if (!r) {
-			drop(s);
-			rc = sg_error_set(e, SG_ERR_REDIS, "redis connection lost during SCAN");
-			break;
-		}
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-		    r->element[0]->type != REDIS_REPLY_STRING ||
-		    r->element[1]->type != REDIS_REPLY_ARRAY) {
-			freeReplyObject(r);
-			rc = sg_error_set(e, SG_ERR_REDIS, "unexpected SCAN reply");
-			break;
-		}
-		snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-		redisReply *keys = r->element[1];
-		for (size_t i = 0; i < keys->elements; i++) {
-			redisReply *k = keys->element[i];
-			redisAppendCommand(s->c, "HMGET %b vector dim model scope", k->str, k->len);
-			redisAppendCommand(s->c, "PTTL %b", k->str, k->len);
-		}
-		for (size_t i = 0; i < keys->elements && rc == SG_OK; i++) {
-			redisReply *h = read_reply(s, e);
-			redisReply *t = h ? read_reply(s, e) : NULL;
-			if (!h || !t) {
-				if (h)
-					freeReplyObject(h);
-				rc = SG_ERR_REDIS;
-				break;
-			}
-			redisReply *k = keys->element[i];
-			char tenant[128], id[128];
-			if (h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
-			    h->element[0]->type == REDIS_REPLY_STRING &&
-			    h->element[1]->type == REDIS_REPLY_STRING &&
-			    h->element[2]->type == REDIS_REPLY_STRING &&
-			    h->element[3]->type == REDIS_REPLY_STRING &&
-			    t->type == REDIS_REPLY_INTEGER && t->integer != -2 &&
-			    parse_entry_key(s, k->str, k->len, tenant, sizeof(tenant), id, sizeof(id))) {
-				long dim = strtol(h->element[1]->str, NULL, 10);
-				redisReply *blob = h->element[0];
-				if (dim > 0 && dim <= 8192 && blob->len == sizeof(float) * (size_t)dim) {
-					float *v = malloc(blob->len);
-					if (v) {
-						memcpy(v, blob->str, blob->len);
-						fn(ud, tenant, id, h->element[3]->str,
-						   h->element[2]->str, v, (int)dim, t->integer);
-						free(v);
-						(*scanned)++;
-					}
-				}
-			}
-			freeReplyObject(h);
-			freeReplyObject(t);
-		}
-		freeReplyObject(r);
-	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
-	free(pattern);
-	return rc;
-}

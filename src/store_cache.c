@@ -1,0 +1,270 @@
+/* Cache entries in Redis: entry hashes {prefix}e:{tenant}:{id}, exact keys
+ * {prefix}x:{tenant}:{sha}, and the scan that rebuilds the vector index.
+ * Part of the store module: key names are built only here and in store*.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/store.h"
+#include "store_priv.h"
+
+/* ---- cache entries ---- */
+
+void store_answer_finish(struct store_answer *a)
+{
+	if (!a)
+		return;
+	free(a->answer);
+	a->answer = NULL;
+}
+
+enum sg_err store_entry_put(struct store *s, const char *tenant,
+			    const struct store_entry *en, struct sg_error *e)
+{
+	char *ekey = store_key(s, "e", tenant, en->id);
+	char *xkey = en->exact ? store_key(s, "x", tenant, en->exact) : NULL;
+	char *xval = NULL;
+	size_t xlen = strlen(en->id) + 1 + en->answer_len;
+	enum sg_err rc = SG_OK;
+	if (!ekey || (en->exact && !xkey) || !(xval = malloc(xlen))) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(xval, en->id, strlen(en->id));
+	xval[strlen(en->id)] = '\n';
+	memcpy(xval + strlen(en->id) + 1, en->answer, en->answer_len);
+	if ((rc = store_conn(s, e)) != SG_OK)
+		goto out;
+
+	char created[24], tokens[24], dim[16], ttl[24];
+	snprintf(created, sizeof(created), "%lld", en->created);
+	snprintf(tokens, sizeof(tokens), "%lld", en->tokens);
+	snprintf(dim, sizeof(dim), "%d", en->vec ? en->dim : 0);
+	snprintf(ttl, sizeof(ttl), "%lld", en->ttl_s);
+	const char *argv[32];
+	size_t alen[32];
+	int n = 0;
+#define ARG(p, l) do { argv[n] = (p); alen[n] = (l); n++; } while (0)
+#define ARGS(p) ARG((p), strlen(p))
+	ARGS("HSET");
+	ARGS(ekey);
+	ARGS("query"); ARG(en->query, en->query_len);
+	ARGS("answer"); ARG(en->answer, en->answer_len);
+	ARGS("scope"); ARGS(en->scope);
+	ARGS("namespace"); ARGS(en->ns);
+	ARGS("exact"); ARGS(en->exact ? en->exact : "");
+	ARGS("dim"); ARGS(dim);
+	ARGS("model"); ARGS(en->emb_model);
+	ARGS("created"); ARGS(created);
+	ARGS("tokens"); ARGS(tokens);
+	ARGS("hits"); ARGS("0");
+	if (en->vec) {
+		ARGS("vector");
+		ARG((const char *)en->vec, sizeof(float) * (size_t)en->dim);
+	}
+#undef ARG
+#undef ARGS
+	size_t queued = 2;
+	redisAppendCommand(s->c, "MULTI");
+	redisAppendCommandArgv(s->c, n, argv, alen);
+	redisAppendCommand(s->c, "EXPIRE %s %s", ekey, ttl);
+	if (xkey) {
+		redisAppendCommand(s->c, "SET %s %b EX %s", xkey, xval, xlen, ttl);
+		queued++;
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, queued, e);
+	if (!exec)
+		rc = SG_ERR_REDIS;
+	else
+		freeReplyObject(exec);
+out:
+	free(ekey);
+	free(xkey);
+	free(xval);
+	return rc;
+}
+
+static enum sg_err dup_answer(struct store_answer *out, const char *p, size_t len,
+			      struct sg_error *e)
+{
+	out->answer = malloc(len + 1);
+	if (!out->answer)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	memcpy(out->answer, p, len);
+	out->answer[len] = '\0';
+	out->answer_len = len;
+	return SG_OK;
+}
+
+enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
+			    struct store_answer *out, bool *found, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	*found = false;
+	char *key = store_key(s, "x", tenant, exact);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	const char *argv[] = { "GET", key };
+	redisReply *r = store_run(s, 2, argv, NULL, e);
+	free(key);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_STRING) {
+		const char *nl = memchr(r->str, '\n', r->len);
+		size_t idlen = nl ? (size_t)(nl - r->str) : 0;
+		/* anything not in our "<id>\n<answer>" shape is a miss, not a crash */
+		if (nl && idlen > 0 && idlen < sizeof(out->id)) {
+			memcpy(out->id, r->str, idlen);
+			out->id[idlen] = '\0';
+			rc = dup_answer(out, nl + 1, r->len - idlen - 1, e);
+			*found = rc == SG_OK;
+		}
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(r, e);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,
+			       struct store_answer *out, bool *found, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	*found = false;
+	char *key = store_key(s, "e", tenant, id);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	const char *argv[] = { "HMGET", key, "answer", "tokens" };
+	redisReply *r = store_run(s, 4, argv, NULL, e);
+	free(key);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[0]->type == REDIS_REPLY_STRING) {
+		snprintf(out->id, sizeof(out->id), "%s", id);
+		if (r->element[1]->type == REDIS_REPLY_STRING)
+			out->tokens = strtoll(r->element[1]->str, NULL, 10);
+		rc = dup_answer(out, r->element[0]->str, r->element[0]->len, e);
+		*found = rc == SG_OK;
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(r, e);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
+			    struct sg_error *e)
+{
+	char *key = store_key(s, "e", tenant, id);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	/* only count hits on an entry that still exists: HINCRBY would
+	 * otherwise create a key without a TTL */
+	const char *argv[] = { "EVAL",
+		"if redis.call('EXISTS', KEYS[1]) == 1 then "
+		"return redis.call('HINCRBY', KEYS[1], 'hits', 1) end return 0",
+		"1", key };
+	redisReply *r = store_run(s, 4, argv, NULL, e);
+	free(key);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
+	freeReplyObject(r);
+	return rc;
+}
+
+/* Split "{prefix}e:{tenant}:{id}" into tenant and id. */
+static bool parse_entry_key(const struct store *s, const char *key, size_t len,
+			    char *tenant, size_t tcap, char *id, size_t icap)
+{
+	size_t plen = strlen(s->cfg->redis_prefix);
+	if (len < plen + 2 || memcmp(key, s->cfg->redis_prefix, plen) != 0 ||
+	    memcmp(key + plen, "e:", 2) != 0)
+		return false;
+	const char *t = key + plen + 2, *end = key + len;
+	const char *colon = memchr(t, ':', (size_t)(end - t));
+	if (!colon || (size_t)(colon - t) >= tcap || (size_t)(end - colon - 1) >= icap ||
+	    colon == t || colon + 1 == end)
+		return false;
+	memcpy(tenant, t, (size_t)(colon - t));
+	tenant[colon - t] = '\0';
+	memcpy(id, colon + 1, (size_t)(end - colon - 1));
+	id[end - colon - 1] = '\0';
+	return true;
+}
+
+enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
+			       size_t *scanned, struct sg_error *e)
+{
+	*scanned = 0;
+	char *pattern = NULL;
+	if (asprintf(&pattern, "%se:*", s->cfg->redis_prefix) < 0)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	char cursor[32] = "0";
+	enum sg_err rc = SG_OK;
+	do {
+		if ((rc = store_conn(s, e)) != SG_OK)
+			break;
+		redisReply *r = redisCommand(s->c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+		if (!r) {
+			store_drop(s);
+			rc = sg_error_set(e, SG_ERR_REDIS, "redis connection lost during SCAN");
+			break;
+		}
+		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		    r->element[0]->type != REDIS_REPLY_STRING ||
+		    r->element[1]->type != REDIS_REPLY_ARRAY) {
+			freeReplyObject(r);
+			rc = sg_error_set(e, SG_ERR_REDIS, "unexpected SCAN reply");
+			break;
+		}
+		snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+		redisReply *keys = r->element[1];
+		for (size_t i = 0; i < keys->elements; i++) {
+			redisReply *k = keys->element[i];
+			redisAppendCommand(s->c, "HMGET %b vector dim model scope", k->str, k->len);
+			redisAppendCommand(s->c, "PTTL %b", k->str, k->len);
+		}
+		for (size_t i = 0; i < keys->elements && rc == SG_OK; i++) {
+			redisReply *h = store_read_reply(s, e);
+			redisReply *t = h ? store_read_reply(s, e) : NULL;
+			if (!h || !t) {
+				if (h)
+					freeReplyObject(h);
+				rc = SG_ERR_REDIS;
+				break;
+			}
+			redisReply *k = keys->element[i];
+			char tenant[128], id[128];
+			if (h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
+			    h->element[0]->type == REDIS_REPLY_STRING &&
+			    h->element[1]->type == REDIS_REPLY_STRING &&
+			    h->element[2]->type == REDIS_REPLY_STRING &&
+			    h->element[3]->type == REDIS_REPLY_STRING &&
+			    t->type == REDIS_REPLY_INTEGER && t->integer != -2 &&
+			    parse_entry_key(s, k->str, k->len, tenant, sizeof(tenant), id, sizeof(id))) {
+				long dim = strtol(h->element[1]->str, NULL, 10);
+				redisReply *blob = h->element[0];
+				if (dim > 0 && dim <= 8192 && blob->len == sizeof(float) * (size_t)dim) {
+					float *v = malloc(blob->len);
+					if (v) {
+						memcpy(v, blob->str, blob->len);
+						fn(ud, tenant, id, h->element[3]->str,
+						   h->element[2]->str, v, (int)dim, t->integer);
+						free(v);
+						(*scanned)++;
+					}
+				}
+			}
+			freeReplyObject(h);
+			freeReplyObject(t);
+		}
+		freeReplyObject(r);
+	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	free(pattern);
+	return rc;
+}
