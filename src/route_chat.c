@@ -529,6 +529,7 @@ int route_chat_completions(struct sg_req *req)
 {
 	struct sg_error e = { 0 };
 	struct chat c = { .req = req, .outcome = "bypass" };
+	c.cr.similarity = -2.0; /* "not computed" until a lookup runs */
 	int status;
 	if (http_read_body(req, &e) != SG_OK)
 		return http_send_sg_error(req, &e);

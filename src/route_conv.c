@@ -96,6 +96,21 @@ int route_conv_append(struct sg_req *req)
 		status = http_send_sg_error(req, &e);
 		goto out;
 	}
+	/* histories never hold system prompts (the chat route puts them first
+	 * on every call); storing one here would send it mid-history later */
+	int i = 0;
+	const cJSON *m;
+	cJSON_ArrayForEach(m, msgs) {
+		const char *role = sg_json_str(m, "role");
+		if (role && (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0)) {
+			sg_error_set(&e, SG_ERR_BAD_REQUEST,
+				"messages[%d]: system messages are not stored in a conversation; "
+				"send them with each chat request or use a named prompt", i);
+			status = http_send_sg_error(req, &e);
+			goto out;
+		}
+		i++;
+	}
 	struct store *s = worker_store(req->worker);
 	long long len = 0;
 	const struct sg_config *cfg = req->app->cfg;

@@ -388,6 +388,10 @@ static const char *const denylist[] = { SG_SCOPE_DENYLIST };
 static bool keep_scope_param(const cJSON *it, const void *arg)
 {
 	(void)arg;
+	/* null means "not given" (SDKs send it for unset parameters), so it
+	 * must not split the scope from a request that leaves the field out */
+	if (cJSON_IsNull(it))
+		return false;
 	for (size_t i = 0; i < sizeof(denylist) / sizeof(denylist[0]); i++)
 		if (it->string && strcmp(it->string, denylist[i]) == 0)
 			return false;

@@ -236,3 +236,16 @@ def test_local_embedder_hits_on_case_and_punctuation_changes(make_gateway, redis
     r = ask(g, "How many legs does a spider have?")
     assert r.headers["X-Semgate-Cache"] == "miss"
     assert upstream.stats()["embedding_requests"] == 0
+
+
+def test_bypassed_requests_report_no_similarity(gateway, upstream):
+    for headers, kw in (({"Cache-Control": "no-store"}, {}), ({}, {"n": 2})):
+        r = ask(gateway, "bypass me", headers=headers, **kw)
+        assert r.headers["X-Semgate-Cache"] == "bypass"
+        assert "X-Semgate-Similarity" not in r.headers
+
+
+def test_null_parameters_share_the_cache_with_absent_ones(gateway, upstream):
+    ask(gateway, "null params")
+    r = ask(gateway, "null params", temperature=None, seed=None)
+    assert r.headers["X-Semgate-Cache"] == "hit-exact"

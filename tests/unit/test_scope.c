@@ -292,6 +292,22 @@ static void test_scope_namespace_null_equals_empty(void)
 	scope_info_finish(&b);
 }
 
+static void test_null_parameter_scopes_like_an_absent_one(void)
+{
+	struct scope_info a, b, c;
+	compute("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", &a);
+	compute("{\"model\":\"m\",\"temperature\":null,\"seed\":null,"
+		"\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", &b);
+	compute("{\"model\":\"m\",\"temperature\":0,"
+		"\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", &c);
+	CHECK_STR(a.scope, b.scope);
+	CHECK_STR(a.exact, b.exact);
+	CHECK(strcmp(a.scope, c.scope) != 0);
+	scope_info_finish(&a);
+	scope_info_finish(&b);
+	scope_info_finish(&c);
+}
+
 static void test_scope_fields_are_length_prefixed(void)
 {
 	struct scope_info a, b;
@@ -555,6 +571,7 @@ int main(void)
 	RUN(test_scope_changes_with_output_shaping_fields);
 	RUN(test_scope_ignores_delivery_fields);
 	RUN(test_scope_namespace_null_equals_empty);
+	RUN(test_null_parameter_scopes_like_an_absent_one);
 	RUN(test_scope_fields_are_length_prefixed);
 	RUN(test_last_user_message_changes_exact_not_scope);
 	RUN(test_earlier_user_message_is_scope_not_query);
