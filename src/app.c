@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "semgate/app.h"
+#include "semgate/auth.h"
+#include "semgate/log.h"
 #include "semgate/prompts.h"
 #include "semgate/store.h"
 #include "semgate/vindex.h"
@@ -22,6 +24,15 @@ enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 		.max_bytes = (size_t)cfg->max_upstream_bytes,
 	};
 	embedder_init(&app->embedder, cfg);
+	if (auth_load(cfg, &app->auth, e) != SG_OK ||
+	    ratelimit_parse(cfg->rate_limit, &app->rate, e) != SG_OK)
+		return e->code;
+	if (!app->auth)
+		sg_log(SG_LOG_WARN, "no SEMGATE_API_KEYS or SEMGATE_API_KEYS_FILE: open mode, "
+		       "every client is tenant 'default' and needs no key");
+	else
+		sg_log(SG_LOG_INFO, "auth: %zu gateway API keys loaded; /v1/* needs one",
+		       auth_count(app->auth));
 	app->vindex = vindex_create();
 	if (!app->vindex)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -38,6 +49,8 @@ enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 
 void app_finish(struct sg_app *app)
 {
+	auth_destroy(app->auth);
+	app->auth = NULL;
 	prompts_destroy(app->prompts);
 	app->prompts = NULL;
 	vindex_destroy(app->vindex);

@@ -2,6 +2,7 @@
  * strict JSON parsing. Depends on libc and cJSON only; never on a server
  * library, so every other module and every test can use it. */
 #include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -284,8 +285,11 @@ bool sg_utf8_valid(const char *str, size_t len)
 	return true;
 }
 
-/* One pass over the text before cJSON sees it: nesting depth and raw
- * control characters inside strings, which cJSON would accept. */
+/* One pass over the text before cJSON sees it: nesting depth, raw control
+ * characters inside strings (which cJSON would accept) and the escape
+ * \u0000: cJSON keeps strings NUL-terminated, so "a\u0000b" would come
+ * out as "a" -- two different questions would share one exact-cache key
+ * and a stored turn would differ from what was sent. */
 static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 {
 	int depth = 0;
@@ -293,10 +297,15 @@ static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (in_str) {
-			if (esc)
+			if (esc) {
 				esc = false;
-			else if (c == '\\')
+				if (c == 'u' && len - i > 4 && memcmp(s + i + 1, "0000", 4) == 0)
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"invalid JSON: \\u0000 (NUL) in a string at byte %zu is "
+						"not supported", i - 1);
+			} else if (c == '\\') {
 				esc = true;
+			}
 			else if (c == '"')
 				in_str = false;
 			else if (c < 0x20)
@@ -369,9 +378,46 @@ const cJSON *sg_json_arr(const cJSON *obj, const char *key)
 	return cJSON_IsArray(it) ? it : NULL;
 }
 
+/* cJSON prints a number with 15 significant digits whenever that reads
+ * back "close enough": a 64-bit seed loses its last digits and
+ * 1.7976931348623157e308 comes back as infinity. Numbers are therefore
+ * turned into raw items holding an exact spelling before printing:
+ * integers below 1e19 as integers, others in the shortest %.Ng that reads
+ * back as the same double. Non-finite numbers stay cJSON's null. */
+static bool exact_numbers(cJSON *v)
+{
+	for (cJSON *c = v->child; c; c = c->next)
+		if (!exact_numbers(c))
+			return false;
+	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+		return true;
+	double x = v->valuedouble;
+	char buf[64];
+	if (floor(x) == x && fabs(x) < 1e19) {
+		snprintf(buf, sizeof(buf), "%.0f", x);
+	} else {
+		for (int prec = 15; prec <= 17; prec++) {
+			snprintf(buf, sizeof(buf), "%.*g", prec, x);
+			if (strtod(buf, NULL) == x)
+				break;
+		}
+	}
+	char *raw = strdup(buf);
+	if (!raw)
+		return false;
+	v->type = cJSON_Raw | (v->type & ~0xFF);
+	v->valuestring = raw;
+	return true;
+}
+
 char *sg_json_render(const cJSON *item)
 {
-	return cJSON_PrintUnformatted(item);
+	cJSON *copy = cJSON_Duplicate(item, 1);
+	char *out = NULL;
+	if (copy && exact_numbers(copy))
+		out = cJSON_PrintUnformatted(copy);
+	cJSON_Delete(copy);
+	return out;
 }
 
 char *sg_json_error_body(const char *message, const char *type, const char *code)

@@ -14,6 +14,7 @@
 #include "semgate/embed.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
+#include "semgate/metrics.h"
 #include "semgate/store.h"
 #include "semgate/vindex.h"
 
@@ -50,6 +51,12 @@ static void partition_key(char *out, size_t cap, const char *tenant, const char 
 	snprintf(out, cap, "%s\x1f%s\x1f%s", tenant, scope, model);
 }
 
+void cache_partition_key(char *out, size_t cap, const char *tenant, const char *scope,
+			 const char *model)
+{
+	partition_key(out, cap, tenant, scope, model);
+}
+
 enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
 			 const char *tenant, const struct scope_info *si,
 			 bool semantic, double threshold, struct cache_result *out,
@@ -62,6 +69,11 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	enum sg_err rc = store_exact_get(s, tenant, si->exact, &a, &found, e);
 	if (rc != SG_OK)
 		return rc;
+	if (found && strcmp(a.kind, "chat") != 0) {
+		/* a sidecar text answer is never served as a completion */
+		store_answer_finish(&a);
+		found = false;
+	}
 	if (found) {
 		out->hit = true;
 		memcpy(out->id, a.id, sizeof(out->id));
@@ -85,7 +97,10 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
 	for (int attempt = 0; attempt < 3; attempt++) {
 		struct vindex_hit best;
-		if (vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ee) != SG_OK) {
+		double t0 = sg_now_ms();
+		enum sg_err src = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ee);
+		metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
+		if (src != SG_OK) {
 			/* a dimension change of the embedding model: a miss, and the
 			 * new vector cannot be stored in this partition either */
 			sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ee.msg);
@@ -101,6 +116,10 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 		rc = store_entry_answer(s, tenant, best.id, &a, &found, e);
 		if (rc != SG_OK)
 			return rc;
+		if (found && strcmp(a.kind, "chat") != 0) {
+			store_answer_finish(&a);
+			return SG_OK; /* never a text entry as a completion */
+		}
 		if (found) {
 			out->hit = true;
 			out->semantic = true;
@@ -223,7 +242,7 @@ char *cache_render_hit(const char *answer, size_t len)
 		else
 			cJSON_AddItemToObject(doc, "created", created);
 		created = NULL;
-		out = cJSON_PrintUnformatted(doc);
+		out = sg_json_render(doc);
 	}
 	cJSON_Delete(nid);
 	cJSON_Delete(created);

@@ -12,7 +12,7 @@
 #include "semgate/log.h"
 
 enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL,
-		CFG_OPTURL, CFG_RATIO };
+		CFG_OPTURL, CFG_RATIO, CFG_PRICE };
 
 struct cfg_row {
 	const char *env;
@@ -37,6 +37,12 @@ static const struct cfg_row config_rows[] = {
 	  1073741824, OFF(max_body_bytes), "largest request body accepted (413 above)" },
 	{ "SEMGATE_KEEPALIVE_MS", "--keepalive-ms", CFG_INT, "500", 0, 600000,
 	  OFF(keepalive_ms), "how long an idle keep-alive connection may hold a thread" },
+	{ "SEMGATE_SHUTDOWN_GRACE_MS", "--shutdown-grace-ms", CFG_INT, "10000", 0, 3600000,
+	  OFF(shutdown_grace_ms),
+	  "on SIGTERM/SIGINT: how long requests and streams in flight may run on" },
+	{ "SEMGATE_REQUEST_TIMEOUT_MS", "--request-timeout-ms", CFG_INT, "30000", 100, 3600000,
+	  OFF(request_timeout_ms),
+	  "longest a client may take to send a request's headers (slow clients are cut)" },
 	{ "SEMGATE_LOG_LEVEL", "--log-level", CFG_LOGLEVEL, "info", 0, 0, OFF(log_level),
 	  "debug, info, warn or error" },
 	{ "SEMGATE_REDIS_HOST", "--redis-host", CFG_STR, "127.0.0.1", 0, 0,
@@ -86,6 +92,17 @@ static const struct cfg_row config_rows[] = {
 	  "dimension of the built-in local embedder" },
 	{ "SEMGATE_EMBED_TIMEOUT_MS", "--embed-timeout-ms", CFG_INT, "2000", 1, 600000,
 	  OFF(embed_timeout_ms), "embedding call timeout (on failure the request goes on as a miss)" },
+	{ "SEMGATE_PRICE_PROMPT_PER_1K", "--price-prompt-per-1k", CFG_PRICE, "0", 0, 1000000,
+	  OFF(price_prompt_per_1k), "price of 1k prompt tokens, for the estimated cost saved" },
+	{ "SEMGATE_PRICE_COMPLETION_PER_1K", "--price-completion-per-1k", CFG_PRICE, "0", 0,
+	  1000000, OFF(price_completion_per_1k),
+	  "price of 1k completion tokens, for the estimated cost saved" },
+	{ "SEMGATE_API_KEYS", "--api-keys", CFG_SECRET, "", 0, 0, OFF(api_keys),
+	  "gateway API keys as key:tenant,key:tenant (empty: open mode, tenant default)" },
+	{ "SEMGATE_API_KEYS_FILE", "--api-keys-file", CFG_OPTSTR, "", 0, 0, OFF(api_keys_file),
+	  "file of gateway API keys, one 'key tenant' per line" },
+	{ "SEMGATE_RATE_LIMIT", "--rate-limit", CFG_OPTSTR, "", 0, 0, OFF(rate_limit),
+	  "requests per tenant per window, as N/Ws (e.g. 100/60s; empty: no limit)" },
 };
 
 #define N_ROWS (sizeof(config_rows) / sizeof(config_rows[0]))
@@ -112,6 +129,7 @@ static bool is_string_type(enum cfg_type t)
 		return true;
 	case CFG_INT:
 	case CFG_RATIO:
+	case CFG_PRICE:
 		return false;
 	}
 	return false;
@@ -151,6 +169,17 @@ static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
 		if (errno || end == val || *end != '\0' || !isfinite(v) || v <= 0.0 || v > 1.0)
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"%s: '%s' is not a number in (0, 1]", source, shown);
+		*(double *)((char *)cfg + r->off) = v;
+		return SG_OK;
+	}
+	case CFG_PRICE: {
+		errno = 0;
+		char *end = NULL;
+		double v = strtod(val, &end);
+		if (errno || end == val || *end != '\0' || !isfinite(v) || v < 0.0 ||
+		    v > (double)r->max)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not a price in 0..%lld", source, shown, r->max);
 		*(double *)((char *)cfg + r->off) = v;
 		return SG_OK;
 	}
@@ -222,7 +251,7 @@ enum sg_err config_load(struct sg_config *cfg, int argc, char **argv,
 			if (!copy)
 				return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 			*str_field(cfg, r) = copy;
-		} else if (r->type == CFG_RATIO) {
+		} else if (r->type == CFG_RATIO || r->type == CFG_PRICE) {
 			*(double *)((char *)cfg + r->off) = strtod(r->def, NULL);
 		} else {
 			*int_field(cfg, r) = strtoll(r->def, NULL, 10);
@@ -289,6 +318,8 @@ void config_print_help(FILE *out, const char *argv0)
 			snprintf(range, sizeof(range), ", %lld..%lld", r->min, r->max);
 		else if (r->type == CFG_RATIO)
 			snprintf(range, sizeof(range), ", in (0, 1]");
+		else if (r->type == CFG_PRICE)
+			snprintf(range, sizeof(range), ", 0..%lld", r->max);
 		fprintf(out, "  %-32s %s\n  %-32s   %s (default: %s%s)\n",
 			r->flag, r->env, "", r->help,
 			r->def[0] ? r->def : "empty", range);
@@ -304,7 +335,7 @@ void config_log_summary(const struct sg_config *cfg)
 		struct sg_config *c = (struct sg_config *)cfg;
 		if (r->type == CFG_INT)
 			sg_log(SG_LOG_INFO, "config %s=%lld", r->env, *int_field(c, r));
-		else if (r->type == CFG_RATIO)
+		else if (r->type == CFG_RATIO || r->type == CFG_PRICE)
 			sg_log(SG_LOG_INFO, "config %s=%g", r->env,
 			       *(double *)((char *)c + r->off));
 		else if (r->type == CFG_SECRET)

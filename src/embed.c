@@ -7,9 +7,11 @@
 
 #include <cjson/cJSON.h>
 
+#include "semgate/clock.h"
 #include "semgate/embed.h"
 #include "semgate/embed_local.h"
 #include "semgate/json.h"
+#include "semgate/metrics.h"
 
 #define EMBED_DIM_MAX 8192
 
@@ -25,6 +27,7 @@ void embedder_init(struct embedder *em, const struct sg_config *cfg)
 		.connect_timeout_ms = cfg->embed_timeout_ms,
 		.timeout_ms = cfg->embed_timeout_ms,
 		.max_bytes = 64u << 20,
+		.kind = UPSTREAM_KIND_EMBEDDING,
 	};
 }
 
@@ -75,7 +78,9 @@ enum sg_err embedder_embed(const struct embedder *em, struct upstream *up,
 		float *v = malloc(sizeof(float) * (size_t)em->local_dim);
 		if (!v)
 			return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		double t0 = sg_now_ms();
 		embed_local(text, len, v, em->local_dim);
+		metrics_observe(SG_H_EMBED, sg_now_ms() - t0);
 		*out = v;
 		*dim = em->local_dim;
 		return SG_OK;

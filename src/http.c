@@ -13,6 +13,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "semgate/http.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
+#include "semgate/metrics.h"
 
 struct sg_http {
 	struct mg_context *ctx;
@@ -30,8 +33,11 @@ struct sg_http {
 	struct sg_app *app;
 	sg_worker_create_fn wcreate;
 	sg_worker_destroy_fn wdestroy;
+	sg_guard_fn guard;
 	long long max_body;
 	int port;
+	atomic_int inflight;   /* requests inside dispatch() */
+	int wake_port;         /* after http_drain: the loopback listener polled instead */
 };
 
 /* ---- worker stacks ----
@@ -297,6 +303,18 @@ static void access_log(const struct sg_req *req, double ms)
 	if (req->upstream_ms >= 0)
 		cJSON_AddNumberToObject(o, "upstream_ms",
 					(double)(long long)(req->upstream_ms * 1000) / 1000.0);
+	/* this request's embedding, vector search and Redis time (metrics.h) */
+	static const struct { enum sg_hist h; const char *name; } per_req[] = {
+		{ SG_H_EMBED, "embed_ms" }, { SG_H_SEARCH, "search_ms" },
+		{ SG_H_REDIS, "redis_ms" },
+	};
+	for (size_t i = 0; i < sizeof(per_req) / sizeof(per_req[0]); i++) {
+		unsigned cnt;
+		double v = metrics_req_ms(per_req[i].h, &cnt);
+		if (cnt)
+			cJSON_AddNumberToObject(o, per_req[i].name,
+						(double)(long long)(v * 1000) / 1000.0);
+	}
 	char *line = cJSON_PrintUnformatted(o);
 	if (line)
 		sg_log_raw(line);
@@ -310,7 +328,10 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 {
 	struct sg_http *h = cbdata;
 	const struct mg_request_info *ri = mg_get_request_info(conn);
+	atomic_fetch_add(&h->inflight, 1);
 	double t0 = sg_now_ms();
+	metrics_req_begin();
+	metrics_inflight(1);
 	struct sg_req req;
 	memset(&req, 0, sizeof(req));
 	req.method = ri->request_method;
@@ -336,11 +357,18 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 			break;
 		}
 	}
-	if (hit) {
+	if (ri->num_headers >= MG_MAX_HEADERS) {
+		/* civetweb keeps the first MG_MAX_HEADERS header lines and drops
+		 * the rest without a word: a key or X-Conversation-Id past them
+		 * would be silently ignored */
+		http_send_error(&req, 431, "invalid_request_error", "too_many_headers",
+				"a request may carry fewer than 64 header lines");
+	} else if (hit) {
 		if (!req.worker)
 			http_send_error(&req, 503, "service_unavailable", "no_worker_state",
 					"worker thread has no state (out of memory)");
-		else
+		else if (!h->guard || strncmp(hit->pattern, "/v1/", 4) != 0 ||
+			 h->guard(&req) == 0)
 			hit->fn(&req);
 	} else if (path_known) {
 		char allow[64] = "";
@@ -376,8 +404,12 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 		http_send_error(&req, 500, "server_error", "internal_error",
 				"handler sent no response");
 	}
-	access_log(&req, sg_now_ms() - t0);
+	double ms = sg_now_ms() - t0;
+	metrics_request(req.method, req.route, req.status, ms);
+	metrics_inflight(-1);
+	access_log(&req, ms);
 	sg_buf_finish(&req.body);
+	atomic_fetch_sub(&h->inflight, 1);
 	return req.status;
 }
 
@@ -442,6 +474,7 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 	h->app = app;
 	h->wcreate = wcreate;
 	h->wdestroy = wdestroy;
+	h->guard = opts->guard;
 	h->max_body = opts->max_body_bytes;
 
 	char ports[300], threads[16], keepalive[24], reqto[24];
@@ -479,6 +512,8 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 	struct mg_server_port sp[4];
 	int n = mg_get_server_ports(h->ctx, 4, sp);
 	h->port = n > 0 ? sp[0].port : opts->port;
+	atomic_init(&h->inflight, 0);
+	h->wake_port = 0;
 	return h;
 }
 
@@ -516,7 +551,7 @@ void http_stop(struct sg_http *h)
 {
 	if (!h)
 		return;
-	struct waker w = { .port = h->port };
+	struct waker w = { .port = h->wake_port ? h->wake_port : h->port };
 	atomic_init(&w.done, false);
 	pthread_t t;
 	bool have_waker = pthread_create(&t, NULL, wake_master, &w) == 0;
@@ -525,4 +560,124 @@ void http_stop(struct sg_http *h)
 	if (have_waker)
 		pthread_join(t, NULL);
 	free(h);
+}
+
+/* A listening socket on a free loopback port, with one connection of ours
+ * already queued (*client, to be closed by the caller). -1 on failure. */
+static int queued_listener(int *port, int *client)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 16) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &sl) != 0)
+		goto fail;
+	*client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (*client < 0)
+		goto fail;
+	if (connect(*client, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		close(*client);
+		goto fail;
+	}
+	*port = ntohs(sa.sin_port);
+	return fd;
+fail:
+	close(fd);
+	return -1;
+}
+
+/* Connect to the listening socket (its own address, loopback when it is
+ * bound to any) just to wake a poll() sleeping on it. */
+static void poke(const struct sockaddr_storage *ss)
+{
+	struct sockaddr_storage to = *ss;
+	socklen_t len = sizeof(struct sockaddr_in);
+	if (to.ss_family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&to;
+		if (a->sin_addr.s_addr == htonl(INADDR_ANY))
+			a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&to;
+		if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+			a->sin6_addr = in6addr_loopback;
+		len = sizeof(struct sockaddr_in6);
+	}
+	int fd = socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		connect(fd, (struct sockaddr *)&to, len);
+		close(fd);
+	}
+}
+
+/* civetweb has no call to stop accepting while handlers run on (mg_stop
+ * also makes every write of a stream in progress fail). So the descriptor
+ * number of the listening socket is pointed at a private loopback
+ * listener and the real socket is shut down, which refuses new
+ * connections at once. civetweb's master thread sleeps in poll() on the
+ * old socket: it is woken there, finds the private listener ready with a
+ * dummy connection of ours (served as an empty request and closed), and
+ * from then on polls the private one, which only http_stop's waker
+ * connects to; mg_stop closes it as civetweb's own. */
+enum sg_err http_drain(struct sg_http *h, struct sg_error *e)
+{
+	if (h->wake_port)
+		return SG_OK;
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return sg_error_set(e, SG_ERR_INTERNAL, "/proc/self/fd: %s", strerror(errno));
+	int found = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		char *end;
+		long fd = strtol(de->d_name, &end, 10);
+		if (*end || end == de->d_name || fd == dirfd(d))
+			continue;
+		int listening = 0;
+		socklen_t ol = sizeof(listening);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		if (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) != 0 ||
+		    !listening || getsockname((int)fd, (struct sockaddr *)&ss, &sl) != 0 ||
+		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+			continue;
+		int port = ss.ss_family == AF_INET ?
+			ntohs(((struct sockaddr_in *)&ss)->sin_port) :
+			ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		if (port != h->port)
+			continue;
+		int wport = 0, client = -1;
+		int repl = queued_listener(&wport, &client);
+		/* keep the real socket open through a descriptor of our own
+		 * until it is shut down, so nothing slips in between */
+		int keep = repl >= 0 ? dup((int)fd) : -1;
+		if (keep < 0 || dup3(repl, (int)fd, O_CLOEXEC) < 0) {
+			if (keep >= 0)
+				close(keep);
+			if (repl >= 0) {
+				close(repl);
+				close(client);
+			}
+			continue;
+		}
+		close(repl);
+		poke(&ss);
+		shutdown(keep, SHUT_RDWR);
+		close(keep);
+		close(client);
+		h->wake_port = wport;
+		found++;
+	}
+	closedir(d);
+	if (!found)
+		return sg_error_set(e, SG_ERR_INTERNAL, "listening socket on port %d not found",
+				    h->port);
+	return SG_OK;
+}
+
+int http_inflight(const struct sg_http *h)
+{
+	return atomic_load(&((struct sg_http *)h)->inflight);
 }

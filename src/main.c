@@ -7,6 +7,7 @@
 
 #include "semgate/app.h"
 #include "semgate/cache.h"
+#include "semgate/cache_sync.h"
 #include "semgate/clock.h"
 #include "semgate/config.h"
 #include "semgate/http.h"
@@ -24,10 +25,48 @@ extern char **environ;
 
 static volatile sig_atomic_t g_stop;
 
+/* The first SIGTERM/SIGINT starts a graceful stop; a second one cuts the
+ * grace period short. */
 static void on_signal(int sig)
 {
 	(void)sig;
-	g_stop = 1;
+	if (g_stop < 2)
+		g_stop++;
+}
+
+/* Refuse new connections, let requests and streams in flight finish for up
+ * to grace_ms, then abort what is left so the workers can be joined. */
+static void drain(struct sg_http *http, long long grace_ms)
+{
+	struct sg_error e = { 0 };
+	if (http_drain(http, &e) != SG_OK) {
+		sg_log(SG_LOG_WARN, "cannot stop accepting (%s): stopping at once", e.msg);
+		upstream_cancel_all();
+		return;
+	}
+	const struct timespec tick = { 0, 20 * 1000 * 1000 };
+	double t0 = sg_now_ms(), deadline = t0 + (double)grace_ms;
+	sg_log(SG_LOG_INFO, "shutting down: new connections refused, %d requests in flight "
+	       "(grace %lld ms)", http_inflight(http), grace_ms);
+	/* one tick first: a connection accepted just before may not have
+	 * reached its handler yet */
+	nanosleep(&tick, NULL);
+	while (http_inflight(http) > 0 && sg_now_ms() < deadline && g_stop < 2)
+		nanosleep(&tick, NULL);
+	int left = http_inflight(http);
+	if (left > 0) {
+		sg_log(SG_LOG_WARN, "shutting down: %d requests still in flight after %.0f ms; "
+		       "cutting them", left, sg_now_ms() - t0);
+		upstream_cancel_all();
+		/* upstream calls now fail within about a second: let their
+		 * handlers send the error before the connections are closed */
+		deadline = sg_now_ms() + 2000;
+		while (http_inflight(http) > 0 && sg_now_ms() < deadline && g_stop < 2)
+			nanosleep(&tick, NULL);
+	} else {
+		sg_log(SG_LOG_INFO, "shutting down: requests in flight finished in %.0f ms",
+		       sg_now_ms() - t0);
+	}
 }
 
 /* Load every cached vector from Redis into the index. Redis being down at
@@ -83,6 +122,7 @@ int main(int argc, char **argv)
 	}
 	http_global_init();
 
+	struct cache_sync *sync = NULL;
 	struct sg_app app;
 	if (app_init(&app, &cfg, &e) != SG_OK) {
 		fprintf(stderr, "semgate: %s\n", e.msg);
@@ -94,7 +134,15 @@ int main(int argc, char **argv)
 		sg_log(SG_LOG_INFO, "embeddings: built-in local embedder (%s, %d dims): lexical "
 		       "similarity, not semantic; set SEMGATE_EMBED_URL for a real model",
 		       app.embedder.model, app.embedder.local_dim);
-	rebuild_index(&app);
+	/* the event follower rebuilds the index when it first connects (and
+	 * again after every reconnection); wait for that first attempt */
+	sync = cache_sync_start(&app, &e);
+	if (sync) {
+		cache_sync_wait_first(sync);
+	} else {
+		sg_log(SG_LOG_WARN, "%s: other gateways' entries will not be followed", e.msg);
+		rebuild_index(&app);
+	}
 
 	size_t nroutes;
 	const struct sg_route *routes = routes_table(&nroutes);
@@ -104,7 +152,8 @@ int main(int argc, char **argv)
 		.threads = (int)cfg.threads,
 		.max_body_bytes = cfg.max_body_bytes,
 		.keepalive_ms = cfg.keepalive_ms,
-		.request_timeout_ms = 30000,
+		.request_timeout_ms = (int)cfg.request_timeout_ms,
+		.guard = route_guard,
 	};
 	struct sg_http *http = http_start(&opts, routes, nroutes, &app, worker_create,
 					  worker_destroy, &e);
@@ -124,10 +173,12 @@ int main(int argc, char **argv)
 			next_expire = sg_now_ms() + 5000;
 		}
 	}
-	sg_log(SG_LOG_INFO, "shutting down");
+	drain(http, cfg.shutdown_grace_ms);
 	http_stop(http);
+	sg_log(SG_LOG_INFO, "stopped");
 	rc = 0;
 out:
+	cache_sync_stop(sync);
 	app_finish(&app);
 	http_global_cleanup();
 	upstream_global_cleanup();

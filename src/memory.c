@@ -67,7 +67,7 @@ enum sg_err memory_append(struct store *s, const char *tenant, const char *conv,
 	int k = 0;
 	const cJSON *m;
 	cJSON_ArrayForEach(m, msgs) {
-		items[k] = cJSON_PrintUnformatted(m);
+		items[k] = sg_json_render(m);
 		if (!items[k]) {
 			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 			goto out;

@@ -12,9 +12,11 @@
 
 #include "semgate/app.h"
 #include "semgate/cache.h"
+#include "semgate/cache_api.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
 #include "semgate/memory.h"
+#include "semgate/metrics.h"
 #include "semgate/prompts.h"
 #include "semgate/routes.h"
 #include "semgate/scope.h"
@@ -72,11 +74,12 @@ static bool has_token(const char *list, const char *token)
 	return false;
 }
 
-/* The client's own Bearer token, passed through only when the gateway has
- * no upstream key of its own. */
+/* The client's own Bearer token, passed through only in open mode when
+ * the gateway has no upstream key of its own. With gateway keys the
+ * client's token is a gateway key and never leaves the gateway. */
 static const char *client_bearer(const struct sg_req *req)
 {
-	if (req->app->cfg->upstream_api_key[0])
+	if (req->app->cfg->upstream_api_key[0] || req->app->auth)
 		return NULL;
 	const char *auth = http_header(req, "Authorization");
 	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
@@ -212,7 +215,7 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 	}
 	cJSON_Delete(history);
 	cJSON_ReplaceItemInObjectCaseSensitive(c->body, "messages", out);
-	c->upstream_body = cJSON_PrintUnformatted(c->body);
+	c->upstream_body = sg_json_render(c->body);
 	if (!c->upstream_body)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	return SG_OK;
@@ -272,6 +275,7 @@ static void remember(struct chat *c, const cJSON *doc)
 static void add_cache_headers(struct chat *c)
 {
 	c->req->cache_outcome = c->outcome;
+	metrics_cache_outcome(c->outcome);
 	add_hdr(c, "X-Semgate-Cache", c->outcome);
 	if (c->cr.similarity >= -1.0) {
 		snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
@@ -331,22 +335,29 @@ static bool try_cache(struct chat *c, int *status)
 		return false;
 	}
 	c->outcome = "miss";
-	if (!c->cr.hit)
+	if (!c->cr.hit) {
+		cache_api_record_miss(req->app, s, req->tenant);
 		return false;
+	}
 	char *body = cache_render_hit(c->cr.answer, c->cr.answer_len);
 	cJSON *doc = NULL;
 	if (!body || sg_json_parse(body, strlen(body), &doc, NULL) != SG_OK) {
 		sg_log(SG_LOG_WARN, "cache entry %s is corrupt; answering from upstream", c->cr.id);
+		cache_api_record_miss(req->app, s, req->tenant);
 		free(body);
 		return false;
 	}
 	c->outcome = c->cr.semantic ? "hit-semantic" : "hit-exact";
 	memcpy(c->entry, c->cr.id, sizeof(c->entry));
 	long long tokens = cache_answer_tokens(doc);
+	route_metrics_hit_tokens(doc);
 	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
 	add_cache_headers(c);
 	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
-	store_entry_hit(s, req->tenant, c->cr.id, &e);
+	long long saved_prompt = 0, saved_completion = 0;
+	cache_api_usage(doc, &saved_prompt, &saved_completion);
+	cache_api_record_hit(req->app, s, req->tenant, c->cr.id, c->cr.semantic, saved_prompt,
+			     saved_completion);
 	remember(c, doc);
 	if (c->stream)
 		*status = replay_stream(c, doc);

@@ -57,7 +57,7 @@ int route_conv_get(struct sg_req *req)
 		cJSON_AddNumberToObject(o, "length", len);
 		cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
 	}
-	char *body = o ? cJSON_PrintUnformatted(o) : NULL;
+	char *body = o ? sg_json_render(o) : NULL;
 	if (body)
 		status = http_send_json(req, 200, body, NULL);
 	else

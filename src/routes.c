@@ -8,6 +8,15 @@ static const struct sg_route routes[] = {
 	{ "GET", "/v1/conversations/{id}", route_conv_get },
 	{ "DELETE", "/v1/conversations/{id}", route_conv_delete },
 	{ "POST", "/v1/conversations/{id}/messages", route_conv_append },
+	{ "POST", "/v1/embeddings", route_embeddings },
+	{ "POST", "/v1/cache/lookup", route_cache_lookup },
+	{ "POST", "/v1/cache/entries", route_cache_store },
+	{ "GET", "/v1/cache/entries/{id}", route_cache_entry_get },
+	{ "DELETE", "/v1/cache/entries/{id}", route_cache_entry_delete },
+	{ "POST", "/v1/cache/invalidate", route_cache_invalidate },
+	{ "GET", "/v1/cache/stats", route_cache_stats },
+	{ "GET", "/v1/cache/top", route_cache_top },
+	{ "GET", "/metrics", route_metrics },
 };
 
 const struct sg_route *routes_table(size_t *n)

@@ -14,6 +14,7 @@ void sse_parser_init(struct sse_parser *p, size_t cap)
 	sg_buf_init(&p->data, cap);
 	p->stopped = false;
 	p->has_data = false;
+	p->resume = 0;
 }
 
 void sse_parser_finish(struct sse_parser *p)
@@ -69,8 +70,10 @@ enum sg_err sse_parser_feed(struct sse_parser *p, const char *buf, size_t len,
 	enum sg_err rc = sg_buf_append(&p->pending, buf, len);
 	if (rc != SG_OK)
 		return rc;
-	/* scan complete lines; an empty line ends an event */
-	size_t start = 0, line_start = 0, i = 0;
+	/* scan complete lines; an empty line ends an event. Lines of the
+	 * pending event taken by an earlier call are not scanned again, so an
+	 * event arriving in many small reads costs linear time, not quadratic. */
+	size_t start = 0, line_start = p->resume, i = p->resume;
 	char *d = p->pending.data;
 	size_t n = p->pending.len;
 	while (i < n) {
@@ -104,13 +107,11 @@ enum sg_err sse_parser_feed(struct sse_parser *p, const char *buf, size_t len,
 	}
 	if (rc != SG_OK && rc != SG_ERR_CLIENT_GONE)
 		return rc;
-	/* keep the unfinished event; re-parse its complete lines next time */
-	size_t keep_from = start;
-	memmove(d, d + keep_from, n - keep_from);
-	p->pending.len = n - keep_from;
+	/* keep the unfinished event (its data so far stays in p->data) */
+	memmove(d, d + start, n - start);
+	p->pending.len = n - start;
 	d[p->pending.len] = '\0';
-	sg_buf_reset(&p->data);
-	p->has_data = false;
+	p->resume = line_start - start;
 	return rc;
 }
 
@@ -129,6 +130,21 @@ void sse_answer_finish(struct sse_answer *a)
 	a->usage = NULL;
 }
 
+/* Copy s into dst[cap], cutting a too-long value at a character boundary:
+ * a half UTF-8 sequence would make the rendered answer invalid JSON, and
+ * then the whole answer would be neither cached nor remembered. */
+static void copy_field(char *dst, size_t cap, const char *s)
+{
+	size_t n = strlen(s);
+	if (n >= cap) {
+		n = cap - 1;
+		while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+			n--;
+	}
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+}
+
 bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 {
 	if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
@@ -143,9 +159,9 @@ bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 	}
 	const char *s;
 	if (!a->id[0] && (s = sg_json_str(ev, "id")))
-		snprintf(a->id, sizeof(a->id), "%s", s);
+		copy_field(a->id, sizeof(a->id), s);
 	if (!a->model[0] && (s = sg_json_str(ev, "model")))
-		snprintf(a->model, sizeof(a->model), "%s", s);
+		copy_field(a->model, sizeof(a->model), s);
 	const cJSON *cr = cJSON_GetObjectItemCaseSensitive(ev, "created");
 	if (!a->created && cJSON_IsNumber(cr))
 		a->created = (long long)cr->valuedouble;
@@ -180,7 +196,7 @@ bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 		if (fc && !cJSON_IsNull(fc))
 			a->tool_calls = true;
 		if ((s = sg_json_str(ch, "finish_reason")))
-			snprintf(a->finish_reason, sizeof(a->finish_reason), "%s", s);
+			copy_field(a->finish_reason, sizeof(a->finish_reason), s);
 	}
 	cJSON_Delete(ev);
 	return usage_only;

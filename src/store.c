@@ -12,6 +12,7 @@
 
 #include "semgate/clock.h"
 #include "semgate/log.h"
+#include "semgate/metrics.h"
 #include "semgate/store.h"
 #include "store_priv.h"
 
@@ -156,7 +157,10 @@ redisReply *store_run(struct store *s, int argc, const char **argv,
 		store_drop(s);
 		return NULL;
 	}
-	return store_read_reply(s, e);
+	double t0 = sg_now_ms();
+	redisReply *r = store_read_reply(s, e);
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
+	return r;
 }
 
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
@@ -221,8 +225,10 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 		goto out;
 	redisAppendCommand(s->c, "LRANGE %s 0 -1", key);
 	redisAppendCommand(s->c, "TTL %s", key);
+	double t0 = sg_now_ms();
 	redisReply *r1 = store_read_reply(s, e);
 	redisReply *r2 = r1 ? store_read_reply(s, e) : NULL;
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
 	if (!r1 || !r2) {
 		rc = SG_ERR_REDIS;
 	} else if (r1->type == REDIS_REPLY_ERROR) {
@@ -246,7 +252,10 @@ out:
  * return the EXEC array reply (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e)
 {
-	redisReply *bad = NULL;
+	/* the queued commands are written by the first read: this is the
+	 * whole round trip */
+	double t0 = sg_now_ms();
+	redisReply *exec = NULL, *bad = NULL;
 	for (size_t i = 0; i < ncmds + 1; i++) { /* MULTI + each QUEUED */
 		redisReply *r = store_read_reply(s, e);
 		if (!r)
@@ -256,7 +265,8 @@ redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e)
 		else
 			freeReplyObject(r);
 	}
-	redisReply *exec = store_read_reply(s, e);
+	exec = store_read_reply(s, e);
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
 	if (!exec)
 		goto lost;
 	if (bad || exec->type != REDIS_REPLY_ARRAY) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "semgate/store.h"
+#include "store_codec.h"
 #include "store_priv.h"
 
 /* ---- cache entries ---- */
@@ -21,18 +22,36 @@ void store_answer_finish(struct store_answer *a)
 enum sg_err store_entry_put(struct store *s, const char *tenant,
 			    const struct store_entry *en, struct sg_error *e)
 {
+	bool text = en->kind && strcmp(en->kind, "text") == 0;
+	/* a text entry's exact value says so, so the chat route never serves it */
+	const char *xmark = text ? ":text" : "";
 	char *ekey = store_key(s, "e", tenant, en->id);
 	char *xkey = en->exact ? store_key(s, "x", tenant, en->exact) : NULL;
-	char *xval = NULL;
-	size_t xlen = strlen(en->id) + 1 + en->answer_len;
+	char *xval = NULL, *tagstr = NULL;
+	char **tkeys = en->ntags ? calloc(en->ntags, sizeof(char *)) : NULL;
+	size_t idlen = strlen(en->id) + strlen(xmark);
+	size_t xlen = idlen + 1 + en->answer_len;
+	size_t taglen = 0;
 	enum sg_err rc = SG_OK;
-	if (!ekey || (en->exact && !xkey) || !(xval = malloc(xlen))) {
+	for (size_t i = 0; i < en->ntags; i++)
+		taglen += strlen(en->tags[i]) + 1;
+	if (!ekey || (en->exact && !xkey) || !(xval = malloc(xlen)) ||
+	    !(tagstr = calloc(1, taglen + 1)) || (en->ntags && !tkeys)) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	memcpy(xval, en->id, strlen(en->id));
-	xval[strlen(en->id)] = '\n';
-	memcpy(xval + strlen(en->id) + 1, en->answer, en->answer_len);
+	for (size_t i = 0; i < en->ntags; i++) {
+		if (!(tkeys[i] = store_key(s, "tag", tenant, en->tags[i]))) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		if (i)
+			strcat(tagstr, ",");
+		strcat(tagstr, en->tags[i]);
+	}
+	snprintf(xval, idlen + 1, "%s%s", en->id, xmark);
+	xval[idlen] = '\n';
+	memcpy(xval + idlen + 1, en->answer, en->answer_len);
 	if ((rc = store_conn(s, e)) != SG_OK)
 		goto out;
 
@@ -41,8 +60,8 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 	snprintf(tokens, sizeof(tokens), "%lld", en->tokens);
 	snprintf(dim, sizeof(dim), "%d", en->vec ? en->dim : 0);
 	snprintf(ttl, sizeof(ttl), "%lld", en->ttl_s);
-	const char *argv[32];
-	size_t alen[32];
+	const char *argv[40];
+	size_t alen[40];
 	int n = 0;
 #define ARG(p, l) do { argv[n] = (p); alen[n] = (l); n++; } while (0)
 #define ARGS(p) ARG((p), strlen(p))
@@ -58,6 +77,13 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 	ARGS("created"); ARGS(created);
 	ARGS("tokens"); ARGS(tokens);
 	ARGS("hits"); ARGS("0");
+	ARGS("kind"); ARGS(text ? "text" : "chat");
+	if (en->ntags) {
+		ARGS("tags"); ARGS(tagstr);
+	}
+	if (en->metadata) {
+		ARGS("metadata"); ARG(en->metadata, en->metadata_len);
+	}
 	if (en->vec) {
 		ARGS("vector");
 		ARG((const char *)en->vec, sizeof(float) * (size_t)en->dim);
@@ -72,6 +98,15 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 		redisAppendCommand(s->c, "SET %s %b EX %s", xkey, xval, xlen, ttl);
 		queued++;
 	}
+	for (size_t i = 0; i < en->ntags; i++) {
+		redisAppendCommand(s->c, "SADD %s %s", tkeys[i], en->id);
+		redisAppendCommand(s->c, "EVAL %s 1 %s %s", store_lua_expire_max, tkeys[i], ttl);
+		queued += 2;
+	}
+	/* published at EXEC, so a subscriber that reads the entry finds it */
+	if (en->vec && store_append_publish(s, "add", tenant, en->id, en->scope,
+					    en->emb_model, en->dim))
+		queued++;
 	redisAppendCommand(s->c, "EXEC");
 	redisReply *exec = store_read_exec(s, queued, e);
 	if (!exec)
@@ -79,6 +114,10 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 	else
 		freeReplyObject(exec);
 out:
+	for (size_t i = 0; tkeys && i < en->ntags; i++)
+		free(tkeys[i]);
+	free(tkeys);
+	free(tagstr);
 	free(ekey);
 	free(xkey);
 	free(xval);
@@ -112,13 +151,18 @@ enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exa
 		return SG_ERR_REDIS;
 	enum sg_err rc = SG_OK;
 	if (r->type == REDIS_REPLY_STRING) {
-		const char *nl = memchr(r->str, '\n', r->len);
-		size_t idlen = nl ? (size_t)(nl - r->str) : 0;
+		const char *ans;
+		size_t alen;
 		/* anything not in our "<id>\n<answer>" shape is a miss, not a crash */
-		if (nl && idlen > 0 && idlen < sizeof(out->id)) {
-			memcpy(out->id, r->str, idlen);
-			out->id[idlen] = '\0';
-			rc = dup_answer(out, nl + 1, r->len - idlen - 1, e);
+		if (store_codec_exact(r->str, r->len, out->id, &ans, &alen)) {
+			/* text (sidecar) entries write "<id>:text\n<answer>" */
+			size_t idlen = strlen(out->id);
+			snprintf(out->kind, sizeof(out->kind), "chat");
+			if (idlen > 5 && strcmp(out->id + idlen - 5, ":text") == 0) {
+				out->id[idlen - 5] = '\0';
+				snprintf(out->kind, sizeof(out->kind), "text");
+			}
+			rc = dup_answer(out, ans, alen, e);
 			*found = rc == SG_OK;
 		}
 	} else if (r->type == REDIS_REPLY_ERROR) {
@@ -136,17 +180,20 @@ enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *
 	char *key = store_key(s, "e", tenant, id);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "HMGET", key, "answer", "tokens" };
-	redisReply *r = store_run(s, 4, argv, NULL, e);
+	const char *argv[] = { "HMGET", key, "answer", "tokens", "kind" };
+	redisReply *r = store_run(s, 5, argv, NULL, e);
 	free(key);
 	if (!r)
 		return SG_ERR_REDIS;
 	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
 	    r->element[0]->type == REDIS_REPLY_STRING) {
 		snprintf(out->id, sizeof(out->id), "%s", id);
 		if (r->element[1]->type == REDIS_REPLY_STRING)
 			out->tokens = strtoll(r->element[1]->str, NULL, 10);
+		/* entries written before kinds existed are chat entries */
+		snprintf(out->kind, sizeof(out->kind), "%.7s",
+			 r->element[2]->type == REDIS_REPLY_STRING ? r->element[2]->str : "chat");
 		rc = dup_answer(out, r->element[0]->str, r->element[0]->len, e);
 		*found = rc == SG_OK;
 	} else if (r->type == REDIS_REPLY_ERROR) {
@@ -181,20 +228,7 @@ enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
 static bool parse_entry_key(const struct store *s, const char *key, size_t len,
 			    char *tenant, size_t tcap, char *id, size_t icap)
 {
-	size_t plen = strlen(s->cfg->redis_prefix);
-	if (len < plen + 2 || memcmp(key, s->cfg->redis_prefix, plen) != 0 ||
-	    memcmp(key + plen, "e:", 2) != 0)
-		return false;
-	const char *t = key + plen + 2, *end = key + len;
-	const char *colon = memchr(t, ':', (size_t)(end - t));
-	if (!colon || (size_t)(colon - t) >= tcap || (size_t)(end - colon - 1) >= icap ||
-	    colon == t || colon + 1 == end)
-		return false;
-	memcpy(tenant, t, (size_t)(colon - t));
-	tenant[colon - t] = '\0';
-	memcpy(id, colon + 1, (size_t)(end - colon - 1));
-	id[end - colon - 1] = '\0';
-	return true;
+	return store_codec_entry_key(s->cfg->redis_prefix, key, len, tenant, tcap, id, icap);
 }
 
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,

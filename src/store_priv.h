@@ -42,4 +42,24 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
 
+/* ---- {prefix}events (store_events.c) ---- */
+
+/* The pub/sub channel name, malloc'd; NULL on out of memory. */
+char *store_events_channel(const struct sg_config *cfg);
+
+/* Render one event as compact JSON, malloc'd (NULL on out of memory):
+ * {"event":type,"id":id,"tenant":tenant,"origin":...} plus, when scope is
+ * not NULL, "scope", "model" and "dim" (the index partition of an add). */
+char *store_event_render(const char *type, const char *tenant, const char *id,
+			 const char *scope, const char *model, int dim);
+
+/* Append "PUBLISH channel event" to the pipeline; false on out of memory
+ * (nothing appended). */
+bool store_append_publish(struct store *s, const char *type, const char *tenant,
+			  const char *id, const char *scope, const char *model, int dim);
+
+/* Lua: raise KEYS[1]'s TTL to ARGV[1] seconds unless it already has more
+ * (a key without a TTL gets one). Used for tag sets. */
+extern const char store_lua_expire_max[];
+
 #endif

@@ -2,6 +2,7 @@
  * includes curl.h. Handles are per thread and reused so
  * keep-alive connections survive between requests; keys travel only in the
  * Authorization header and are never logged. */
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "semgate/clock.h"
 #include "semgate/log.h"
+#include "semgate/metrics.h"
 #include "semgate/upstream.h"
 
 struct upstream {
@@ -61,6 +63,23 @@ void upstream_resp_finish(struct upstream_resp *r)
 {
 	if (r)
 		sg_buf_finish(&r->body);
+}
+
+/* Set once at shutdown when the grace period is over: every transfer still
+ * running (a hanging upstream included) is aborted within about a second,
+ * libcurl's progress interval, so the worker threads can be joined. */
+static atomic_bool g_cancel;
+
+void upstream_cancel_all(void)
+{
+	atomic_store(&g_cancel, true);
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	(void)ud; (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
+	return atomic_load(&g_cancel) ? 1 : 0;
 }
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
@@ -120,9 +139,15 @@ static enum sg_err perform(struct upstream *u, const struct upstream_target *t,
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "semgate/" "0.1");
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	double t0 = sg_now_ms();
 	CURLcode cc = curl_easy_perform(h);
 	out->ms = sg_now_ms() - t0;
+	bool emb = t->kind == UPSTREAM_KIND_EMBEDDING;
+	metrics_observe(emb ? SG_H_EMBED : SG_H_UPSTREAM, out->ms);
+	if (cc != CURLE_OK && !x->aborted)
+		metrics_inc(emb ? SG_C_UPSTREAM_ERRORS_EMBED : SG_C_UPSTREAM_ERRORS_LLM);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
 	/* forget the header list and body pointers before they are freed */
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);

@@ -1,31 +1,42 @@
 /* Vector index: per-partition row-major float32 matrices of L2-normalised
- * rows with ids and expiry times beside them, scanned with cblas_sgemv and
- * cblas_sgemm. Owns only its own memory: it never talks to Redis, never logs
- * request data and never changes OpenBLAS' thread settings. */
-#include <cblas.h>
+ * rows (the truth) with an int8 compact copy, ids and expiry times beside
+ * them; partitions, the id map, locking and the search threads live here,
+ * the compact copy's arithmetic in vindex_q8.c. Owns only its own memory:
+ * it never talks to Redis, never logs request data and never changes
+ * OpenBLAS' settings. */
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "semgate/err.h"
 #include "semgate/vindex.h"
+#include "vindex_priv.h"
 
 #define INITIAL_ROWS 8
 /* Never shrink a partition's arrays below this many rows. */
 #define SHRINK_FLOOR_ROWS 64
-/* BLAS takes row counts as int. */
+/* Candidates carry 32-bit row numbers. */
 #define ROWS_MAX ((size_t)INT32_MAX)
-/* A single search scores this many rows per sgemv call: 256 KiB of scores
- * stay in L2 while the max pass reads them back, and the buffer does not grow
- * with the partition. */
-#define SCAN_BLOCK_ROWS 65536
-/* A batch search keeps at most this many scores (nq x block rows): 1 MiB. */
-#define BATCH_SCORES_MAX 262144
+/* Default for vindex_tuning.split_min_rows: below this a second thread costs
+ * more to start than it saves (measured by tests/bench/bench_vindex). */
+#define SPLIT_MIN_ROWS 32768
+/* Candidate buffer per query and scanning thread; a full buffer is pruned
+ * or re-ranked, never grown, so scratch does not grow with the partition. */
+#define CAND_CAP_SINGLE 4096
+#define CAND_CAP_BATCH 256
+/* A batch scans rows in blocks of about this many code bytes, which stay
+ * in L2 while every query of the batch passes over them. */
+#define BATCH_BLOCK_BYTES (256u * 1024u)
+/* Code arrays at least this big are 2 MiB-aligned and asked to use huge
+ * pages: the scan is bound by memory reads and 4 KiB pages cost ~20%. */
+#define HUGE_BYTES ((size_t)2 << 20)
 
 struct part {
 	struct part *next; /* hash chain; changed by the writer under tlock */
@@ -39,10 +50,15 @@ struct part {
 	size_t n;
 	/* Each array has its own capacity so that a failed realloc of one never
 	 * leaves another's size unknown; the usable capacity is the minimum. */
-	size_t cap_mat, cap_exp, cap_ids;
+	size_t cap_mat, cap_exp, cap_ids, cap_codes, cap_qs, cap_qe;
 	float *mat;            /* n x dim, row-major, rows of unit norm */
 	int64_t *exp;          /* expiry per row, ms since epoch, 0 = never */
 	char (*ids)[VINDEX_ID_MAX + 1];
+	/* The compact copy, row for row with mat (vindex_q8.c). */
+	size_t stride;         /* bytes per code row; fixed with dim */
+	int8_t *codes;         /* n x stride, VQ_ALIGN-aligned */
+	float *qscale;         /* per row: mat row ~ qscale * codes row */
+	float *qerr;           /* per row: >= |mat row - qscale * codes row| */
 };
 
 /* id -> (partition, row), open addressing with linear probing. The key is
@@ -67,6 +83,10 @@ struct vindex {
 	struct idslot *slots;
 	size_t nslots, nids;
 	atomic_size_t nparts, rows, bytes;
+	/* Set by vindex_set_tuning() before searches run. */
+	enum vq_kernel kernel;
+	size_t split_min_rows;
+	double bound_scale;
 };
 
 /* ---- small helpers ---- */
@@ -194,11 +214,11 @@ static bool live(int64_t expires, int64_t now_ms)
 	return expires == 0 || expires > now_ms;
 }
 
-/* ---- per-thread scratch for scores ---- */
+/* ---- per-thread scratch for searches ---- */
 
 struct scratch {
-	size_t cap; /* floats */
-	float v[];
+	size_t cap; /* bytes at buf */
+	void *buf;  /* VQ_ALIGN-aligned */
 };
 
 static pthread_key_t scratch_key;
@@ -207,7 +227,10 @@ static bool scratch_key_ok;
 
 static void scratch_free(void *p)
 {
-	free(p);
+	struct scratch *s = p;
+	if (s)
+		free(s->buf);
+	free(s);
 }
 
 static void scratch_key_init(void)
@@ -215,28 +238,34 @@ static void scratch_key_init(void)
 	scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
 }
 
-/* A buffer of at least want floats owned by the calling thread (grow-only,
- * freed at thread exit), or NULL when it cannot be had. */
-static float *scratch_get(size_t want)
+/* A VQ_ALIGN-aligned buffer of at least want bytes owned by the calling
+ * thread (grow-only, freed at thread exit), or NULL when it cannot be had. */
+static void *scratch_get(size_t want)
 {
 	pthread_once(&scratch_once, scratch_key_init);
 	if (!scratch_key_ok)
 		return NULL;
 	struct scratch *s = pthread_getspecific(scratch_key);
 	if (s && s->cap >= want)
-		return s->v;
-	/* calloc: the first sgemv/sgemm with beta = 0 then never reads junk */
-	struct scratch *ns = calloc(1, sizeof *ns + want * sizeof(float));
-	if (!ns)
+		return s->buf;
+	void *nb = NULL;
+	if (posix_memalign(&nb, VQ_ALIGN, want) != 0)
 		return NULL;
-	ns->cap = want;
-	if (pthread_setspecific(scratch_key, ns) != 0) {
-		free(ns);
-		return NULL;
+	if (!s) {
+		if (!(s = calloc(1, sizeof *s)) || pthread_setspecific(scratch_key, s) != 0) {
+			free(s);
+			free(nb);
+			return NULL;
+		}
 	}
-	free(s);
-	return ns->v;
+	free(s->buf);
+	s->buf = nb;
+	s->cap = want;
+	return nb;
 }
+
+/* What the calling thread's last search did, for vindex_last_stats(). */
+static _Thread_local struct vindex_stats last_stats;
 
 /* ---- partitions ---- */
 
@@ -247,6 +276,12 @@ static size_t part_cap(const struct part *p)
 		c = p->cap_exp;
 	if (p->cap_ids < c)
 		c = p->cap_ids;
+	if (p->cap_codes < c)
+		c = p->cap_codes;
+	if (p->cap_qs < c)
+		c = p->cap_qs;
+	if (p->cap_qe < c)
+		c = p->cap_qe;
 	return c;
 }
 
@@ -254,7 +289,8 @@ static size_t part_bytes(const struct part *p)
 {
 	return sizeof *p + p->keylen + 1 +
 	       p->cap_mat * (size_t)p->dim * sizeof(float) +
-	       p->cap_exp * sizeof(int64_t) + p->cap_ids * sizeof p->ids[0];
+	       p->cap_exp * sizeof(int64_t) + p->cap_ids * sizeof p->ids[0] +
+	       p->cap_codes * p->stride + (p->cap_qs + p->cap_qe) * sizeof(float);
 }
 
 static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
@@ -272,6 +308,7 @@ static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
 	p->keylen = keylen;
 	p->hash = hash;
 	p->dim = dim;
+	p->stride = vq_stride(dim);
 	p->owner = vi;
 	atomic_init(&p->refs, 1);
 	if (pthread_rwlockattr_init(&attr) != 0)
@@ -303,6 +340,9 @@ static void part_unref(struct part *p)
 	free(p->mat);
 	free(p->exp);
 	free(p->ids);
+	free(p->codes);
+	free(p->qscale);
+	free(p->qerr);
 	free(p->key);
 	free(p);
 }
@@ -312,6 +352,26 @@ static void *resize(struct vindex *vi, void *arr, size_t old_bytes, size_t new_b
 	void *na = realloc(arr, new_bytes);
 	if (na)
 		account(vi, old_bytes, new_bytes);
+	return na;
+}
+
+/* The code array moved to a new aligned block of new_bytes, keeping the
+ * first keep bytes; NULL (old block untouched) when out of memory. */
+static int8_t *codes_resize(struct vindex *vi, int8_t *old, size_t old_bytes,
+                            size_t keep, size_t new_bytes)
+{
+	void *na = NULL;
+	bool huge = new_bytes >= HUGE_BYTES;
+	if (posix_memalign(&na, huge ? HUGE_BYTES : VQ_ALIGN, new_bytes) != 0)
+		return NULL;
+#ifdef MADV_HUGEPAGE
+	if (huge)
+		(void)madvise(na, new_bytes, MADV_HUGEPAGE); /* a hint; may be refused */
+#endif
+	if (keep)
+		memcpy(na, old, keep);
+	free(old);
+	account(vi, old_bytes, new_bytes);
 	return na;
 }
 
@@ -343,6 +403,28 @@ static bool part_set_cap_locked(struct vindex *vi, struct part *p, size_t want)
 			return false;
 		p->ids = d;
 		p->cap_ids = want;
+	}
+	if (p->cap_codes != want) {
+		int8_t *c = codes_resize(vi, p->codes, p->cap_codes * p->stride,
+		                         p->n * p->stride, want * p->stride);
+		if (!c)
+			return false;
+		p->codes = c;
+		p->cap_codes = want;
+	}
+	if (p->cap_qs != want) {
+		float *f = resize(vi, p->qscale, p->cap_qs * sizeof *f, want * sizeof *f);
+		if (!f)
+			return false;
+		p->qscale = f;
+		p->cap_qs = want;
+	}
+	if (p->cap_qe != want) {
+		float *f = resize(vi, p->qerr, p->cap_qe * sizeof *f, want * sizeof *f);
+		if (!f)
+			return false;
+		p->qerr = f;
+		p->cap_qe = want;
 	}
 	return true;
 }
@@ -509,6 +591,9 @@ static void swap_remove_locked(struct vindex *vi, struct part *p, size_t row)
 	if (row != last) {
 		size_t d = (size_t)p->dim;
 		memcpy(p->mat + row * d, p->mat + last * d, d * sizeof(float));
+		memcpy(p->codes + row * p->stride, p->codes + last * p->stride, p->stride);
+		p->qscale[row] = p->qscale[last];
+		p->qerr[row] = p->qerr[last];
 		p->exp[row] = p->exp[last];
 		memcpy(p->ids[row], p->ids[last], sizeof p->ids[0]);
 		/* The moved id's slot still says row "last", whose id bytes are
@@ -542,6 +627,8 @@ static void store_row(struct part *p, size_t row, const char *id, size_t idlen,
 	float *dst = p->mat + row * (size_t)p->dim;
 	for (int i = 0; i < p->dim; i++)
 		dst[i] = (float)(vec[i] * inv_norm);
+	vq_encode(dst, p->dim, p->stride, p->codes + row * p->stride, &p->qscale[row],
+	          &p->qerr[row]);
 	p->exp[row] = expires;
 	memset(p->ids[row], 0, sizeof p->ids[0]);
 	memcpy(p->ids[row], id, idlen);
@@ -568,6 +655,9 @@ struct vindex *vindex_create(void)
 	atomic_init(&vi->nparts, 0);
 	atomic_init(&vi->rows, 0);
 	atomic_init(&vi->bytes, 0);
+	vi->kernel = vq_kernel_best();
+	vi->split_min_rows = SPLIT_MIN_ROWS;
+	vi->bound_scale = 1.0;
 	return vi;
 
 fail_attr:
@@ -697,20 +787,93 @@ bool vindex_remove(struct vindex *vi, const char *id)
 	return slot != SIZE_MAX;
 }
 
-/* Validate what every search needs, copy the nq queries normalised into the
- * calling thread's scratch (followed by room for nq x *blk scores, *blk
- * capped to the partition's rows) and acquire the partition: *out is NULL
- * when it does not exist. On SG_OK with *out set, p->lock is held shared.
- * Normalising a copy keeps every score in [-1, 1], whatever the query's
- * magnitude. */
-static enum sg_err search_begin(struct vindex *vi, const char *partition, int dim,
-                                const float *queries, int nq, size_t *blk,
-                                float **qn, float **scores, struct part **out,
-                                struct sg_error *e)
+/* ---- search ---- */
+
+static size_t round_up(size_t x, size_t a)
+{
+	return (x + a - 1) / a * a;
+}
+
+/* One thread's share of a search: rows [r0, r1) for every query. A batch
+ * goes block by block so that each block's codes are read from memory once
+ * for all queries. */
+struct scan_job {
+	enum vq_kernel kernel;
+	const struct vq_rows *rows;
+	const struct vq_query *q;
+	struct vq_state *st; /* nq states, one per query */
+	int nq;
+	size_t r0, r1, block;
+	int64_t now_ms;
+};
+
+static void run_job(struct scan_job *j)
+{
+	if (j->nq == 1) {
+		vq_scan(j->kernel, j->rows, j->q, j->st, j->r0, j->r1, j->now_ms);
+		return;
+	}
+	for (size_t b = j->r0; b < j->r1; b += j->block) {
+		size_t e = j->r1 - b < j->block ? j->r1 : b + j->block;
+		for (int i = 0; i < j->nq; i++)
+			vq_scan(j->kernel, j->rows, &j->q[i], &j->st[i], b, e, j->now_ms);
+	}
+}
+
+static void *job_main(void *arg)
+{
+	run_job(arg);
+	return NULL;
+}
+
+/* Run both jobs, the second on a helper thread when one can be had (it
+ * starts with every signal blocked, so process signals still reach the
+ * threads that expect them). Returns the number of threads used. */
+static int run_jobs(struct scan_job *a, struct scan_job *b)
+{
+	sigset_t all, old;
+	pthread_t th;
+	sigfillset(&all);
+	bool masked = pthread_sigmask(SIG_SETMASK, &all, &old) == 0;
+	bool started = masked && pthread_create(&th, NULL, job_main, b) == 0;
+	if (masked)
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	run_job(a);
+	if (!started) {
+		run_job(b);
+		return 1;
+	}
+	pthread_join(th, NULL);
+	return 2;
+}
+
+static const char *kernel_name(enum vq_kernel k)
+{
+	switch (k) {
+	case VQ_SCALAR:
+		return "scalar";
+	case VQ_AVX2:
+		return "avx2";
+	case VQ_VNNI:
+		return "avx512-vnni";
+	}
+	return "?";
+}
+
+/* Every search: nq queries (validated, normalised into scratch, quantised)
+ * against one partition; best[i] gets query i's best live row if its
+ * similarity is >= min_sim. */
+static enum sg_err search(struct vindex *vi, const char *partition, int dim,
+                          const float *queries, int nq, float min_sim, int64_t now_ms,
+                          struct vindex_hit *best, struct sg_error *e)
 {
 	size_t keylen = 0, d = (size_t)dim, uq = (size_t)nq;
 	enum sg_err rc;
-	*out = NULL;
+	double norms[VINDEX_BATCH_MAX];
+
+	memset(&last_stats, 0, sizeof last_stats);
+	for (size_t i = 0; i < uq; i++)
+		hit_none(&best[i]);
 	if (!vi)
 		return sg_error_set(e, SG_ERR_INTERNAL, "vector index is missing");
 	if ((rc = check_key(partition, &keylen, e)) != SG_OK ||
@@ -718,16 +881,15 @@ static enum sg_err search_begin(struct vindex *vi, const char *partition, int di
 		return rc;
 	if (!queries)
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "query vector is missing");
-	double norms[VINDEX_BATCH_MAX];
-	for (size_t q = 0; q < uq; q++) {
-		norms[q] = norm_of(queries + q * d, dim);
-		if (norms[q] != 0)
+	for (size_t i = 0; i < uq; i++) {
+		norms[i] = norm_of(queries + i * d, dim);
+		if (norms[i] != 0)
 			continue;
 		if (nq == 1)
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 			                    "query vector is zero or has a non-finite component");
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
-		                    "query %zu is zero or has a non-finite component", q);
+		                    "query %zu is zero or has a non-finite component", i);
 	}
 	struct part *p = part_acquire(vi, partition, keylen);
 	if (!p)
@@ -738,116 +900,152 @@ static enum sg_err search_begin(struct vindex *vi, const char *partition, int di
 		return rc;
 	}
 	pthread_rwlock_rdlock(&p->lock);
-	if (*blk > p->n)
-		*blk = p->n;
-	float *buf = scratch_get(uq * d + uq * *blk);
+	size_t n = p->n, stride = p->stride;
+	size_t nt = n >= vi->split_min_rows && n >= 16 ? 2 : 1;
+	size_t cap = nq == 1 ? CAND_CAP_SINGLE : CAND_CAP_BATCH;
+	/* scratch: queries | codes | |codes| | prepared queries | states | candidates */
+	size_t o_codes = round_up(uq * d * sizeof(float), VQ_ALIGN);
+	size_t o_abs = o_codes + uq * stride;
+	size_t o_q = o_abs + uq * stride;
+	size_t o_st = round_up(o_q + uq * sizeof(struct vq_query), VQ_ALIGN);
+	size_t o_cand = round_up(o_st + nt * uq * sizeof(struct vq_state), VQ_ALIGN);
+	char *buf = scratch_get(o_cand + nt * uq * cap * sizeof(struct vq_cand));
 	if (!buf) {
-		pthread_rwlock_unlock(&p->lock);
-		part_unref(p);
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
+		goto out;
 	}
-	for (size_t q = 0; q < uq; q++) {
-		double inv = 1.0 / norms[q];
-		for (size_t i = 0; i < d; i++)
-			buf[q * d + i] = (float)(queries[q * d + i] * inv);
+	float *xn = (float *)(void *)buf;
+	struct vq_query *q = (struct vq_query *)(void *)(buf + o_q);
+	struct vq_state *st = (struct vq_state *)(void *)(buf + o_st);
+	struct vq_cand *cand = (struct vq_cand *)(void *)(buf + o_cand);
+	for (size_t i = 0; i < uq; i++) {
+		/* Normalising a copy keeps every score in [-1, 1], whatever the
+		 * query's magnitude, exactly as rows are normalised. */
+		double inv = 1.0 / norms[i];
+		for (size_t j = 0; j < d; j++)
+			xn[i * d + j] = (float)(queries[i * d + j] * inv);
+		vq_query_init(&q[i], xn + i * d, dim, stride, (int8_t *)(buf + o_codes + i * stride),
+		              (uint8_t *)(buf + o_abs + i * stride), vi->bound_scale);
 	}
-	*qn = buf;
-	*scores = buf + uq * d;
-	*out = p;
-	return SG_OK;
-}
+	for (size_t t = 0; t < nt * uq; t++)
+		vq_state_init(&st[t], min_sim, cand + t * cap, cap);
 
-static void search_end(struct part *p)
-{
+	struct vq_rows rows = {
+		.mat = p->mat, .codes = p->codes, .scale = p->qscale, .err = p->qerr,
+		.exp = p->exp, .n = n, .stride = stride, .dim = dim,
+	};
+	size_t block = BATCH_BLOCK_BYTES / stride / 8 * 8;
+	if (block < 8)
+		block = 8;
+	struct scan_job jobs[2];
+	for (size_t t = 0; t < nt; t++)
+		jobs[t] = (struct scan_job){
+			.kernel = vi->kernel, .rows = &rows, .q = q, .st = st + t * uq, .nq = nq,
+			.r0 = 0, .r1 = n, .block = block, .now_ms = now_ms,
+		};
+	int threads = 1;
+	if (nt == 2) {
+		size_t mid = n / 2 / 8 * 8; /* whole 8-row groups for the first half */
+		jobs[0].r1 = mid;
+		jobs[1].r0 = mid;
+		threads = run_jobs(&jobs[0], &jobs[1]);
+	} else {
+		run_job(&jobs[0]);
+	}
+
+	for (size_t i = 0; i < uq; i++) {
+		struct vq_state two[2];
+		double sim;
+		for (size_t t = 0; t < nt; t++)
+			two[t] = st[t * uq + i];
+		size_t row = vq_finish(&rows, &q[i], two, (int)nt, &sim);
+		last_stats.candidates += two[0].taken;
+		last_stats.reranked += two[0].reranked;
+		if (row == SIZE_MAX)
+			continue;
+		hit_set(&best[i], p->ids[row], sim);
+		if (!(best[i].similarity >= min_sim))
+			hit_none(&best[i]);
+	}
+	last_stats.rows = n * uq;
+	last_stats.threads = threads;
+	last_stats.kernel = kernel_name(vi->kernel);
+	rc = SG_OK;
+out:
 	pthread_rwlock_unlock(&p->lock);
 	part_unref(p);
+	return rc;
 }
 
 enum sg_err vindex_search(struct vindex *vi, const char *partition, int dim,
                           const float *query, int64_t now_ms,
                           struct vindex_hit *best, struct sg_error *e)
 {
-	struct part *p;
-	float *q, *scores;
-	size_t blk = SCAN_BLOCK_ROWS;
-	enum sg_err rc;
-
 	if (!best)
 		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
-	hit_none(best);
-	rc = search_begin(vi, partition, dim, query, 1, &blk, &q, &scores, &p, e);
-	if (rc != SG_OK || !p)
-		return rc;
+	return search(vi, partition, dim, query, 1, -INFINITY, now_ms, best, e);
+}
 
-	size_t n = p->n, d = (size_t)dim, bi = SIZE_MAX;
-	float bs = -INFINITY;
-	for (size_t start = 0; start < n; start += blk) {
-		size_t rows = n - start < blk ? n - start : blk;
-		const int64_t *ex = p->exp + start;
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, dim, 1.0f,
-		            p->mat + start * d, dim, q, 1, 0.0f, scores, 1);
-		for (size_t i = 0; i < rows; i++) {
-			if (scores[i] > bs && live(ex[i], now_ms)) {
-				bs = scores[i];
-				bi = start + i;
-			}
-		}
+enum sg_err vindex_search_min(struct vindex *vi, const char *partition, int dim,
+                              const float *query, float min_similarity, int64_t now_ms,
+                              struct vindex_hit *best, struct sg_error *e)
+{
+	if (!best)
+		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
+	if (isnan(min_similarity)) {
+		hit_none(best);
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "minimum similarity is not a number");
 	}
-	if (bi != SIZE_MAX)
-		hit_set(best, p->ids[bi], bs);
-	search_end(p);
-	return SG_OK;
+	return search(vi, partition, dim, query, 1, min_similarity, now_ms, best, e);
 }
 
 enum sg_err vindex_search_batch(struct vindex *vi, const char *partition, int dim,
                                 const float *queries, int nq, int64_t now_ms,
                                 struct vindex_hit *best, struct sg_error *e)
 {
-	struct part *p;
-	float *qn, *scores;
-	size_t bi[VINDEX_BATCH_MAX];
-	float bs[VINDEX_BATCH_MAX];
-	enum sg_err rc;
-
 	if (!best)
 		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
 	if (nq < 1 || nq > VINDEX_BATCH_MAX)
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
 		                    "batch of %d queries is outside 1..%d", nq,
 		                    VINDEX_BATCH_MAX);
-	for (int q = 0; q < nq; q++)
-		hit_none(&best[q]);
-	size_t uq = (size_t)nq, blk = BATCH_SCORES_MAX / uq;
-	rc = search_begin(vi, partition, dim, queries, nq, &blk, &qn, &scores, &p, e);
-	if (rc != SG_OK || !p)
-		return rc;
+	return search(vi, partition, dim, queries, nq, -INFINITY, now_ms, best, e);
+}
 
-	size_t n = p->n, d = (size_t)dim;
-	for (size_t q = 0; q < uq; q++) {
-		bi[q] = SIZE_MAX;
-		bs[q] = -INFINITY;
+void vindex_last_stats(struct vindex_stats *out)
+{
+	if (out)
+		*out = last_stats;
+}
+
+enum sg_err vindex_set_tuning(struct vindex *vi, const struct vindex_tuning *t,
+                              struct sg_error *e)
+{
+	enum vq_kernel k = VQ_SCALAR;
+	if (!vi || !t)
+		return sg_error_set(e, SG_ERR_INTERNAL, "vector index or tuning is missing");
+	switch (t->kernel) {
+	case VINDEX_KERNEL_AUTO:
+		k = vq_kernel_best();
+		break;
+	case VINDEX_KERNEL_SCALAR:
+		k = VQ_SCALAR;
+		break;
+	case VINDEX_KERNEL_AVX2:
+		k = VQ_AVX2;
+		break;
+	case VINDEX_KERNEL_AVX512_VNNI:
+		k = VQ_VNNI;
+		break;
 	}
-	for (size_t start = 0; start < n; start += blk) {
-		size_t rows = n - start < blk ? n - start : blk;
-		const int64_t *ex = p->exp + start;
-		/* scores (nq x rows) = queries (nq x dim) . block^T (dim x rows) */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, (int)rows, dim,
-		            1.0f, qn, dim, p->mat + start * d, dim, 0.0f, scores,
-		            (int)rows);
-		for (size_t q = 0; q < uq; q++) {
-			const float *sc = scores + q * rows;
-			for (size_t i = 0; i < rows; i++) {
-				if (sc[i] > bs[q] && live(ex[i], now_ms)) {
-					bs[q] = sc[i];
-					bi[q] = start + i;
-				}
-			}
-		}
-	}
-	for (size_t q = 0; q < uq; q++)
-		if (bi[q] != SIZE_MAX)
-			hit_set(&best[q], p->ids[bi[q]], bs[q]);
-	search_end(p);
+	if (!vq_kernel_supported(k))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "this CPU cannot run the %s kernel",
+		                    kernel_name(k));
+	if (!(t->bound_scale >= 0))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "bound scale must be >= 0");
+	vi->kernel = k;
+	vi->split_min_rows = t->split_min_rows ? t->split_min_rows : SPLIT_MIN_ROWS;
+	vi->bound_scale = t->bound_scale;
 	return SG_OK;
 }
 

@@ -6,8 +6,10 @@
 
 #include "semgate/config.h"
 #include "semgate/embed.h"
+#include "semgate/ratelimit.h"
 #include "semgate/upstream.h"
 
+struct auth_keys;
 struct store;
 struct prompts;
 struct vindex;
@@ -18,6 +20,8 @@ struct sg_app {
 	struct prompts *prompts;      /* named system prompts, read-only */
 	struct embedder embedder;     /* read-only */
 	struct vindex *vindex;        /* thread-safe (its own locks) */
+	struct auth_keys *auth;       /* gateway API keys; NULL: open mode */
+	struct rate_limit rate;       /* per-tenant limit; max 0: none */
 };
 
 struct sg_worker {

@@ -69,4 +69,10 @@ enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,
 /* Make a new random entry id (32 hex chars). */
 void cache_new_id(char out[65]);
 
+/* The vector index partition of (tenant, scope hash, embedding model) into
+ * out (cap bytes, VINDEX_KEY_MAX is enough). Every partition key is made
+ * here, so the chat route, the sidecar API and the event follower agree. */
+void cache_partition_key(char *out, size_t cap, const char *tenant, const char *scope,
+			 const char *model);
+
 #endif

@@ -15,6 +15,8 @@ struct sg_config {
 	long long threads;
 	long long max_body_bytes;
 	long long keepalive_ms;
+	long long shutdown_grace_ms;
+	long long request_timeout_ms;
 	char *log_level;
 	/* redis */
 	char *redis_host;
@@ -42,6 +44,13 @@ struct sg_config {
 	char *embed_api_key;
 	long long embed_dim;
 	long long embed_timeout_ms;
+	/* stats */
+	double price_prompt_per_1k;
+	double price_completion_per_1k;
+	/* auth and limits */
+	char *api_keys;          /* "key:tenant,..." (secret) */
+	char *api_keys_file;     /* one "key tenant" per line */
+	char *rate_limit;        /* "N/Ws", empty: no limit */
 
 	/* set by config_load when the command line asked for these */
 	bool show_help;

@@ -53,6 +53,11 @@ struct sg_route {
 typedef struct sg_worker *(*sg_worker_create_fn)(struct sg_app *app);
 typedef void (*sg_worker_destroy_fn)(struct sg_worker *w);
 
+/* Runs before the handler of every matched route whose pattern starts with
+ * "/v1/" (auth, then rate limit). Returns 0 to let the handler run, or the
+ * status of the response it sent itself. It may set req->tenant. */
+typedef int (*sg_guard_fn)(struct sg_req *req);
+
 struct sg_http_opts {
 	const char *host;
 	int port;                 /* 0: pick a free port */
@@ -60,6 +65,7 @@ struct sg_http_opts {
 	long long max_body_bytes;
 	long long keepalive_ms;
 	int request_timeout_ms;   /* reading one request's head and body */
+	sg_guard_fn guard;        /* NULL: every route is open */
 };
 
 struct sg_http;
@@ -78,8 +84,19 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 /* The port actually bound (useful with port 0). */
 int http_port(const struct sg_http *h);
 
-/* Stop accepting, wait for in-flight handlers, free. Accepts NULL. */
+/* Stop accepting, wait for in-flight handlers, free. Accepts NULL.
+ * Streams still running are cut: call http_drain first and give them
+ * time. */
 void http_stop(struct sg_http *h);
+
+/* Stop accepting: from now on new connections are refused, while requests
+ * and streams in flight (and open keep-alive connections) are served on.
+ * http_stop must still be called. SG_ERR_INTERNAL when the listening
+ * socket cannot be found (the caller just stops). */
+enum sg_err http_drain(struct sg_http *h, struct sg_error *e);
+
+/* Requests being handled right now (atomic; any thread). */
+int http_inflight(const struct sg_http *h);
 
 /* Request access. Header lookup is case-insensitive; result borrowed. */
 const char *http_header(const struct sg_req *req, const char *name);

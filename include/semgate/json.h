@@ -1,6 +1,8 @@
 /* Strict JSON parsing and typed getters over cJSON.
  * sg_json_parse refuses anything DESIGN.md calls bad input: invalid UTF-8,
- * lone surrogates, trailing bytes, nesting deeper than SG_JSON_MAX_DEPTH. */
+ * lone surrogates, trailing bytes, nesting deeper than SG_JSON_MAX_DEPTH,
+ * and \u0000 in a string (a cJSON string ends at NUL, so the tree would
+ * silently differ from the text). */
 #ifndef SEMGATE_JSON_H
 #define SEMGATE_JSON_H
 
@@ -26,7 +28,9 @@ const char *sg_json_str(const cJSON *obj, const char *key);
 const cJSON *sg_json_obj(const cJSON *obj, const char *key);
 const cJSON *sg_json_arr(const cJSON *obj, const char *key);
 
-/* Render compactly; caller frees with free(). NULL on out of memory. */
+/* Render compactly, every finite number spelled so it reads back as the
+ * same double (cJSON_PrintUnformatted alone rounds to 15 digits). Caller
+ * frees with free(). NULL on out of memory. */
 char *sg_json_render(const cJSON *item);
 
 /* Build {"error":{"message","type","code"}} rendered; caller frees. */

@@ -12,6 +12,25 @@ int route_readyz(struct sg_req *req);
 int route_conv_get(struct sg_req *req);
 int route_conv_append(struct sg_req *req);
 int route_conv_delete(struct sg_req *req);
+int route_embeddings(struct sg_req *req);
+int route_metrics(struct sg_req *req);
+/* the cache API (route_cache.c) */
+int route_cache_lookup(struct sg_req *req);
+int route_cache_store(struct sg_req *req);
+int route_cache_entry_get(struct sg_req *req);
+int route_cache_entry_delete(struct sg_req *req);
+int route_cache_invalidate(struct sg_req *req);
+int route_cache_stats(struct sg_req *req);
+int route_cache_top(struct sg_req *req);
+
+/* The guard of every /v1/ route (http.h sg_guard_fn): API key → tenant, then the
+ * tenant's rate limit. */
+int route_guard(struct sg_req *req);
+
+/* Count the prompt and completion tokens of a cached completion served as
+ * a hit (from its usage) in the tokens-saved metrics. */
+struct cJSON;
+void route_metrics_hit_tokens(const struct cJSON *completion);
 
 /* The full table; *n receives its length. */
 const struct sg_route *routes_table(size_t *n);

@@ -23,6 +23,7 @@ struct sse_parser {
 	struct sg_buf data;     /* its data field so far */
 	bool stopped;
 	bool has_data;          /* the pending event has a data field */
+	size_t resume;          /* pending[0..resume) is already taken */
 };
 
 /* cap bounds one event's size. */

@@ -70,10 +70,19 @@ struct store_entry {
 	long long created;         /* unix seconds */
 	long long tokens;          /* total tokens the answer cost */
 	long long ttl_s;
+	/* Sidecar entries (route_cache.c); zero for chat entries. */
+	const char *kind;          /* NULL/"chat": completion JSON; "text": plain answer */
+	const char *const *tags;   /* ntags tags, each [A-Za-z0-9._:-]{1,128} */
+	size_t ntags;
+	const char *metadata;      /* a JSON object as text, or NULL */
+	size_t metadata_len;
 };
 
 /* Write the entry hash and its exact key in one MULTI/EXEC, both with
- * the entry's TTL. The exact key holds "<id>\n<answer>". */
+ * the entry's TTL. The exact key holds "<id>\n<answer>" ("<id>:text\n<answer>"
+ * for text entries). In the same transaction: SADD to each tag set (its TTL
+ * raised to at least the entry's) and, when the entry has a vector, an
+ * "add" event on {prefix}events for the other gateway processes. */
 enum sg_err store_entry_put(struct store *s, const char *tenant,
 			    const struct store_entry *en, struct sg_error *e);
 
@@ -84,6 +93,7 @@ struct store_answer {
 	char *answer;
 	size_t answer_len;
 	long long tokens;
+	char kind[8];              /* "chat" or "text" */
 };
 void store_answer_finish(struct store_answer *a);
 
@@ -110,5 +120,33 @@ typedef void (*store_entry_fn)(void *ud, const char *tenant, const char *id,
  * does not match dim are skipped. *scanned gets how many were delivered. */
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
 			       size_t *scanned, struct sg_error *e);
+
+/* ---- rate limit window: {prefix}rl:{tenant} (store_limits.c) ---- */
+
+/* One request against the tenant's sliding window of window_ms, in one
+ * atomic script on Redis's clock: drop members older than the window;
+ * when fewer than max remain, add this request (a unique member) and set
+ * the key's TTL to the window, *allowed = true; otherwise add nothing
+ * (refused requests do not count) and *retry_ms gets the time until the
+ * oldest member leaves the window. *remaining: admissions left after this
+ * one. SG_ERR_REDIS when Redis cannot be asked (the caller decides). */
+enum sg_err store_rate_limit(struct store *s, const char *tenant, long long max,
+			     long long window_ms, bool *allowed, long long *remaining,
+			     long long *retry_ms, struct sg_error *e);
+
+/* ---- embeddings cache: {prefix}emb:{tenant}:{model}:{sha} (store_emb.c) ---- */
+
+/* MGET the n keys named by hex digests sha[i]. blobs[i] gets a malloc'd
+ * copy of the value (caller frees) or NULL when absent, lens[i] its length.
+ * On failure every blobs[i] is NULL. */
+enum sg_err store_emb_get(struct store *s, const char *tenant, const char *model,
+			  const char *const *sha, size_t n, char **blobs, size_t *lens,
+			  struct sg_error *e);
+
+/* SET each key to blobs[i] (lens[i] bytes) with a TTL of ttl_s, in one
+ * MULTI/EXEC. */
+enum sg_err store_emb_put(struct store *s, const char *tenant, const char *model,
+			  const char *const *sha, const char *const *blobs,
+			  const size_t *lens, size_t n, long long ttl_s, struct sg_error *e);
 
 #endif

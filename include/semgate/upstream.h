@@ -9,6 +9,12 @@
 #include "semgate/buf.h"
 #include "semgate/err.h"
 
+/* Which latency histogram a call is recorded in (metrics.h). */
+enum upstream_kind {
+	UPSTREAM_KIND_LLM = 0,     /* semgate_upstream_duration_seconds */
+	UPSTREAM_KIND_EMBEDDING,   /* semgate_embedding_duration_seconds */
+};
+
 /* Where and how to call. All fields borrowed. */
 struct upstream_target {
 	const char *base_url;      /* e.g. "https://api.openai.com/v1" */
@@ -16,6 +22,7 @@ struct upstream_target {
 	long long connect_timeout_ms;
 	long long timeout_ms;
 	size_t max_bytes;          /* cap on the response body */
+	enum upstream_kind kind;   /* for metrics only */
 };
 
 struct upstream_resp {
@@ -33,6 +40,10 @@ struct upstream;
 /* Call once at start, before any thread uses the client. */
 enum sg_err upstream_global_init(void);
 void upstream_global_cleanup(void);
+
+/* At shutdown: abort every transfer in progress (within about a second)
+ * and fail every later one. Thread-safe; cannot be undone. */
+void upstream_cancel_all(void);
 
 /* NULL on out of memory. Owned by one thread. */
 struct upstream *upstream_create(void);

@@ -1,7 +1,9 @@
 /* In-memory vector index of cached entries' embeddings, searched by cosine
- * similarity: one contiguous row-major float32 matrix of L2-normalised rows
- * per partition, scanned with cblas_sgemv/sgemm. A leaf module: it knows
- * nothing of Redis, HTTP or tenants, and never changes OpenBLAS settings. */
+ * similarity: per partition one contiguous row-major float32 matrix of
+ * L2-normalised rows (the truth) plus an int8 copy scanned with SIMD to find
+ * the few rows that can win, re-ranked exactly. Answers are those of an
+ * exact scan of the float32 rows. A leaf module: it knows nothing of Redis,
+ * HTTP or tenants, and never changes OpenBLAS settings. */
 #ifndef SEMGATE_VINDEX_H
 #define SEMGATE_VINDEX_H
 
@@ -22,6 +24,24 @@
 /* Most queries one vindex_search_batch() call accepts. */
 #define VINDEX_BATCH_MAX 256
 
+/* Memory per entry of dimension d, with S = d rounded up to 64:
+ *   4d    float32 row (the truth)
+ *   S     int8 codes (the compact copy the scan reads)
+ *   8     code scale and quantisation-error bound (two floats)
+ *   8     expiry, 65 id, ~21 id-map slot (16 bytes at load <= 3/4)
+ * = 5d + 102 bytes for d a multiple of 64: 2,022 bytes at d = 384, so
+ * 1,000,000 entries take ~2.0 GB (arrays grow by doubling, so up to twice
+ * that is allocated right after a growth). vindex_bytes() reports it.
+ *
+ * How a search stays exact. Row r and query x (both normalised float32)
+ * are approximated by sr*c and sx*p with int8 codes c, p (per-vector scale,
+ * symmetric, round to nearest). With er >= |r - sr*c| stored per row and
+ * ex = |x - sx*p| per query, Cauchy-Schwarz gives
+ *   |<x,r> - sx*sr*<p,c>| <= (|x| + ex)*er + ex*|r|  (+ float rounding),
+ * so every row has an upper and a lower bound from the int8 scan alone. A
+ * row is re-ranked exactly only if its upper bound reaches the best lower
+ * bound of any live row, the best exact similarity found so far and (for
+ * vindex_search_min) the caller's minimum; the others cannot win. */
 /* Threading.
  * Every function below is safe to call from any number of threads at once,
  * except vindex_destroy(), which must be the last call.
@@ -31,20 +51,31 @@
  * - Writers (add, remove, expire, clear) are serialised with each other by
  *   one mutex; the short table lock that searches take to find a partition
  *   is never held while a scan runs or while a writer waits for a scan.
- * - OpenBLAS threading is the caller's choice: this module never calls
- *   openblas_set_num_threads() and never reads or sets OPENBLAS_* variables.
- *   With the default threaded OpenBLAS one large scan may use every core.
+ * - A search of a partition with at least vindex_tuning.split_min_rows rows
+ *   (default 32768) scans half of it on a second thread that it starts and
+ *   joins (all signals blocked in it); if that thread cannot start, the
+ *   caller scans both halves. The module does not use BLAS and never reads
+ *   or sets OPENBLAS_* variables.
  * - Each searching thread keeps a grow-only scratch buffer, freed when the
- *   thread exits: the normalised query copies plus a block of scores, at
- *   most dim + 65536 floats for vindex_search() and nq * dim + 262144 for
- *   vindex_search_batch(), whatever the partition's size. */
+ *   thread exits: per query its normalised copy and codes (4*dim + 2*S
+ *   bytes) plus 2 x 4096 candidates of 8 bytes (2 x 256 per query for a
+ *   batch), whatever the partition's size: ~66 KiB for one query. */
 
 struct vindex;
 
 /* Result of a search.
  * found == true: id is the best live row's id (NUL-terminated) and
  *   similarity its cosine similarity with the query, in [-1, 1]. Ties go
- *   to the row stored first in the partition's matrix.
+ *   to the row stored first in the partition's matrix (the lowest row;
+ *   removal moves the last row into the hole).
+ *   The similarity of query x and stored row r is defined exactly: both
+ *   are the float32 vectors that vindex_normalize() would make of the
+ *   inputs, and the score is sum_j x_j*r_j evaluated in double precision in
+ *   8 partial sums (term j into sum j % 8, in order of j) added as
+ *   ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)), then clamped to [-1, 1] and
+ *   rounded to float. The best row is the one with the highest such score
+ *   (compared in double); an exhaustive scan computing this score for every
+ *   row gives bit-for-bit the same id and similarity.
  * found == false (partition missing, empty, or every row expired; also
  *   after an error): id is "" and similarity is -1. Callers must test found,
  *   not the similarity. */
@@ -98,11 +129,23 @@ enum sg_err vindex_search(struct vindex *vi, const char *partition, int dim,
                           const float *query, int64_t now_ms,
                           struct vindex_hit *best, struct sg_error *e);
 
+/* vindex_search() for a caller that only wants a row at least
+ * min_similarity similar: best->found is true exactly when vindex_search()
+ * would find a row whose similarity is >= min_similarity, and then best is
+ * what vindex_search() returns. Rows that cannot reach min_similarity are
+ * not re-ranked, so this can be cheaper than vindex_search() followed by a
+ * comparison. min_similarity <= -1 means no minimum. Returns as
+ * vindex_search(), plus SG_ERR_BAD_REQUEST for a NaN min_similarity. */
+enum sg_err vindex_search_min(struct vindex *vi, const char *partition, int dim,
+                              const float *query, float min_similarity, int64_t now_ms,
+                              struct vindex_hit *best, struct sg_error *e);
+
 /* vindex_search() for nq (1..VINDEX_BATCH_MAX) queries at once against one
- * partition, using one cblas_sgemm pass over the matrix instead of nq scans.
- * queries is nq * dim floats, row-major (query i starts at queries + i*dim),
- * borrowed. best points to nq caller-owned hits, all written; best[i] equals
- * what vindex_search() would return for query i (up to float rounding).
+ * partition: the codes are read from memory once, in L2-sized blocks that
+ * every query scans in turn. queries is nq * dim floats, row-major (query i
+ * starts at queries + i*dim), borrowed. best points to nq caller-owned
+ * hits, all written; best[i] is exactly what vindex_search() returns for
+ * query i.
  * Any invalid query fails the whole call with SG_ERR_BAD_REQUEST naming its
  * index, as does nq outside 1..VINDEX_BATCH_MAX. Returns as
  * vindex_search(). */
@@ -128,6 +171,42 @@ size_t vindex_bytes(struct vindex *vi);
 
 /* Number of partitions (each holds at least one row). */
 size_t vindex_partition_count(struct vindex *vi);
+
+/* What the calling thread's last search (vindex_search, _min or _batch)
+ * did, summed over a batch's queries; all zero after a search that failed
+ * or found no partition. For benchmarks and tests. kernel is a static
+ * string. */
+struct vindex_stats {
+	size_t rows;       /* rows scanned (x queries) */
+	size_t candidates; /* live rows whose upper bound reached the floor of
+	                    * the moment during the scan */
+	size_t reranked;   /* exact float32 dot products computed */
+	int threads;       /* threads that scanned: 1 or 2 */
+	const char *kernel;
+};
+void vindex_last_stats(struct vindex_stats *out);
+
+/* Knobs for tests and benchmarks; production code leaves the defaults.
+ * Call before any search of vi runs (searches read them unlocked). */
+enum vindex_kernel {
+	VINDEX_KERNEL_AUTO, /* the fastest the CPU runs (the default) */
+	VINDEX_KERNEL_SCALAR,
+	VINDEX_KERNEL_AVX2,
+	VINDEX_KERNEL_AVX512_VNNI,
+};
+struct vindex_tuning {
+	enum vindex_kernel kernel;
+	/* Scan with two threads from this many rows; 0 = the default, 32768;
+	 * SIZE_MAX = always one thread. */
+	size_t split_min_rows;
+	/* Multiplies the error bound: 1 = rigorous (the default). Below 1 the
+	 * answers may be wrong; only for tests showing the bound is needed. */
+	double bound_scale;
+};
+/* Returns SG_OK, or SG_ERR_BAD_REQUEST (kernel the CPU lacks, negative or
+ * NaN bound_scale; nothing changed) or SG_ERR_INTERNAL (NULL argument). */
+enum sg_err vindex_set_tuning(struct vindex *vi, const struct vindex_tuning *t,
+                              struct sg_error *e);
 
 /* Scale v (dim floats, caller-owned, dim >= 1) to unit L2 norm in place,
  * computing the norm in double precision. Returns the original norm

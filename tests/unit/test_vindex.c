@@ -1,7 +1,10 @@
 /* Unit tests for the vector index: results against a naive double-precision
  * scan, swap-removal, replacement, expiry, growth, input checks, partition
- * isolation, batch search and a bounded concurrency smoke test. Fixed seeds
- * throughout, so every run sees the same data. */
+ * isolation, batch search and a bounded concurrency smoke test; then the
+ * int8 compact search against an exhaustive exact scan, bit for bit, in
+ * every kernel the CPU runs, on random and adversarial data, with proof
+ * that the error bound is needed in full. Fixed seeds throughout, so every
+ * run sees the same data. */
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
@@ -809,6 +812,809 @@ static void test_count_bytes_and_partition_count_are_sane(void)
 	vindex_destroy(vi);
 }
 
+/* ---- compact search: exactly the answers of an exhaustive exact scan ---- */
+
+/* The index's definition of similarity (vindex.h): double products in 8
+ * interleaved partial sums, added pairwise. */
+static double ref_dot(const float *a, const float *b, int dim)
+{
+	double s[8] = { 0 };
+	for (int j = 0; j < dim; j++)
+		s[j & 7] += (double)a[j] * (double)b[j];
+	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+static float ref_sim(double d)
+{
+	return (float)(d > 1 ? 1 : d < -1 ? -1 : d);
+}
+
+/* A partition as the reference sees it: normalised rows in the index's row
+ * order, their ids and expiry times. */
+struct ref {
+	int dim;
+	size_t n, cap;
+	float *rows;
+	int64_t *exp;
+	char (*ids)[32];
+};
+
+static void ref_init(struct ref *r, int dim, size_t cap)
+{
+	r->dim = dim;
+	r->n = 0;
+	r->cap = cap;
+	r->rows = malloc(cap * (size_t)dim * sizeof(float));
+	r->exp = calloc(cap, sizeof(int64_t));
+	r->ids = calloc(cap, sizeof r->ids[0]);
+}
+
+static void ref_finish(struct ref *r)
+{
+	free(r->rows);
+	free(r->exp);
+	free(r->ids);
+}
+
+/* vindex_add() to partition "p" and the same row appended to the
+ * reference. */
+static void ref_add(struct vindex *vi, struct ref *r, const char *id, const float *v,
+                    int64_t exp)
+{
+	CHECK_INT(vindex_add(vi, "p", r->dim, id, v, exp, NULL), SG_OK);
+	float *dst = r->rows + r->n * (size_t)r->dim;
+	memcpy(dst, v, (size_t)r->dim * sizeof(float));
+	CHECK(vindex_normalize(dst, r->dim) > 0);
+	r->exp[r->n] = exp;
+	snprintf(r->ids[r->n], sizeof r->ids[0], "%s", id);
+	r->n++;
+}
+
+/* vindex_remove() and the reference's swap-removal, which must mirror the
+ * index's (the last row moves into the hole). */
+static void ref_remove(struct vindex *vi, struct ref *r, size_t i)
+{
+	CHECK(vindex_remove(vi, r->ids[i]));
+	size_t last = r->n - 1, d = (size_t)r->dim;
+	memcpy(r->rows + i * d, r->rows + last * d, d * sizeof(float));
+	r->exp[i] = r->exp[last];
+	memcpy(r->ids[i], r->ids[last], sizeof r->ids[0]);
+	r->n = last;
+}
+
+/* Exhaustive exact scan: the best live row (ties: lowest row) whose
+ * similarity is >= min_sim, or SIZE_MAX. */
+static size_t ref_best(const struct ref *r, const float *qn, int64_t now, float min_sim,
+                       double *sim)
+{
+	size_t bi = SIZE_MAX;
+	double bs = -INFINITY;
+	for (size_t i = 0; i < r->n; i++) {
+		if (r->exp[i] != 0 && r->exp[i] <= now)
+			continue;
+		double d = ref_dot(qn, r->rows + i * (size_t)r->dim, r->dim);
+		if (bi == SIZE_MAX || d > bs) {
+			bs = d;
+			bi = i;
+		}
+	}
+	*sim = bs;
+	if (bi != SIZE_MAX && !(ref_sim(bs) >= min_sim))
+		bi = SIZE_MAX;
+	return bi;
+}
+
+/* Search modes: every kernel the CPU runs, with one scanning thread and
+ * with two (split from 16 rows). */
+#define NMODES 6
+static const char *const mode_names[NMODES] = {
+	"scalar/1T", "scalar/2T", "avx2/1T", "avx2/2T", "avx512-vnni/1T", "avx512-vnni/2T",
+};
+
+static bool set_mode(struct vindex *vi, int mode, double bound_scale)
+{
+	static const enum vindex_kernel ks[] = { VINDEX_KERNEL_SCALAR, VINDEX_KERNEL_AVX2,
+		                                 VINDEX_KERNEL_AVX512_VNNI };
+	struct vindex_tuning t = { .kernel = ks[mode / 2],
+		                   .split_min_rows = mode % 2 ? 16 : SIZE_MAX,
+		                   .bound_scale = bound_scale };
+	return vindex_set_tuning(vi, &t, NULL) == SG_OK;
+}
+
+static void set_default_mode(struct vindex *vi)
+{
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0 };
+	CHECK_INT(vindex_set_tuning(vi, &t, NULL), SG_OK);
+}
+
+/* The reference answer for raw query q. */
+struct ref_ans {
+	size_t row; /* SIZE_MAX: not found */
+	double sim;
+};
+
+static struct ref_ans ref_answer(const struct ref *r, const float *q, int64_t now,
+                                 float min_sim)
+{
+	struct ref_ans a;
+	float *qn = malloc((size_t)r->dim * sizeof *qn);
+	memcpy(qn, q, (size_t)r->dim * sizeof *qn);
+	vindex_normalize(qn, r->dim);
+	a.row = ref_best(r, qn, now, min_sim, &a.sim);
+	free(qn);
+	return a;
+}
+
+/* Does one search (vindex_search, or vindex_search_min when min_sim > -1)
+ * of raw query q give the reference answer want? Prints what differs
+ * unless what is NULL. */
+static bool search_is(struct vindex *vi, const struct ref *r, const float *q, int64_t now,
+                      float min_sim, struct ref_ans want, const char *what)
+{
+	struct vindex_hit hit;
+	enum sg_err rc = min_sim > -1 ? vindex_search_min(vi, "p", r->dim, q, min_sim, now, &hit, NULL)
+	                              : vindex_search(vi, "p", r->dim, q, now, &hit, NULL);
+	bool ok = rc == SG_OK;
+	if (want.row == SIZE_MAX)
+		ok = ok && !hit.found;
+	else
+		ok = ok && hit.found && strcmp(hit.id, r->ids[want.row]) == 0 &&
+		     hit.similarity == ref_sim(want.sim);
+	if (!ok && what)
+		printf("# %s: got %s %s %.9g, want %s %.9g\n", what, hit.found ? "found" : "none",
+		       hit.id, hit.similarity, want.row == SIZE_MAX ? "none" : r->ids[want.row],
+		       want.row == SIZE_MAX ? 0.0 : (double)ref_sim(want.sim));
+	return ok;
+}
+
+static bool same_as_ref(struct vindex *vi, const struct ref *r, const float *q, int64_t now,
+                        float min_sim, const char *what)
+{
+	return search_is(vi, r, q, now, min_sim, ref_answer(r, q, now, min_sim), what);
+}
+
+/* The search in every mode against one reference scan; returns the number
+ * of modes run. */
+static int check_all_modes(struct vindex *vi, const struct ref *r, const float *q, int64_t now,
+                           float min_sim, const char *what)
+{
+	char buf[160];
+	int run = 0;
+	struct ref_ans want = ref_answer(r, q, now, min_sim);
+	for (int m = 0; m < NMODES; m++) {
+		if (!set_mode(vi, m, 1.0))
+			continue;
+		run++;
+		snprintf(buf, sizeof buf, "%s [%s]", what, mode_names[m]);
+		CHECK(search_is(vi, r, q, now, min_sim, want, buf));
+	}
+	set_default_mode(vi);
+	return run;
+}
+
+/* Random rows of several dimensions and sizes; random queries, noisy and
+ * exact copies of rows, negated rows: id and similarity bit for bit. */
+static void test_compact_search_equals_exact_scan_on_random_data(void)
+{
+	static const struct { int dim; size_t n; } cfg[] = {
+		{ 1, 1000 }, { 2, 3000 }, { 7, 5000 }, { 64, 50000 }, { 100, 3000 },
+		{ 384, 20000 }, { 1000, 2000 },
+	};
+	uint64_t seed = 0xc0ffee;
+	char id[32], what[64];
+	for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+		int dim = cfg[c].dim;
+		size_t n = cfg[c].n;
+		struct vindex *vi = vindex_create();
+		struct ref r;
+		ref_init(&r, dim, n);
+		float *data = rand_vecs(&seed, n, dim);
+		for (size_t i = 0; i < n; i++) {
+			make_id(id, sizeof id, "e", i);
+			ref_add(vi, &r, id, data + i * (size_t)dim, 0);
+		}
+		float *q = malloc((size_t)dim * sizeof *q);
+		int modes = 0;
+		for (int k = 0; k < 8; k++) {
+			size_t src = (size_t)(rng_next(&seed) % n);
+			const float *row = data + src * (size_t)dim;
+			for (int j = 0; j < dim; j++) {
+				float noise = rng_float(&seed);
+				q[j] = k < 3 ? noise : k < 5 ? row[j] + 0.05f * noise :
+				       k == 5 ? row[j] + 0.005f * noise : k == 6 ? row[j] : -row[j];
+			}
+			snprintf(what, sizeof what, "dim %d n %zu query %d", dim, n, k);
+			modes = check_all_modes(vi, &r, q, 0, -INFINITY, what);
+		}
+		printf("# dim %d n %zu: %d modes\n", dim, n, modes);
+		CHECK(modes >= 2);
+		free(q);
+		free(data);
+		ref_finish(&r);
+		vindex_destroy(vi);
+	}
+}
+
+/* Rows that differ from each other only in the last bits of a few
+ * components, and exact duplicates: the int8 codes cannot tell them apart,
+ * so the bound must keep them all and the exact re-rank decides; equal
+ * rows go to the one stored first. */
+static void test_near_duplicates_differing_in_last_bits_are_ranked_exactly(void)
+{
+	const int dim = 384;
+	const size_t n = 3000;
+	uint64_t seed = 0xd00b;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, n);
+	float *base = rand_vecs(&seed, 1, dim);
+	float *v = malloc((size_t)dim * sizeof *v);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		memcpy(v, base, (size_t)dim * sizeof *v);
+		if (i % 10 != 3) { /* every tenth row is an exact copy of the base */
+			for (int k = 0; k < 3; k++) {
+				int j = (int)(rng_next(&seed) % (uint64_t)dim);
+				int ulps = 1 + (int)(rng_next(&seed) % 3);
+				float dir = rng_next(&seed) & 1 ? INFINITY : -INFINITY;
+				while (ulps--)
+					v[j] = nextafterf(v[j], dir);
+			}
+		}
+		make_id(id, sizeof id, "d", i);
+		ref_add(vi, &r, id, v, 0);
+	}
+	/* The base itself: exact copies tie at the top unless a nudged row
+	 * beats them; either way the reference knows. */
+	check_all_modes(vi, &r, base, 0, -INFINITY, "base");
+	struct vindex_hit hit;
+	struct vindex_stats st;
+	vindex_search(vi, "p", dim, base, 0, &hit, NULL);
+	vindex_last_stats(&st);
+	printf("# near-duplicates: %zu candidates, %zu re-ranked, answer %s\n", st.candidates,
+	       st.reranked, hit.id);
+	CHECK(st.reranked > 100); /* the bound kept the rows int8 cannot separate */
+	for (int k = 0; k < 6; k++) {
+		memcpy(v, base, (size_t)dim * sizeof *v);
+		for (int j = 0; j < dim; j += 1 + (int)(rng_next(&seed) % 50))
+			v[j] = nextafterf(v[j], rng_next(&seed) & 1 ? INFINITY : -INFINITY);
+		check_all_modes(vi, &r, v, 0, -INFINITY, "nudged base");
+	}
+	/* Only exact copies left (swap-removal reordered them): the tie goes
+	 * to the lowest row. */
+	for (size_t i = r.n; i-- > 0;)
+		if (i % 10 != 3)
+			ref_remove(vi, &r, i);
+	check_all_modes(vi, &r, base, 0, -INFINITY, "exact copies only");
+	vindex_search(vi, "p", dim, base, 0, &hit, NULL);
+	CHECK_STR(hit.id, r.ids[0]); /* all equal: the lowest row */
+	free(v);
+	free(base);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* Built so that one Cauchy-Schwarz term of the bound is exactly tight: the
+ * query is (0,0,1), so the approximate score of row r is its third code
+ * times the scale, which rounds the true best row down by 0.499 of a step
+ * while a rival 2e-6 below it rounds up. The int8 order is then wrong;
+ * the rigorous bound still finds the best row, and the same search with
+ * the bound shrunk by 0.1% (or to nothing) returns the rival. */
+static void build_tight_row_case(struct vindex *vi, struct ref *r)
+{
+	/* Row (1, c, t) normalised: max component first, so the third code is
+	 * round(127 t), whatever c. */
+	double tb = (60 + 0.499) / 127, tr = (60 + 0.501) / 127;
+	double db = tb / sqrt(1 + tb * tb), want = db - 2e-6;
+	double c = sqrt((tr / want) * (tr / want) - 1 - tr * tr);
+	uint64_t seed = 77;
+	char id[32];
+	float v[3];
+	for (int i = 0; i < 40; i++) { /* filler pointing elsewhere */
+		v[0] = 1;
+		v[1] = rng_float(&seed);
+		v[2] = -0.5f + 0.4f * rng_float(&seed);
+		make_id(id, sizeof id, "f", (size_t)i);
+		ref_add(vi, r, id, v, 0);
+	}
+	v[0] = 1;
+	v[1] = 0;
+	v[2] = (float)tb;
+	ref_add(vi, r, "best", v, 0);
+	v[1] = (float)c;
+	v[2] = (float)tr;
+	ref_add(vi, r, "rival", v, 0);
+}
+
+/* The same for the query's term: the query's third component rounds down
+ * by 0.499 of a step. The best row (0,0,1) feels all of that error; the
+ * rival (5/127 * 0.9, w, 0.9) has exact codes where the query is non-zero
+ * and feels only 0.92 of it, while w (where the query is 0) sets its
+ * similarity just below the best's. */
+static void build_tight_query_case(struct vindex *vi, struct ref *r, float *q)
+{
+	q[0] = 1;
+	q[1] = 0;
+	q[2] = (float)((60 + 0.499) / 127);
+	float qn[3] = { q[0], q[1], q[2] };
+	vindex_normalize(qn, 3);
+	double want = ref_dot(qn, (const float[3]){ 0, 0, 1 }, 3) - 2e-6, lo = 0, hi = 0.9;
+	float v[3] = { 0.9f * 5 / 127, 0, 0.9f }, vn[3];
+	for (int i = 0; i < 100; i++) { /* bisect w: similarity falls as w grows */
+		v[1] = (float)((lo + hi) / 2);
+		memcpy(vn, v, sizeof vn);
+		vindex_normalize(vn, 3);
+		if (ref_dot(qn, vn, 3) > want)
+			lo = v[1];
+		else
+			hi = v[1];
+	}
+	v[1] = (float)hi;
+	float b[3] = { 0, 0, 1 };
+	ref_add(vi, r, "best", b, 0);
+	ref_add(vi, r, "rival", v, 0);
+	uint64_t seed = 78;
+	char id[32];
+	for (int i = 0; i < 40; i++) {
+		v[0] = -1;
+		v[1] = rng_float(&seed);
+		v[2] = rng_float(&seed);
+		make_id(id, sizeof id, "f", (size_t)i);
+		ref_add(vi, r, id, v, 0);
+	}
+}
+
+static void test_bound_is_needed_in_full_and_pruning_still_exact(void)
+{
+	for (int which = 0; which < 2; which++) {
+		struct vindex *vi = vindex_create();
+		struct ref r;
+		float q[3] = { 0, 0, 1 };
+		ref_init(&r, 3, 64);
+		if (which == 0)
+			build_tight_row_case(vi, &r);
+		else
+			build_tight_query_case(vi, &r, q);
+		const char *what = which == 0 ? "tight row term" : "tight query term";
+		CHECK(check_all_modes(vi, &r, q, 0, -INFINITY, what) >= 2);
+		struct vindex_hit hit;
+		struct vindex_stats st;
+		vindex_search(vi, "p", 3, q, 0, &hit, NULL);
+		vindex_last_stats(&st);
+		CHECK_STR(hit.id, "best");
+		CHECK(st.reranked >= 2 && st.reranked < r.n); /* pruned, yet exact */
+		/* Shrink the bound and every kernel gets it wrong. */
+		static const double scales[] = { 0.999, 0.5, 0.0 };
+		for (size_t s = 0; s < 3; s++) {
+			for (int m = 0; m < NMODES; m++) {
+				if (!set_mode(vi, m, scales[s]))
+					continue;
+				vindex_search(vi, "p", 3, q, 0, &hit, NULL);
+				if (strcmp(hit.id, "rival") != 0)
+					printf("# %s, bound x %.2f [%s]: got %s\n", what, scales[s],
+					       mode_names[m], hit.id);
+				CHECK_STR(hit.id, "rival");
+			}
+		}
+		ref_finish(&r);
+		vindex_destroy(vi);
+	}
+}
+
+/* Random near-duplicates of the query, closer to each other than an int8
+ * step: with the bound cut to zero the int8 order picks a wrong row for
+ * most queries; with the real bound every answer is exact. */
+static void test_int8_order_differs_from_exact_order_yet_answers_are_exact(void)
+{
+	const int dim = 16;
+	const size_t n = 300;
+	uint64_t seed = 0x1e8;
+	int wrong_unbounded = 0, queries = 0;
+	char id[32];
+	for (int k = 0; k < 12; k++) {
+		struct vindex *vi = vindex_create();
+		struct ref r;
+		ref_init(&r, dim, n);
+		float *q = rand_vecs(&seed, 1, dim);
+		float *v = malloc((size_t)dim * sizeof *v);
+		for (size_t i = 0; i < n; i++) {
+			for (int j = 0; j < dim; j++)
+				v[j] = q[j] + 0.002f * rng_float(&seed);
+			make_id(id, sizeof id, "n", i);
+			ref_add(vi, &r, id, v, 0);
+		}
+		check_all_modes(vi, &r, q, 0, -INFINITY, "near-duplicate cloud");
+		struct ref_ans want = ref_answer(&r, q, 0, -INFINITY);
+		for (int m = 0; m < NMODES; m++) {
+			if (!set_mode(vi, m, 0.0))
+				continue;
+			queries++;
+			wrong_unbounded += !search_is(vi, &r, q, 0, -INFINITY, want, NULL);
+		}
+		free(v);
+		free(q);
+		ref_finish(&r);
+		vindex_destroy(vi);
+	}
+	printf("# int8 order alone was wrong for %d of %d searches\n", wrong_unbounded, queries);
+	CHECK(wrong_unbounded > queries / 2);
+}
+
+/* One component near 1 and the rest tiny (down to subnormal), in rows and
+ * queries; and rows whose components are all equal. */
+static void test_huge_dynamic_range_and_constant_rows(void)
+{
+	const int dim = 48;
+	uint64_t seed = 0xd1a;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, 400);
+	float *v = malloc((size_t)dim * sizeof *v);
+	char id[32];
+	for (size_t i = 0; i < 300; i++) {
+		int big = (int)(i % 4);
+		for (int j = 0; j < dim; j++) {
+			double mag = pow(10.0, -(double)(rng_next(&seed) % 46)); /* 1 .. 1e-45 */
+			v[j] = (float)(mag * rng_float(&seed));
+		}
+		v[big] = i % 2 ? 1.0f : -1.0f;
+		if (i % 7 == 0)
+			v[big] = 3e38f; /* huge finite */
+		make_id(id, sizeof id, "h", i);
+		ref_add(vi, &r, id, v, 0);
+	}
+	for (size_t i = 0; i < 40; i++) { /* constant rows, some equal after scaling */
+		for (int j = 0; j < dim; j++)
+			v[j] = (i % 2 ? -1.0f : 1.0f) * (float)(1 + i % 5);
+		make_id(id, sizeof id, "c", i);
+		ref_add(vi, &r, id, v, 0);
+	}
+	for (int k = 0; k < 30; k++) {
+		for (int j = 0; j < dim; j++)
+			v[j] = (float)(pow(10.0, -(double)(rng_next(&seed) % 40)) * rng_float(&seed));
+		v[k % 6] = k % 3 ? 0.7f : -2.0f;
+		if (k >= 24)
+			for (int j = 0; j < dim; j++)
+				v[j] = k % 2 ? 1.0f : -1e-30f; /* constant queries */
+		check_all_modes(vi, &r, v, 0, -INFINITY, "dynamic range");
+	}
+	/* A constant query finds the first positive constant row: ties. */
+	for (int j = 0; j < dim; j++)
+		v[j] = 5;
+	struct vindex_hit hit;
+	vindex_search(vi, "p", dim, v, 0, &hit, NULL);
+	CHECK_STR(hit.id, "c0");
+	CHECK_NEAR(hit.similarity, 1.0, 1e-6);
+	free(v);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* Every row points away from the query: the best similarity is negative. */
+static void test_negative_similarities_are_exact(void)
+{
+	const int dim = 32;
+	uint64_t seed = 0xe6;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, 2000);
+	float *q = rand_vecs(&seed, 1, dim);
+	float *v = malloc((size_t)dim * sizeof *v);
+	char id[32];
+	for (size_t i = 0; i < 2000; i++) {
+		for (int j = 0; j < dim; j++)
+			v[j] = -q[j] + 0.3f * rng_float(&seed);
+		make_id(id, sizeof id, "m", i);
+		ref_add(vi, &r, id, v, 0);
+	}
+	check_all_modes(vi, &r, q, 0, -INFINITY, "negative");
+	struct vindex_hit hit;
+	vindex_search(vi, "p", dim, q, 0, &hit, NULL);
+	CHECK(hit.found && hit.similarity < -0.5f);
+	/* A minimum of -1 or below is no minimum at all. */
+	check_all_modes(vi, &r, q, 0, -1.0f, "negative, min -1");
+	CHECK_INT(vindex_search_min(vi, "p", dim, q, -1.0f, 0, &hit, NULL), SG_OK);
+	CHECK(hit.found);
+	CHECK_INT(vindex_search_min(vi, "p", dim, q, -0.5f, 0, &hit, NULL), SG_OK);
+	CHECK(!hit.found && hit.similarity == -1.0f && hit.id[0] == '\0');
+	free(v);
+	free(q);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* vindex_search_min with the threshold exactly at, one float above and
+ * one below the best row's similarity, and at other rows' similarities. */
+static void test_threshold_at_a_rows_exact_similarity(void)
+{
+	const int dim = 384;
+	const size_t n = 5000;
+	uint64_t seed = 0x7e5;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, n);
+	float *data = rand_vecs(&seed, n, dim);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		make_id(id, sizeof id, "t", i);
+		ref_add(vi, &r, id, data + i * (size_t)dim, 0);
+	}
+	float *q = malloc((size_t)dim * sizeof *q), *qn = malloc((size_t)dim * sizeof *qn);
+	for (int k = 0; k < 6; k++) {
+		for (int j = 0; j < dim; j++)
+			q[j] = k < 3 ? rng_float(&seed) : data[(size_t)k * 31 * dim + j] +
+			                                  0.3f * rng_float(&seed);
+		memcpy(qn, q, (size_t)dim * sizeof *qn);
+		vindex_normalize(qn, dim);
+		double best;
+		size_t bi = ref_best(&r, qn, 0, -INFINITY, &best);
+		float s = ref_sim(best);
+		/* similarity of some other row, for a threshold below the best */
+		float other = ref_sim(ref_dot(qn, r.rows + ((bi + 1) % n) * (size_t)dim, dim));
+		const float mins[] = { s, nextafterf(s, INFINITY), nextafterf(s, -INFINITY), other,
+		                       s - 0.01f, 0.999f, 1.0f, 2.0f };
+		for (size_t m = 0; m < sizeof mins / sizeof mins[0]; m++) {
+			char what[64];
+			snprintf(what, sizeof what, "query %d min %.9g", k, mins[m]);
+			check_all_modes(vi, &r, q, 0, mins[m], what);
+		}
+		struct vindex_hit hit;
+		vindex_search_min(vi, "p", dim, q, s, 0, &hit, NULL);
+		CHECK(hit.found && hit.similarity == s && strcmp(hit.id, r.ids[bi]) == 0);
+		vindex_search_min(vi, "p", dim, q, nextafterf(s, INFINITY), 0, &hit, NULL);
+		CHECK(!hit.found);
+	}
+	struct sg_error e = { 0 };
+	struct vindex_hit hit;
+	CHECK_INT(vindex_search_min(vi, "p", dim, q, NAN, 0, &hit, &e), SG_ERR_BAD_REQUEST);
+	CHECK(!hit.found);
+	/* A high minimum that no row reaches leaves nothing to re-rank. */
+	struct vindex_stats st;
+	for (int j = 0; j < dim; j++)
+		q[j] = rng_float(&seed);
+	vindex_search_min(vi, "p", dim, q, 0.9f, 0, &hit, NULL);
+	vindex_last_stats(&st);
+	CHECK(st.reranked == 0);
+	free(qn);
+	free(q);
+	free(data);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* The compact copy follows every change: expiry (skipped, then removed),
+ * swap-removal, replacement in place, moves between partitions, re-adds;
+ * ties after a swap go to the row now stored first. */
+static void test_compact_copy_stays_in_sync_through_changes(void)
+{
+	const int dim = 40;
+	const size_t n = 4000;
+	uint64_t seed = 0x5c;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, n + 100);
+	float *data = rand_vecs(&seed, n + 200, dim);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		make_id(id, sizeof id, "s", i);
+		ref_add(vi, &r, id, data + i * (size_t)dim, i % 3 == 0 ? (int64_t)(100 + i % 50) : 0);
+	}
+	float *q = malloc((size_t)dim * sizeof *q);
+	for (int round = 0; round < 4; round++) {
+		int64_t now = round == 0 ? 0 : 120;
+		for (int k = 0; k < 6; k++) {
+			size_t src = (size_t)(rng_next(&seed) % r.n);
+			for (int j = 0; j < dim; j++)
+				q[j] = r.rows[src * (size_t)dim + j] + (k % 2 ? 0.02f : 0) * rng_float(&seed);
+			char what[48];
+			snprintf(what, sizeof what, "round %d query %d", round, k);
+			check_all_modes(vi, &r, q, now, -INFINITY, what);
+		}
+		/* change things for the next round */
+		for (int k = 0; k < 300; k++)
+			ref_remove(vi, &r, (size_t)(rng_next(&seed) % r.n));
+		for (int k = 0; k < 50; k++) { /* replace in place: same id, same row */
+			size_t i = (size_t)(rng_next(&seed) % r.n);
+			const float *nv = data + (n + (size_t)k) * (size_t)dim;
+			CHECK_INT(vindex_add(vi, "p", dim, r.ids[i], nv, 0, NULL), SG_OK);
+			memcpy(r.rows + i * (size_t)dim, nv, (size_t)dim * sizeof(float));
+			vindex_normalize(r.rows + i * (size_t)dim, dim);
+			r.exp[i] = 0;
+		}
+		for (int k = 0; k < 20; k++) { /* move out to another partition, then back */
+			size_t i = (size_t)(rng_next(&seed) % r.n);
+			char moved[32];
+			memcpy(moved, r.ids[i], sizeof moved);
+			float *mv = malloc((size_t)dim * sizeof *mv);
+			memcpy(mv, data + (n + 100 + (size_t)k) * (size_t)dim, (size_t)dim * sizeof *mv);
+			CHECK_INT(vindex_add(vi, "other", dim, moved, mv, 0, NULL), SG_OK);
+			/* the index swap-removed it from "p": mirror that */
+			size_t last = r.n - 1;
+			memcpy(r.rows + i * (size_t)dim, r.rows + last * (size_t)dim,
+			       (size_t)dim * sizeof(float));
+			r.exp[i] = r.exp[last];
+			memcpy(r.ids[i], r.ids[last], sizeof r.ids[0]);
+			r.n = last;
+			ref_add(vi, &r, moved, mv, 0); /* and back, at the end */
+			free(mv);
+		}
+		if (round == 2) {
+			size_t before = vindex_count(vi);
+			size_t gone = vindex_expire(vi, 120);
+			CHECK(gone > 0);
+			/* mirror vindex_expire: walk rows, swap-remove the expired */
+			for (size_t i = 0; i < r.n;) {
+				if (r.exp[i] != 0 && r.exp[i] <= 120) {
+					size_t last = r.n - 1;
+					memcpy(r.rows + i * (size_t)dim, r.rows + last * (size_t)dim,
+					       (size_t)dim * sizeof(float));
+					r.exp[i] = r.exp[last];
+					memcpy(r.ids[i], r.ids[last], sizeof r.ids[0]);
+					r.n = last;
+				} else {
+					i++;
+				}
+			}
+			CHECK_INT(vindex_count(vi), before - gone);
+		}
+	}
+	/* Ties after swaps: three equal rows; removing the first moves the last
+	 * into its place, which then wins. */
+	struct vindex *tv = vindex_create();
+	float w[4] = { 1, 2, 3, 4 }, z[4] = { -1, 0, 0, 0 };
+	struct vindex_hit hit;
+	vindex_add(tv, "p", 4, "a", w, 0, NULL);
+	vindex_add(tv, "p", 4, "b", w, 0, NULL);
+	vindex_add(tv, "p", 4, "x", z, 0, NULL);
+	vindex_add(tv, "p", 4, "c", w, 0, NULL);
+	vindex_search(tv, "p", 4, w, 0, &hit, NULL);
+	CHECK_STR(hit.id, "a");
+	vindex_remove(tv, "a"); /* rows: c b x */
+	vindex_search(tv, "p", 4, w, 0, &hit, NULL);
+	CHECK_STR(hit.id, "c");
+	vindex_add(tv, "p", 4, "c", w, 50, NULL); /* in place, now expiring */
+	vindex_search(tv, "p", 4, w, 60, &hit, NULL);
+	CHECK_STR(hit.id, "b");
+	vindex_destroy(tv);
+	free(q);
+	free(data);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* Thousands of rows the int8 scan cannot separate overflow the candidate
+ * buffers (4096 per thread, 256 per batch query): the overflow re-ranks or
+ * prunes, never drops, so answers stay exact. */
+static void test_candidate_overflow_keeps_answers_exact(void)
+{
+	const int dim = 8;
+	const size_t n = 12000;
+	uint64_t seed = 0x0f;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, n);
+	float *q = rand_vecs(&seed, 1, dim);
+	float v[8];
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		for (int j = 0; j < dim; j++)
+			v[j] = q[j] + 1e-4f * rng_float(&seed);
+		make_id(id, sizeof id, "o", i);
+		ref_add(vi, &r, id, v, i % 5 == 0 ? 10 : 0);
+	}
+	check_all_modes(vi, &r, q, 0, -INFINITY, "overflow");
+	check_all_modes(vi, &r, q, 20, -INFINITY, "overflow, some expired");
+	struct vindex_stats st;
+	struct vindex_hit one, hits[4];
+	vindex_search(vi, "p", dim, q, 0, &one, NULL);
+	vindex_last_stats(&st);
+	printf("# overflow: %zu candidates, %zu re-ranked\n", st.candidates, st.reranked);
+	CHECK(st.candidates > 4096);
+	float qs[4 * 8];
+	for (int k = 0; k < 4; k++)
+		for (int j = 0; j < dim; j++)
+			qs[k * dim + j] = q[j] + (k ? 1e-4f * rng_float(&seed) : 0);
+	for (int m = 0; m < NMODES; m++) {
+		if (!set_mode(vi, m, 1.0))
+			continue;
+		CHECK_INT(vindex_search_batch(vi, "p", dim, qs, 4, 20, hits, NULL), SG_OK);
+		for (int k = 0; k < 4; k++)
+			CHECK(same_as_ref(vi, &r, qs + k * dim, 20, -INFINITY, "overflow single"));
+		for (int k = 0; k < 4; k++) {
+			vindex_search(vi, "p", dim, qs + k * dim, 20, &one, NULL);
+			CHECK_STR(hits[k].id, one.id);
+			CHECK(hits[k].similarity == one.similarity);
+		}
+	}
+	free(q);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* On ordinary data the int8 pass leaves next to nothing to re-rank, and
+ * large partitions are scanned by two threads. */
+static void test_pruning_leaves_few_rows_to_rerank(void)
+{
+	const int dim = 384;
+	const size_t n = 40000;
+	uint64_t seed = 0xfe;
+	struct vindex *vi = vindex_create();
+	float *data = rand_vecs(&seed, n, dim);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		make_id(id, sizeof id, "p", i);
+		vindex_add(vi, "p", dim, id, data + i * (size_t)dim, 0, NULL);
+	}
+	float *q = malloc((size_t)dim * sizeof *q);
+	size_t near_rr = 0, far_rr = 0;
+	struct vindex_stats st;
+	struct vindex_hit hit;
+	for (int k = 0; k < 8; k++) {
+		for (int j = 0; j < dim; j++)
+			q[j] = data[(size_t)k * 997 * dim + j] + 0.05f * rng_float(&seed);
+		vindex_search(vi, "p", dim, q, 0, &hit, NULL);
+		vindex_last_stats(&st);
+		make_id(id, sizeof id, "p", (size_t)k * 997);
+		CHECK_STR(hit.id, id);
+		CHECK_INT(st.rows, n);
+		CHECK_INT(st.threads, 2);
+		near_rr += st.reranked;
+		for (int j = 0; j < dim; j++)
+			q[j] = rng_float(&seed);
+		vindex_search(vi, "p", dim, q, 0, &hit, NULL);
+		vindex_last_stats(&st);
+		far_rr += st.reranked;
+	}
+	printf("# re-ranked per query: %.1f near, %.1f random (of %zu rows, kernel %s)\n",
+	       near_rr / 8.0, far_rr / 8.0, n, st.kernel);
+	CHECK(near_rr <= 8 * 2);
+	CHECK(far_rr <= 8 * 50);
+	/* Batch: the same answers, bit for bit, and as few re-ranks. */
+	float *qs = rand_vecs(&seed, 32, dim);
+	struct vindex_hit hits[32];
+	CHECK_INT(vindex_search_batch(vi, "p", dim, qs, 32, 0, hits, NULL), SG_OK);
+	vindex_last_stats(&st);
+	CHECK_INT(st.rows, 32 * n);
+	CHECK(st.reranked <= 32 * 50);
+	for (int k = 0; k < 32; k++) {
+		vindex_search(vi, "p", dim, qs + (size_t)k * dim, 0, &hit, NULL);
+		CHECK_STR(hits[k].id, hit.id);
+		CHECK(hits[k].similarity == hit.similarity);
+	}
+	free(qs);
+	free(q);
+	free(data);
+	vindex_destroy(vi);
+}
+
+static void test_tuning_refuses_bad_values_and_stats_reset(void)
+{
+	struct vindex *vi = vindex_create();
+	struct sg_error e = { 0 };
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = -1 };
+	CHECK_INT(vindex_set_tuning(vi, &t, &e), SG_ERR_BAD_REQUEST);
+	t.bound_scale = NAN;
+	CHECK_INT(vindex_set_tuning(vi, &t, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(vindex_set_tuning(vi, NULL, &e), SG_ERR_INTERNAL);
+	t.bound_scale = 1;
+	t.kernel = VINDEX_KERNEL_SCALAR;
+	CHECK_INT(vindex_set_tuning(vi, &t, &e), SG_OK);
+	float v[2] = { 1, 0 };
+	vindex_add(vi, "p", 2, "a", v, 0, NULL);
+	struct vindex_hit hit;
+	struct vindex_stats st;
+	vindex_search(vi, "p", 2, v, 0, &hit, NULL);
+	vindex_last_stats(&st);
+	CHECK_INT(st.rows, 1);
+	CHECK_INT(st.reranked, 1);
+	CHECK_STR(st.kernel, "scalar");
+	vindex_search(vi, "missing", 2, v, 0, &hit, NULL);
+	vindex_last_stats(&st);
+	CHECK_INT(st.rows, 0);
+	CHECK_INT(st.reranked, 0);
+	vindex_destroy(vi);
+}
+
 int main(void)
 {
 	RUN(test_create_destroy_accept_null_and_empty_index_is_empty);
@@ -828,5 +1634,16 @@ int main(void)
 	RUN(test_batch_search_equals_single_searches);
 	RUN(test_concurrent_searches_while_writer_adds_and_removes);
 	RUN(test_count_bytes_and_partition_count_are_sane);
+	RUN(test_compact_search_equals_exact_scan_on_random_data);
+	RUN(test_near_duplicates_differing_in_last_bits_are_ranked_exactly);
+	RUN(test_bound_is_needed_in_full_and_pruning_still_exact);
+	RUN(test_int8_order_differs_from_exact_order_yet_answers_are_exact);
+	RUN(test_huge_dynamic_range_and_constant_rows);
+	RUN(test_negative_similarities_are_exact);
+	RUN(test_threshold_at_a_rows_exact_similarity);
+	RUN(test_compact_copy_stays_in_sync_through_changes);
+	RUN(test_candidate_overflow_keeps_answers_exact);
+	RUN(test_pruning_leaves_few_rows_to_rerank);
+	RUN(test_tuning_refuses_bad_values_and_stats_reset);
 	return TEST_DONE();
 }

@@ -1,0 +1,167 @@
+/* The store module's cache-administration API (store_cache_ops.c and
+ * store_events.c): reading and deleting entries, invalidation by namespace
+ * and tag, hit/miss accounting, the leaderboard, per-tenant stats, and the
+ * {prefix}events pub/sub channel that keeps several gateway processes'
+ * vector indexes in step. Every key name is still built in src/store*.c.
+ * A struct store is owned by one thread; a struct store_sub likewise. */
+#ifndef SEMGATE_STORE_OPS_H
+#define SEMGATE_STORE_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "semgate/config.h"
+#include "semgate/err.h"
+#include "semgate/store.h"
+
+/* ---- reading one entry ---- */
+
+/* An entry as stored, without its vector. Every pointer is malloc'd and
+ * owned by the view (never NULL after a successful read, "" when the field
+ * is absent, except metadata, which is NULL when the entry has none);
+ * release with store_entry_view_finish. */
+struct store_entry_view {
+	char id[65];
+	char *query;
+	size_t query_len;
+	char *answer;
+	size_t answer_len;
+	char *metadata;       /* JSON object text, or NULL */
+	size_t metadata_len;
+	char *ns;
+	char *scope;
+	char *kind;           /* "chat" or "text" */
+	char *tags;           /* comma-separated, "" for none */
+	char *model;          /* embedding model of the vector, "" for none */
+	int dim;              /* 0: no vector */
+	long long created;
+	long long hits;
+	long long tokens;
+	long long ttl_s;      /* remaining TTL in seconds, -1 none */
+};
+void store_entry_view_finish(struct store_entry_view *v);
+
+/* HMGET the entry {prefix}e:{tenant}:{id} and its TTL. *found false (and
+ * SG_OK) when there is no such entry. */
+enum sg_err store_entry_read(struct store *s, const char *tenant, const char *id,
+			     struct store_entry_view *out, bool *found,
+			     struct sg_error *e);
+
+/* Load one entry's vector (HMGET + PTTL) and hand it to fn as the start-up
+ * scan does. *found false when the entry is gone or has no valid vector. */
+enum sg_err store_entry_vector(struct store *s, const char *tenant, const char *id,
+			       store_entry_fn fn, void *ud, bool *found,
+			       struct sg_error *e);
+
+/* ---- deleting ---- */
+
+/* Called with the id of every entry a delete or invalidation removed;
+ * the pointer is valid only during the call. */
+typedef void (*store_id_fn)(void *ud, const char *id);
+
+/* Delete one entry and everything that points at it, in one MULTI/EXEC:
+ * the entry hash, its exact key (only while that key still names this
+ * entry), its tag memberships, its leaderboard row, and a "delete" event.
+ * *found false (SG_OK) when the tenant has no such entry. */
+enum sg_err store_entry_delete(struct store *s, const char *tenant, const char *id,
+			       bool *found, struct sg_error *e);
+
+/* Delete every entry of the tenant whose namespace is ns (NULL: any) and
+ * that carries tag (NULL: any); at least one of them must be given. With a
+ * tag the tag set is walked (SSCAN), otherwise the tenant's entry keys
+ * (SCAN, never KEYS). Each deletion is the one above, announced as a
+ * "flush" event; fn (may be NULL) sees each removed id. *deleted counts
+ * the entries removed. */
+enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns,
+			     const char *tag, store_id_fn fn, void *ud,
+			     long long *deleted, struct sg_error *e);
+
+/* ---- accounting: {prefix}stats:{tenant}, {prefix}top:{tenant} ---- */
+
+/* One pipelined MULTI/EXEC: the entry's hits (only while the entry
+ * exists), its leaderboard score (ZINCRBY, key TTL set to top_ttl_s), and
+ * the tenant's counters lookups, hits_exact or hits_semantic, and
+ * tokens_saved_prompt / tokens_saved_completion. */
+enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id,
+			     bool semantic, long long prompt_tokens,
+			     long long completion_tokens, long long top_ttl_s,
+			     struct sg_error *e);
+
+/* lookups and misses, in one MULTI/EXEC. */
+enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e);
+
+struct store_stats {
+	long long lookups, hits_exact, hits_semantic, misses;
+	long long tokens_prompt, tokens_completion;
+	long long entries;       /* entry hashes of the tenant */
+	long long indexed;       /* of those, with a vector */
+	long long bytes;         /* query + answer + metadata + vector bytes */
+	long long vector_bytes;  /* vector bytes alone (what the index holds) */
+};
+
+/* HGETALL the counters, then SCAN the tenant's entries for the counts
+ * and sizes (O(keyspace): meant for dashboards, not for every request). */
+enum sg_err store_stats_read(struct store *s, const char *tenant,
+			     struct store_stats *out, struct sg_error *e);
+
+struct store_top_row {
+	char id[65];
+	char *query;   /* malloc'd */
+	char *ns;      /* malloc'd */
+	char *kind;    /* malloc'd */
+	long long hits;
+};
+struct store_top {
+	struct store_top_row *rows;
+	size_t n;
+};
+void store_top_finish(struct store_top *t);
+
+/* The limit most-hit entries of the tenant, highest first. Rows whose
+ * entry is gone are skipped and removed from the leaderboard (ZREM). */
+enum sg_err store_top_read(struct store *s, const char *tenant, size_t limit,
+			   struct store_top *out, struct sg_error *e);
+
+/* ---- events: {prefix}events ---- */
+
+/* A parsed event. type is "add", "delete" or "flush". */
+struct store_event {
+	char type[8];
+	char id[65];
+	char tenant[65];
+	char origin[33];
+};
+
+/* Parse an event payload (pure). False for anything that is not an event
+ * this version understands; such messages are ignored. */
+bool store_event_parse(const char *payload, size_t len, struct store_event *out);
+
+/* This process's origin id (32 hex characters), named in every event it
+ * publishes. */
+const char *store_event_origin(void);
+
+/* A dedicated subscriber connection (pub/sub needs its own: a subscribed
+ * hiredis context accepts no other command). Owned by one thread. */
+struct store_sub;
+
+/* cfg borrowed, must outlive sub. NULL on out of memory. */
+struct store_sub *store_sub_create(const struct sg_config *cfg);
+void store_sub_destroy(struct store_sub *sub);
+
+/* Connect and SUBSCRIBE, waiting for the confirmation. SG_OK once the
+ * subscription is live. */
+enum sg_err store_sub_connect(struct store_sub *sub, struct sg_error *e);
+
+/* Close the connection (the next connect starts afresh). */
+void store_sub_drop(struct store_sub *sub);
+
+bool store_sub_connected(const struct store_sub *sub);
+
+/* Wait at most timeout_ms for one message. SG_OK with *msg (malloc'd,
+ * NUL-terminated, caller frees) and *len set, or with *msg NULL when none
+ * came in time; SG_ERR_REDIS when the connection was lost (it is dropped;
+ * reconnect with store_sub_connect). Never blocks longer than timeout_ms
+ * waiting for data. */
+enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, char **msg,
+			   size_t *len, struct sg_error *e);
+
+#endif

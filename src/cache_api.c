@@ -1,0 +1,715 @@
+/* The cache as a service: validation of sidecar requests, sidecar scopes,
+ * plain-text entries (lookup, store, delete, invalidate), hit and miss
+ * accounting for both the sidecar and the chat route, and the JSON of
+ * entries and stats. Bad input is refused before anything is written; a
+ * caller-supplied vector is checked against its partition before Redis is
+ * touched. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "semgate/app.h"
+#include "semgate/cache.h"
+#include "semgate/cache_api.h"
+#include "semgate/clock.h"
+#include "semgate/json.h"
+#include "semgate/log.h"
+#include "semgate/store.h"
+#include "semgate/vindex.h"
+
+/* ---- names ---- */
+
+static bool name_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == ':' || c == '-';
+}
+
+static bool chars_valid(const char *s, size_t max)
+{
+	size_t n = 0;
+	if (!s)
+		return false;
+	for (; s[n]; n++)
+		if (n >= max || !name_char(s[n]))
+			return false;
+	return n > 0;
+}
+
+bool cache_api_name_valid(const char *s)
+{
+	return chars_valid(s, CACHE_API_NAME_MAX);
+}
+
+bool cache_api_id_valid(const char *s)
+{
+	return chars_valid(s, VINDEX_ID_MAX);
+}
+
+/* ---- request validation ---- */
+
+void cache_api_req_finish(struct cache_api_req *r)
+{
+	if (!r)
+		return;
+	free(r->metadata);
+	free(r->vector);
+	memset(r, 0, sizeof(*r));
+}
+
+enum field {
+	F_QUERY, F_ANSWER, F_NAMESPACE, F_SCOPE, F_THRESHOLD, F_TTL, F_TAGS,
+	F_METADATA, F_VECTOR, F_TAG, F_COUNT
+};
+
+static const char *const field_names[F_COUNT] = {
+	"query", "answer", "namespace", "scope", "threshold", "ttl", "tags",
+	"metadata", "vector", "tag",
+};
+
+static unsigned fields_of(enum cache_api_op op)
+{
+#define B(f) (1u << (f))
+	switch (op) {
+	case CACHE_API_LOOKUP:
+		return B(F_QUERY) | B(F_NAMESPACE) | B(F_SCOPE) | B(F_THRESHOLD) | B(F_VECTOR);
+	case CACHE_API_STORE:
+		return B(F_QUERY) | B(F_ANSWER) | B(F_NAMESPACE) | B(F_SCOPE) | B(F_TTL) |
+		       B(F_TAGS) | B(F_METADATA) | B(F_VECTOR);
+	case CACHE_API_INVALIDATE:
+		return B(F_NAMESPACE) | B(F_TAG);
+	}
+	return 0;
+#undef B
+}
+
+static bool is_blank(const char *s)
+{
+	for (; *s; s++)
+		if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r' && *s != '\f' &&
+		    *s != '\v')
+			return false;
+	return true;
+}
+
+static enum sg_err parse_vector(const cJSON *it, struct cache_api_req *out,
+				struct sg_error *e)
+{
+	int n = cJSON_GetArraySize(it);
+	if (!cJSON_IsArray(it) || n < 1 || n > CACHE_API_DIM_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"'vector' must be a non-empty array of at most %d numbers",
+			CACHE_API_DIM_MAX);
+	float *v = malloc(sizeof(float) * (size_t)n);
+	if (!v)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	int i = 0;
+	for (const cJSON *x = it->child; x; x = x->next, i++) {
+		if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) ||
+		    fabs(x->valuedouble) > FLT_MAX) {
+			free(v);
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'vector[%d]' must be a finite number", i);
+		}
+		v[i] = (float)x->valuedouble;
+	}
+	if (vindex_normalize(v, n) == 0.0f) {
+		free(v);
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"'vector' must not be all zeros");
+	}
+	out->vector = v;
+	out->dim = n;
+	return SG_OK;
+}
+
+static enum sg_err parse_tags(const cJSON *it, struct cache_api_req *out, struct sg_error *e)
+{
+	if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) > CACHE_API_TAGS_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"'tags' must be an array of at most %d strings", CACHE_API_TAGS_MAX);
+	int i = 0;
+	for (const cJSON *t = it->child; t; t = t->next, i++) {
+		if (!cJSON_IsString(t) || !cache_api_name_valid(t->valuestring))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'tags[%d]' must match [A-Za-z0-9._:-]{1,%d}", i,
+				CACHE_API_NAME_MAX);
+		bool dup = false;
+		for (size_t k = 0; k < out->ntags; k++)
+			dup |= strcmp(out->tags[k], t->valuestring) == 0;
+		if (!dup)
+			out->tags[out->ntags++] = t->valuestring;
+	}
+	return SG_OK;
+}
+
+static enum sg_err parse_field(enum field f, const cJSON *it, struct cache_api_req *out,
+			       struct sg_error *e)
+{
+	const char *name = field_names[f];
+	switch (f) {
+	case F_QUERY:
+	case F_ANSWER: {
+		size_t len = cJSON_IsString(it) ? strlen(it->valuestring) : 0;
+		if (!cJSON_IsString(it) || len == 0 || is_blank(it->valuestring))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'%s' must be a non-blank string", name);
+		if (f == F_QUERY && len > CACHE_API_QUERY_MAX)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'query' is longer than %d bytes", CACHE_API_QUERY_MAX);
+		if (f == F_QUERY) {
+			out->query = it->valuestring;
+			out->query_len = len;
+		} else {
+			out->answer = it->valuestring;
+			out->answer_len = len;
+		}
+		return SG_OK;
+	}
+	case F_NAMESPACE:
+	case F_TAG:
+		if (!cJSON_IsString(it) || !cache_api_name_valid(it->valuestring))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'%s' must match [A-Za-z0-9._:-]{1,%d}", name, CACHE_API_NAME_MAX);
+		if (f == F_TAG) {
+			out->tag = it->valuestring;
+		} else {
+			out->ns = it->valuestring;
+			out->has_ns = true;
+		}
+		return SG_OK;
+	case F_SCOPE:
+		if (!cJSON_IsString(it) || strlen(it->valuestring) > CACHE_API_SCOPE_MAX)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'scope' must be a string of at most %d bytes", CACHE_API_SCOPE_MAX);
+		out->scope = it->valuestring;
+		return SG_OK;
+	case F_THRESHOLD:
+		if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble <= 0.0 ||
+		    it->valuedouble > 1.0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'threshold' must be a number in (0, 1]");
+		out->threshold = it->valuedouble;
+		return SG_OK;
+	case F_TTL:
+		if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+		    floor(it->valuedouble) != it->valuedouble || it->valuedouble < 1 ||
+		    it->valuedouble > (double)CACHE_API_TTL_MAX)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'ttl' must be an integer number of seconds in 1..%lld",
+				CACHE_API_TTL_MAX);
+		out->ttl = (long long)it->valuedouble;
+		return SG_OK;
+	case F_TAGS:
+		return parse_tags(it, out, e);
+	case F_METADATA: {
+		if (!cJSON_IsObject(it))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST, "'metadata' must be an object");
+		char *m = sg_json_render(it);
+		if (!m)
+			return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		size_t len = strlen(m);
+		if (len > CACHE_API_METADATA_MAX) {
+			free(m);
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'metadata' is larger than %d bytes", CACHE_API_METADATA_MAX);
+		}
+		out->metadata = m;
+		out->metadata_len = len;
+		return SG_OK;
+	}
+	case F_VECTOR:
+		return parse_vector(it, out, e);
+	case F_COUNT:
+		break;
+	}
+	return sg_error_set(e, SG_ERR_INTERNAL, "unknown field");
+}
+
+enum sg_err cache_api_parse(enum cache_api_op op, const cJSON *body,
+			    struct cache_api_req *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	out->ns = "";
+	out->scope = "";
+	if (!cJSON_IsObject(body))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "the request body must be a JSON object");
+	unsigned allowed = fields_of(op), seen = 0;
+	enum sg_err rc = SG_OK;
+	for (const cJSON *it = body->child; it && rc == SG_OK; it = it->next) {
+		int f = 0;
+		while (f < F_COUNT && strcmp(it->string, field_names[f]) != 0)
+			f++;
+		if (f == F_COUNT || !(allowed & (1u << f))) {
+			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "unknown field '%.64s'", it->string);
+			break;
+		}
+		if (seen & (1u << f)) {
+			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "duplicate field '%s'",
+					  field_names[f]);
+			break;
+		}
+		seen |= 1u << f;
+		if (!cJSON_IsNull(it))
+			rc = parse_field((enum field)f, it, out, e);
+	}
+	if (rc == SG_OK && (op == CACHE_API_LOOKUP || op == CACHE_API_STORE) && !out->query)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'query' is required");
+	if (rc == SG_OK && op == CACHE_API_STORE && !out->answer)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'answer' is required");
+	if (rc == SG_OK && op == CACHE_API_INVALIDATE && !out->has_ns && !out->tag)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST,
+				  "give 'namespace', 'tag' or both");
+	if (rc != SG_OK)
+		cache_api_req_finish(out);
+	if (rc != SG_OK) {
+		out->ns = "";
+		out->scope = "";
+	}
+	return rc;
+}
+
+enum sg_err cache_api_parse_limit(const char *query, long *limit, struct sg_error *e)
+{
+	*limit = CACHE_API_TOP_DEFAULT;
+	if (!query || !*query)
+		return SG_OK;
+	bool seen = false;
+	const char *p = query;
+	while (*p) {
+		const char *amp = strchr(p, '&');
+		size_t n = amp ? (size_t)(amp - p) : strlen(p);
+		if (n > 6 && strncmp(p, "limit=", 6) == 0 && !seen) {
+			long v = 0;
+			size_t i = 6;
+			for (; i < n && p[i] >= '0' && p[i] <= '9' && v <= CACHE_API_TOP_MAX; i++)
+				v = v * 10 + (p[i] - '0');
+			if (i != n || v < 1 || v > CACHE_API_TOP_MAX)
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"'limit' must be an integer in 1..%d", CACHE_API_TOP_MAX);
+			*limit = v;
+			seen = true;
+		} else if (n > 0) {
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"unknown or repeated query parameter (only 'limit' is accepted)");
+		}
+		p += n + (amp ? 1 : 0);
+	}
+	return SG_OK;
+}
+
+/* ---- sidecar scope ---- */
+
+/* Each field: tag byte, 8-byte big-endian length, bytes (prefix-free). */
+static bool feed(EVP_MD_CTX *ctx, char tag, const void *data, size_t len)
+{
+	unsigned char hdr[9];
+	hdr[0] = (unsigned char)tag;
+	for (int i = 0; i < 8; i++)
+		hdr[1 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+	return EVP_DigestUpdate(ctx, hdr, sizeof(hdr)) == 1 &&
+	       (!len || EVP_DigestUpdate(ctx, data, len) == 1);
+}
+
+static bool digest_hex(EVP_MD_CTX *ctx, char out[65])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	if (EVP_DigestFinal_ex(ctx, md, &n) != 1 || n != 32)
+		return false;
+	for (unsigned int i = 0; i < n; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[64] = '\0';
+	return true;
+}
+
+enum sg_err cache_api_scope(const char *tenant, const char *ns, const char *scope,
+			    const char *query, size_t query_len, struct scope_info *out,
+			    struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx &&
+		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+		/* "semgate-sidecar-v1" never starts a chat scope ("semgate-scope-v1") */
+		feed(ctx, 'V', "semgate-sidecar-v1", 18) &&
+		feed(ctx, 'T', tenant, strlen(tenant)) &&
+		feed(ctx, 'N', ns ? ns : "", ns ? strlen(ns) : 0) &&
+		feed(ctx, 'S', scope ? scope : "", scope ? strlen(scope) : 0) &&
+		digest_hex(ctx, out->scope) &&
+		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+		feed(ctx, 'V', "semgate-sidecar-exact-v1", 24) &&
+		feed(ctx, 'S', out->scope, 64) &&
+		feed(ctx, 'Q', query, query_len) &&
+		digest_hex(ctx, out->exact);
+	EVP_MD_CTX_free(ctx);
+	if (ok && !(out->query = malloc(query_len + 1)))
+		ok = false;
+	if (!ok) {
+		memset(out, 0, sizeof(*out));
+		return sg_error_set(e, SG_ERR_NOMEM, "computing the cache scope failed");
+	}
+	memcpy(out->query, query, query_len);
+	out->query[query_len] = '\0';
+	out->query_len = query_len;
+	out->cacheable = true;
+	out->semantic_ok = true;
+	return SG_OK;
+}
+
+/* ---- accounting ---- */
+
+void cache_api_record_hit(struct sg_app *app, struct store *s, const char *tenant,
+			  const char *id, bool semantic, long long prompt_tokens,
+			  long long completion_tokens)
+{
+	struct sg_error e = { 0 };
+	if (store_record_hit(s, tenant, id, semantic, prompt_tokens, completion_tokens,
+			     app->cfg->cache_ttl, &e) != SG_OK)
+		sg_log(SG_LOG_DEBUG, "hit on %s not counted: %s", id, e.msg);
+}
+
+void cache_api_record_miss(struct sg_app *app, struct store *s, const char *tenant)
+{
+	(void)app;
+	struct sg_error e = { 0 };
+	if (store_record_miss(s, tenant, &e) != SG_OK)
+		sg_log(SG_LOG_DEBUG, "miss not counted: %s", e.msg);
+}
+
+static long long usage_field(const cJSON *usage, const char *name)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(usage, name);
+	if (!cJSON_IsNumber(t) || !isfinite(t->valuedouble) || t->valuedouble < 0 ||
+	    t->valuedouble > 1e15)
+		return 0;
+	return (long long)t->valuedouble;
+}
+
+void cache_api_usage(const cJSON *completion, long long *prompt, long long *completion_tokens)
+{
+	const cJSON *usage = sg_json_obj(completion, "usage");
+	*prompt = usage_field(usage, "prompt_tokens");
+	*completion_tokens = usage_field(usage, "completion_tokens");
+}
+
+/* ---- lookup, store, delete ---- */
+
+void cache_api_result_finish(struct cache_api_result *r)
+{
+	if (!r)
+		return;
+	store_entry_view_finish(&r->entry);
+}
+
+/* Read a candidate entry; true when it is a live text entry (out filled). */
+static enum sg_err read_text(struct store *s, const char *tenant, const char *id,
+			     struct store_entry_view *out, bool *ok, struct sg_error *e)
+{
+	bool found = false;
+	*ok = false;
+	enum sg_err rc = store_entry_read(s, tenant, id, out, &found, e);
+	if (rc != SG_OK || !found)
+		return rc;
+	if (strcmp(out->kind, "text") != 0) {
+		store_entry_view_finish(out);
+		return SG_OK;
+	}
+	*ok = true;
+	return SG_OK;
+}
+
+enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstream *up,
+			     const char *tenant, const struct cache_api_req *rq,
+			     struct cache_api_result *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	out->best = -2.0;
+	struct scope_info si;
+	struct cache_result cr = { 0 };
+	enum sg_err rc = cache_api_scope(tenant, rq->ns, rq->scope, rq->query, rq->query_len,
+					 &si, e);
+	if (rc != SG_OK)
+		return rc;
+	double threshold = rq->threshold > 0 ? rq->threshold : app->cfg->semantic_threshold;
+	const float *vec = rq->vector;
+	int dim = rq->dim;
+	const char *model = CACHE_API_EXTERNAL_MODEL;
+	bool ok = false;
+	if (!vec) {
+		/* exact first: a repeated question costs no embedding call */
+		struct store_answer a;
+		bool found = false;
+		if ((rc = store_exact_get(s, tenant, si.exact, &a, &found, e)) != SG_OK)
+			goto out;
+		store_answer_finish(&a);
+		if (found && strcmp(a.kind, "text") == 0) {
+			if ((rc = read_text(s, tenant, a.id, &out->entry, &ok, e)) != SG_OK)
+				goto out;
+			if (ok) {
+				out->hit = out->exact = true;
+				out->best = 1.0;
+				goto count;
+			}
+		}
+		cache_embed_query(app, up, &si, &cr);
+		if (!cr.vec) {
+			out->embed_failed = true;
+			goto count;
+		}
+		vec = cr.vec;
+		dim = cr.dim;
+		model = app->embedder.model;
+	}
+	char part[VINDEX_KEY_MAX];
+	cache_partition_key(part, sizeof(part), tenant, si.scope, model);
+	for (int attempt = 0; attempt < 3; attempt++) {
+		struct vindex_hit best;
+		struct sg_error ve = { 0 };
+		enum sg_err src = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ve);
+		if (src == SG_ERR_BAD_REQUEST && rq->vector) {
+			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'vector' does not fit the "
+					  "partition of this namespace and scope: %s", ve.msg);
+			goto out;
+		}
+		if (src != SG_OK) {
+			sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ve.msg);
+			break;
+		}
+		if (!best.found)
+			break;
+		out->best = best.similarity;
+		if ((double)best.similarity < threshold)
+			break;
+		if ((rc = read_text(s, tenant, best.id, &out->entry, &ok, e)) != SG_OK)
+			goto out;
+		if (ok) {
+			out->hit = true;
+			goto count;
+		}
+		/* expired, deleted or not ours: forget it and look again */
+		vindex_remove(app->vindex, best.id);
+		out->best = -2.0;
+	}
+count:
+	if (out->hit)
+		cache_api_record_hit(app, s, tenant, out->entry.id, !out->exact, 0, 0);
+	else
+		cache_api_record_miss(app, s, tenant);
+out:
+	if (rc != SG_OK)
+		store_entry_view_finish(&out->entry);
+	cache_result_finish(&cr);
+	scope_info_finish(&si);
+	return rc;
+}
+
+enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream *up,
+			    const char *tenant, const struct cache_api_req *rq,
+			    char id_out[65], bool *indexed, struct sg_error *e)
+{
+	*indexed = false;
+	id_out[0] = '\0';
+	struct scope_info si;
+	struct cache_result cr = { 0 };
+	enum sg_err rc = cache_api_scope(tenant, rq->ns, rq->scope, rq->query, rq->query_len,
+					 &si, e);
+	if (rc != SG_OK)
+		return rc;
+	const float *vec = rq->vector;
+	int dim = rq->dim;
+	const char *model = CACHE_API_EXTERNAL_MODEL;
+	if (!vec) {
+		cache_embed_query(app, up, &si, &cr);
+		vec = cr.vec;
+		dim = cr.dim;
+		model = app->embedder.model;
+	}
+	long long ttl = rq->ttl > 0 ? rq->ttl : app->cfg->cache_ttl;
+	char id[65];
+	cache_new_id(id);
+	char part[VINDEX_KEY_MAX];
+	cache_partition_key(part, sizeof(part), tenant, si.scope, model);
+	if (vec) {
+		/* Check the partition first with a row that is already expired,
+		 * invisible to searches: a vector that does not fit is refused
+		 * before Redis is touched, and no search can meet the id before
+		 * its entry exists. */
+		struct sg_error ve = { 0 };
+		enum sg_err arc = vindex_add(app->vindex, part, dim, id, vec, 1, &ve);
+		if (arc == SG_ERR_BAD_REQUEST && rq->vector) {
+			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'vector' does not fit the "
+					  "partition of this namespace and scope: %s", ve.msg);
+			goto out;
+		}
+		if (arc != SG_OK) {
+			sg_log(SG_LOG_WARN, "entry stored without an index row: %s", ve.msg);
+			vec = NULL;
+		}
+	}
+	struct store_entry en = {
+		.id = id,
+		.query = rq->query,
+		.query_len = rq->query_len,
+		.answer = rq->answer,
+		.answer_len = rq->answer_len,
+		.scope = si.scope,
+		.ns = rq->ns,
+		.exact = si.exact,
+		.vec = vec,
+		.dim = dim,
+		.emb_model = vec ? model : "",
+		.created = (long long)time(NULL),
+		.tokens = 0,
+		.ttl_s = ttl,
+		.kind = "text",
+		.tags = rq->tags,
+		.ntags = rq->ntags,
+		.metadata = rq->metadata,
+		.metadata_len = rq->metadata_len,
+	};
+	if ((rc = store_entry_put(s, tenant, &en, e)) != SG_OK) {
+		if (vec)
+			vindex_remove(app->vindex, id);
+		goto out;
+	}
+	if (vec) {
+		struct sg_error ve = { 0 };
+		if (vindex_add(app->vindex, part, dim, id, vec, sg_wall_ms() + ttl * 1000, &ve) != SG_OK)
+			sg_log(SG_LOG_WARN, "entry %s stored without an index row: %s", id, ve.msg);
+		else
+			*indexed = true;
+	}
+	memcpy(id_out, id, sizeof(id));
+out:
+	cache_result_finish(&cr);
+	scope_info_finish(&si);
+	return rc;
+}
+
+static void unindex(void *ud, const char *id)
+{
+	struct sg_app *app = ud;
+	vindex_remove(app->vindex, id);
+}
+
+enum sg_err cache_api_delete(struct sg_app *app, struct store *s, const char *tenant,
+			     const char *id, bool *found, struct sg_error *e)
+{
+	enum sg_err rc = store_entry_delete(s, tenant, id, found, e);
+	if (rc == SG_OK && *found)
+		vindex_remove(app->vindex, id);
+	return rc;
+}
+
+enum sg_err cache_api_invalidate(struct sg_app *app, struct store *s, const char *tenant,
+				 const char *ns, const char *tag, long long *deleted,
+				 struct sg_error *e)
+{
+	return store_invalidate(s, tenant, ns, tag, unindex, app, deleted, e);
+}
+
+/* ---- JSON ---- */
+
+cJSON *cache_api_entry_json(const struct store_entry_view *v)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *tags = cJSON_CreateArray();
+	cJSON *meta = NULL;
+	if (!o || !tags)
+		goto fail;
+	if (v->metadata && sg_json_parse(v->metadata, v->metadata_len, &meta, NULL) != SG_OK)
+		meta = NULL;
+	if (!meta && !(meta = cJSON_CreateNull()))
+		goto fail;
+	char *copy = strdup(v->tags ? v->tags : "");
+	if (!copy)
+		goto fail;
+	char *save = NULL;
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		cJSON *s = cJSON_CreateString(t);
+		if (!s) {
+			free(copy);
+			goto fail;
+		}
+		cJSON_AddItemToArray(tags, s);
+	}
+	free(copy);
+	if (!cJSON_AddStringToObject(o, "id", v->id) ||
+	    !cJSON_AddStringToObject(o, "kind", v->kind) ||
+	    !cJSON_AddStringToObject(o, "query", v->query) ||
+	    !cJSON_AddStringToObject(o, "answer", v->answer) ||
+	    !cJSON_AddStringToObject(o, "namespace", v->ns) ||
+	    !cJSON_AddStringToObject(o, "scope", v->scope))
+		goto fail;
+	cJSON_AddItemToObject(o, "tags", tags);
+	tags = NULL;
+	cJSON_AddItemToObject(o, "metadata", meta);
+	meta = NULL;
+	if (!cJSON_AddNumberToObject(o, "created", (double)v->created) ||
+	    !cJSON_AddNumberToObject(o, "hits", (double)v->hits) ||
+	    !cJSON_AddNumberToObject(o, "ttl_seconds", (double)v->ttl_s) ||
+	    !cJSON_AddNumberToObject(o, "dim", v->dim) ||
+	    !cJSON_AddStringToObject(o, "model", v->model))
+		goto fail;
+	return o;
+fail:
+	cJSON_Delete(o);
+	cJSON_Delete(tags);
+	cJSON_Delete(meta);
+	return NULL;
+}
+
+static double round6(double x)
+{
+	return round(x * 1e6) / 1e6;
+}
+
+cJSON *cache_api_stats_json(const struct store_stats *st, double price_prompt_per_1k,
+			    double price_completion_per_1k)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	long long hits = st->hits_exact + st->hits_semantic;
+	double rate = st->lookups > 0 ? (double)hits / (double)st->lookups : 0.0;
+	double cost = (double)st->tokens_prompt / 1000.0 * price_prompt_per_1k +
+		      (double)st->tokens_completion / 1000.0 * price_completion_per_1k;
+	const struct {
+		const char *name;
+		double v;
+	} f[] = {
+		{ "entries", (double)st->entries },
+		{ "indexed_entries", (double)st->indexed },
+		{ "bytes", (double)st->bytes },
+		{ "vector_bytes", (double)st->vector_bytes },
+		{ "lookups", (double)st->lookups },
+		{ "hits", (double)hits },
+		{ "hits_exact", (double)st->hits_exact },
+		{ "hits_semantic", (double)st->hits_semantic },
+		{ "misses", (double)st->misses },
+		{ "hit_rate", round6(rate) },
+		{ "tokens_saved_prompt", (double)st->tokens_prompt },
+		{ "tokens_saved_completion", (double)st->tokens_completion },
+		{ "tokens_saved", (double)(st->tokens_prompt + st->tokens_completion) },
+		{ "estimated_cost_saved", round6(cost) },
+		{ "price_prompt_per_1k", price_prompt_per_1k },
+		{ "price_completion_per_1k", price_completion_per_1k },
+	};
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+		if (!cJSON_AddNumberToObject(o, f[i].name, f[i].v)) {
+			cJSON_Delete(o);
+			return NULL;
+		}
+	}
+	return o;
+}

@@ -1,0 +1,194 @@
+/* The event follower: one thread per process with its own subscriber
+ * connection and its own store (for reading entries and the rebuild scan).
+ * Events are applied idempotently, this process's own included, so an add
+ * that raced with a rebuild is restored when its event arrives. It never
+ * serves requests and never writes to Redis. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "semgate/app.h"
+#include "semgate/cache.h"
+#include "semgate/cache_sync.h"
+#include "semgate/clock.h"
+#include "semgate/log.h"
+#include "semgate/store.h"
+#include "semgate/store_ops.h"
+#include "semgate/vindex.h"
+
+#define POLL_MS 100
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+struct cache_sync {
+	struct sg_app *app;
+	pthread_t thread;
+	atomic_bool stop;
+	atomic_ulong rebuilds;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool first_done;    /* under mu */
+};
+
+static void first_done(struct cache_sync *cs)
+{
+	pthread_mutex_lock(&cs->mu);
+	if (!cs->first_done) {
+		cs->first_done = true;
+		pthread_cond_broadcast(&cs->cv);
+	}
+	pthread_mutex_unlock(&cs->mu);
+}
+
+/* Sleep ms, waking early when asked to stop. */
+static void nap(struct cache_sync *cs, int ms)
+{
+	for (int slept = 0; slept < ms && !atomic_load(&cs->stop); slept += 20) {
+		const struct timespec t = { 0, 20 * 1000 * 1000 };
+		nanosleep(&t, NULL);
+	}
+}
+
+static void add_row(void *ud, const char *tenant, const char *id, const char *scope,
+		    const char *emb_model, const float *vec, int dim, long long pttl_ms)
+{
+	struct sg_app *app = ud;
+	char part[VINDEX_KEY_MAX];
+	struct sg_error e = { 0 };
+	cache_partition_key(part, sizeof(part), tenant, scope, emb_model);
+	int64_t expires = pttl_ms > 0 ? sg_wall_ms() + pttl_ms : 0;
+	if (vindex_add(app->vindex, part, dim, id, vec, expires, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "events: entry %s not indexed: %s", id, e.msg);
+}
+
+static void apply(struct cache_sync *cs, struct store *s, const char *payload, size_t len)
+{
+	struct store_event ev;
+	if (!store_event_parse(payload, len, &ev)) {
+		sg_log(SG_LOG_DEBUG, "events: ignored a message that is not an entry event");
+		return;
+	}
+	if (strcmp(ev.type, "add") != 0) {
+		vindex_remove(cs->app->vindex, ev.id);
+		return;
+	}
+	struct sg_error e = { 0 };
+	bool found = false;
+	if (store_entry_vector(s, ev.tenant, ev.id, add_row, cs->app, &found, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "events: entry %s not read: %s", ev.id, e.msg);
+}
+
+/* Subscribe, then rebuild: events that arrive during the scan wait in the
+ * socket and are applied after it, so nothing falls between the two. */
+static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struct store *s,
+			     bool *warned)
+{
+	struct sg_error e = { 0 };
+	if (store_sub_connect(sub, &e) != SG_OK) {
+		if (!*warned)
+			sg_log(SG_LOG_WARN, "%s; retrying", e.msg);
+		*warned = true;
+		return false;
+	}
+	unsigned long n = atomic_load(&cs->rebuilds);
+	if (n > 0)
+		vindex_clear(cs->app->vindex);
+	size_t loaded = 0;
+	double t0 = sg_now_ms();
+	if (cache_rebuild(cs->app, s, &loaded, &e) != SG_OK) {
+		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s; retrying",
+		       loaded, e.msg);
+		store_sub_drop(sub);
+		return false;
+	}
+	atomic_fetch_add(&cs->rebuilds, 1);
+	sg_log(SG_LOG_INFO, "index %s from redis: %zu entries in %.0f ms; following %s",
+	       n > 0 ? "resynchronised" : "rebuilt", loaded, sg_now_ms() - t0,
+	       "entry events");
+	*warned = false;
+	return true;
+}
+
+static void *run(void *arg)
+{
+	struct cache_sync *cs = arg;
+	struct store *s = store_create(cs->app->cfg);
+	struct store_sub *sub = store_sub_create(cs->app->cfg);
+	int backoff = BACKOFF_MIN_MS;
+	bool warned = false;
+	if (!s || !sub) {
+		sg_log(SG_LOG_ERROR, "events: out of memory; other gateways' entries will not "
+		       "be followed");
+		first_done(cs);
+		goto out;
+	}
+	while (!atomic_load(&cs->stop)) {
+		if (!store_sub_connected(sub)) {
+			bool ok = connect_and_sync(cs, sub, s, &warned);
+			first_done(cs);
+			if (!ok) {
+				nap(cs, backoff);
+				backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+				continue;
+			}
+			backoff = BACKOFF_MIN_MS;
+		}
+		char *msg = NULL;
+		size_t len = 0;
+		struct sg_error e = { 0 };
+		if (store_sub_next(sub, POLL_MS, &msg, &len, &e) != SG_OK) {
+			sg_log(SG_LOG_WARN, "%s; will reconnect and resynchronise", e.msg);
+			continue;
+		}
+		if (msg)
+			apply(cs, s, msg, len);
+		free(msg);
+	}
+out:
+	store_sub_destroy(sub);
+	store_destroy(s);
+	return NULL;
+}
+
+struct cache_sync *cache_sync_start(struct sg_app *app, struct sg_error *e)
+{
+	struct cache_sync *cs = calloc(1, sizeof(*cs));
+	if (!cs) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	cs->app = app;
+	atomic_init(&cs->stop, false);
+	atomic_init(&cs->rebuilds, 0);
+	pthread_mutex_init(&cs->mu, NULL);
+	pthread_cond_init(&cs->cv, NULL);
+	if (pthread_create(&cs->thread, NULL, run, cs) != 0) {
+		pthread_mutex_destroy(&cs->mu);
+		pthread_cond_destroy(&cs->cv);
+		free(cs);
+		sg_error_set(e, SG_ERR_INTERNAL, "cannot start the event follower thread");
+		return NULL;
+	}
+	return cs;
+}
+
+void cache_sync_wait_first(struct cache_sync *cs)
+{
+	pthread_mutex_lock(&cs->mu);
+	while (!cs->first_done)
+		pthread_cond_wait(&cs->cv, &cs->mu);
+	pthread_mutex_unlock(&cs->mu);
+}
+
+void cache_sync_stop(struct cache_sync *cs)
+{
+	if (!cs)
+		return;
+	atomic_store(&cs->stop, true);
+	pthread_join(cs->thread, NULL);
+	pthread_mutex_destroy(&cs->mu);
+	pthread_cond_destroy(&cs->cv);
+	free(cs);
+}

@@ -1,0 +1,781 @@
+/* Cache administration in Redis: reading and deleting entries, invalidation
+ * by namespace and tag, hit/miss counters, the leaderboard and the stats
+ * scan. Part of the store module; keys touched here: {prefix}e:, x:, tag:,
+ * top:{tenant}, stats:{tenant} and the events channel. Iterates with SCAN
+ * and SSCAN only, never KEYS, and never creates a key without a TTL except
+ * the stats hash. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/store_ops.h"
+#include "store_codec.h"
+#include "store_priv.h"
+
+/* Most entries deleted in one MULTI/EXEC. */
+#define DELETE_BATCH 256
+
+/* Delete the exact key only while it still names this entry: a later entry
+ * for the same question may own it now. Values are "<id>\n..." or
+ * "<id>:text\n...". */
+static const char lua_del_exact[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v then local h = string.sub(v, 1, #ARGV[1] + 1) "
+	"if h == ARGV[1] .. '\\n' or h == ARGV[1] .. ':' then "
+	"return redis.call('DEL', KEYS[1]) end end return 0";
+
+/* Count a hit only on an entry that still exists: HINCRBY would otherwise
+ * create a hash without a TTL. */
+static const char lua_hit[] =
+	"if redis.call('EXISTS', KEYS[1]) == 1 then "
+	"return redis.call('HINCRBY', KEYS[1], 'hits', 1) end return 0";
+
+/* "{prefix}{kind}:{tenant}" — the per-tenant keys with nothing after. */
+static char *tenant_key(const struct store *s, const char *kind, const char *tenant)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
+		return NULL;
+	return k;
+}
+
+/* Escape glob metacharacters for SCAN MATCH. */
+static char *glob_escape(const char *in)
+{
+	char *out = malloc(2 * strlen(in) + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (; *in; in++) {
+		if (strchr("*?[]\\", *in))
+			*o++ = '\\';
+		*o++ = *in;
+	}
+	*o = '\0';
+	return out;
+}
+
+static char *dup_reply(const redisReply *r, size_t *len)
+{
+	const char *p = r && r->type == REDIS_REPLY_STRING ? r->str : "";
+	size_t n = r && r->type == REDIS_REPLY_STRING ? r->len : 0;
+	char *out = malloc(n + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, p, n);
+	out[n] = '\0';
+	if (len)
+		*len = n;
+	return out;
+}
+
+static long long reply_ll(const redisReply *r)
+{
+	if (r && r->type == REDIS_REPLY_INTEGER)
+		return r->integer;
+	if (r && r->type == REDIS_REPLY_STRING)
+		return strtoll(r->str, NULL, 10);
+	return 0;
+}
+
+/* One SCAN/SSCAN step: argv with the cursor at position cpos; on SG_OK *out
+ * is the reply (caller frees), its element[1] the batch, and cursor
+ * advanced. */
+static enum sg_err scan_step(struct store *s, int argc, const char **argv, char cursor[32],
+			     redisReply **out, struct sg_error *e)
+{
+	*out = NULL;
+	redisReply *r = store_run(s, argc, argv, NULL, e);
+	if (!r)
+		return SG_ERR_REDIS;
+	if (r->type == REDIS_REPLY_ERROR) {
+		enum sg_err rc = store_reply_error(r, e);
+		freeReplyObject(r);
+		return rc;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= 32) {
+		freeReplyObject(r);
+		return sg_error_set(e, SG_ERR_REDIS, "unexpected %s reply", argv[0]);
+	}
+	memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+	*out = r;
+	return SG_OK;
+}
+
+/* ---- reading ---- */
+
+void store_entry_view_finish(struct store_entry_view *v)
+{
+	if (!v)
+		return;
+	free(v->query);
+	free(v->answer);
+	free(v->metadata);
+	free(v->ns);
+	free(v->scope);
+	free(v->kind);
+	free(v->tags);
+	free(v->model);
+	memset(v, 0, sizeof(*v));
+}
+
+enum sg_err store_entry_read(struct store *s, const char *tenant, const char *id,
+			     struct store_entry_view *out, bool *found,
+			     struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	*found = false;
+	char *key = store_key(s, "e", tenant, id);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK) {
+		free(key);
+		return rc;
+	}
+	redisAppendCommand(s->c, "HMGET %s query answer namespace scope kind tags metadata "
+			   "created hits tokens model dim", key);
+	redisAppendCommand(s->c, "TTL %s", key);
+	free(key);
+	redisReply *h = store_read_reply(s, e);
+	redisReply *t = h ? store_read_reply(s, e) : NULL;
+	if (!h || !t) {
+		if (h)
+			freeReplyObject(h);
+		return SG_ERR_REDIS;
+	}
+	if (h->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(h, e);
+	} else if (h->type == REDIS_REPLY_ARRAY && h->elements == 12 &&
+		   h->element[0]->type == REDIS_REPLY_STRING &&
+		   h->element[1]->type == REDIS_REPLY_STRING) {
+		redisReply **f = h->element;
+		snprintf(out->id, sizeof(out->id), "%s", id);
+		out->query = dup_reply(f[0], &out->query_len);
+		out->answer = dup_reply(f[1], &out->answer_len);
+		out->ns = dup_reply(f[2], NULL);
+		out->scope = dup_reply(f[3], NULL);
+		out->kind = f[4]->type == REDIS_REPLY_STRING ? dup_reply(f[4], NULL) : strdup("chat");
+		out->tags = dup_reply(f[5], NULL);
+		if (f[6]->type == REDIS_REPLY_STRING)
+			out->metadata = dup_reply(f[6], &out->metadata_len);
+		out->created = reply_ll(f[7]);
+		out->hits = reply_ll(f[8]);
+		out->tokens = reply_ll(f[9]);
+		out->model = dup_reply(f[10], NULL);
+		out->dim = (int)reply_ll(f[11]);
+		out->ttl_s = reply_ll(t);
+		if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
+		    !out->tags || !out->model || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
+			store_entry_view_finish(out);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		} else {
+			*found = true;
+		}
+	}
+	freeReplyObject(h);
+	freeReplyObject(t);
+	return rc;
+}
+
+enum sg_err store_entry_vector(struct store *s, const char *tenant, const char *id,
+			       store_entry_fn fn, void *ud, bool *found,
+			       struct sg_error *e)
+{
+	*found = false;
+	char *key = store_key(s, "e", tenant, id);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK) {
+		free(key);
+		return rc;
+	}
+	redisAppendCommand(s->c, "HMGET %s vector dim model scope", key);
+	redisAppendCommand(s->c, "PTTL %s", key);
+	free(key);
+	redisReply *h = store_read_reply(s, e);
+	redisReply *t = h ? store_read_reply(s, e) : NULL;
+	if (!h || !t) {
+		if (h)
+			freeReplyObject(h);
+		return SG_ERR_REDIS;
+	}
+	float *vec = NULL;
+	int dim = 0;
+	if (h->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(h, e);
+	} else if (h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
+		   h->element[0]->type == REDIS_REPLY_STRING &&
+		   h->element[1]->type == REDIS_REPLY_STRING &&
+		   h->element[2]->type == REDIS_REPLY_STRING &&
+		   h->element[3]->type == REDIS_REPLY_STRING &&
+		   t->type == REDIS_REPLY_INTEGER && t->integer != -2 &&
+		   store_codec_vector(h->element[1]->str, h->element[1]->len,
+				      h->element[0]->str, h->element[0]->len, &vec, &dim)) {
+		fn(ud, tenant, id, h->element[3]->str, h->element[2]->str, vec, dim, t->integer);
+		free(vec);
+		*found = true;
+	}
+	freeReplyObject(h);
+	freeReplyObject(t);
+	return rc;
+}
+
+/* ---- deleting ---- */
+
+struct del_ctx {
+	const char *ns;           /* only entries of this namespace, or NULL */
+	const char *event;        /* "delete" or "flush" */
+	const char *cleanup_tkey; /* tag set walked: SREM ids whose entry is gone */
+	store_id_fn fn;
+	void *ud;
+	long long deleted;
+};
+
+/* Queue the removal of one existing entry (fields: namespace, exact, tags
+ * from HMGET) inside the open MULTI; returns the number of commands queued
+ * and sets *delpos to the position of its DEL among them. */
+static size_t queue_delete(struct store *s, const char *tenant, const char *id,
+			   const char *ekey, const char *topkey, redisReply **f,
+			   const char *event, size_t base, long *delpos)
+{
+	size_t q = 0;
+	redisAppendCommand(s->c, "DEL %s", ekey);
+	*delpos = (long)(base + q++);
+	if (f[1]->type == REDIS_REPLY_STRING && f[1]->len > 0) {
+		char *xkey = store_key(s, "x", tenant, f[1]->str);
+		if (xkey) {
+			redisAppendCommand(s->c, "EVAL %s 1 %s %s", lua_del_exact, xkey, id);
+			q++;
+		}
+		free(xkey);
+	}
+	if (f[2]->type == REDIS_REPLY_STRING && f[2]->len > 0) {
+		char *tags = dup_reply(f[2], NULL);
+		char *save = NULL;
+		for (char *t = tags ? strtok_r(tags, ",", &save) : NULL; t;
+		     t = strtok_r(NULL, ",", &save)) {
+			char *tkey = store_key(s, "tag", tenant, t);
+			if (tkey) {
+				redisAppendCommand(s->c, "SREM %s %s", tkey, id);
+				q++;
+			}
+			free(tkey);
+		}
+		free(tags);
+	}
+	redisAppendCommand(s->c, "ZREM %s %s", topkey, id);
+	q++;
+	if (store_append_publish(s, event, tenant, id, NULL, NULL, 0))
+		q++;
+	return q;
+}
+
+/* Delete the entries named by ids[0..n) (n <= DELETE_BATCH) that exist and
+ * match dc->ns: read their namespace, exact key and tags (pipelined), then
+ * one MULTI/EXEC for all of them. */
+static enum sg_err delete_batch(struct store *s, const char *tenant, const char *const *ids,
+				size_t n, struct del_ctx *dc, struct sg_error *e)
+{
+	if (n == 0)
+		return SG_OK;
+	char *ekeys[DELETE_BATCH] = { 0 };
+	redisReply *h[DELETE_BATCH] = { 0 };
+	long delpos[DELETE_BATCH];
+	char *topkey = tenant_key(s, "top", tenant);
+	enum sg_err rc = SG_OK;
+	if (!topkey) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!(ekeys[i] = store_key(s, "e", tenant, ids[i]))) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	if ((rc = store_conn(s, e)) != SG_OK)
+		goto out;
+	for (size_t i = 0; i < n; i++)
+		redisAppendCommand(s->c, "HMGET %s namespace exact tags", ekeys[i]);
+	for (size_t i = 0; i < n; i++) {
+		if (!(h[i] = store_read_reply(s, e))) {
+			rc = SG_ERR_REDIS;
+			goto out;
+		}
+	}
+	size_t queued = 0;
+	redisAppendCommand(s->c, "MULTI");
+	for (size_t i = 0; i < n; i++) {
+		delpos[i] = -1;
+		redisReply *r = h[i];
+		bool exists = r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+			      r->element[0]->type == REDIS_REPLY_STRING;
+		if (!exists) {
+			if (dc->cleanup_tkey && r->type == REDIS_REPLY_ARRAY) {
+				redisAppendCommand(s->c, "SREM %s %s", dc->cleanup_tkey, ids[i]);
+				queued++;
+			}
+			continue;
+		}
+		if (dc->ns && strcmp(r->element[0]->str, dc->ns) != 0)
+			continue;
+		queued += queue_delete(s, tenant, ids[i], ekeys[i], topkey, r->element,
+				       dc->event, queued, &delpos[i]);
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, queued, e);
+	if (!exec) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (delpos[i] < 0 || (size_t)delpos[i] >= exec->elements)
+			continue;
+		redisReply *d = exec->element[delpos[i]];
+		if (d->type == REDIS_REPLY_INTEGER && d->integer == 1) {
+			dc->deleted++;
+			if (dc->fn)
+				dc->fn(dc->ud, ids[i]);
+		}
+	}
+	freeReplyObject(exec);
+out:
+	for (size_t i = 0; i < n; i++) {
+		free(ekeys[i]);
+		if (h[i])
+			freeReplyObject(h[i]);
+	}
+	free(topkey);
+	return rc;
+}
+
+enum sg_err store_entry_delete(struct store *s, const char *tenant, const char *id,
+			       bool *found, struct sg_error *e)
+{
+	struct del_ctx dc = { .event = "delete" };
+	const char *ids[1] = { id };
+	*found = false;
+	enum sg_err rc = delete_batch(s, tenant, ids, 1, &dc, e);
+	*found = rc == SG_OK && dc.deleted == 1;
+	return rc;
+}
+
+/* Delete the members of one SSCAN/SCAN batch in chunks of DELETE_BATCH. */
+static enum sg_err delete_ids(struct store *s, const char *tenant, const char **ids,
+			      size_t n, struct del_ctx *dc, struct sg_error *e)
+{
+	enum sg_err rc = SG_OK;
+	for (size_t off = 0; off < n && rc == SG_OK; off += DELETE_BATCH) {
+		size_t k = n - off < DELETE_BATCH ? n - off : DELETE_BATCH;
+		rc = delete_batch(s, tenant, ids + off, k, dc, e);
+	}
+	return rc;
+}
+
+static enum sg_err invalidate_tag(struct store *s, const char *tenant, const char *tag,
+				  struct del_ctx *dc, struct sg_error *e)
+{
+	char *tkey = store_key(s, "tag", tenant, tag);
+	if (!tkey)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	dc->cleanup_tkey = tkey;
+	char cursor[32] = "0";
+	enum sg_err rc = SG_OK;
+	do {
+		const char *argv[] = { "SSCAN", tkey, cursor, "COUNT", "256" };
+		redisReply *r = NULL;
+		if ((rc = scan_step(s, 5, argv, cursor, &r, e)) != SG_OK)
+			break;
+		redisReply *m = r->element[1];
+		const char **ids = calloc(m->elements + 1, sizeof(char *));
+		size_t n = 0;
+		if (!ids) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		} else {
+			for (size_t i = 0; i < m->elements; i++)
+				if (m->element[i]->type == REDIS_REPLY_STRING &&
+				    store_codec_id_ok(m->element[i]->str, m->element[i]->len))
+					ids[n++] = m->element[i]->str;
+			rc = delete_ids(s, tenant, ids, n, dc, e);
+		}
+		free(ids);
+		freeReplyObject(r);
+	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	free(tkey);
+	dc->cleanup_tkey = NULL;
+	return rc;
+}
+
+static enum sg_err invalidate_scan(struct store *s, const char *tenant, struct del_ctx *dc,
+				   struct sg_error *e)
+{
+	char *esc = glob_escape(tenant);
+	char *pattern = NULL;
+	if (!esc || asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0) {
+		free(esc);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	free(esc);
+	char cursor[32] = "0";
+	enum sg_err rc = SG_OK;
+	do {
+		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
+		redisReply *r = NULL;
+		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
+			break;
+		redisReply *k = r->element[1];
+		char (*idbuf)[65] = calloc(k->elements + 1, sizeof(*idbuf));
+		const char **ids = calloc(k->elements + 1, sizeof(char *));
+		size_t n = 0;
+		if (!idbuf || !ids) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		} else {
+			for (size_t i = 0; i < k->elements; i++) {
+				char t[128];
+				redisReply *key = k->element[i];
+				if (key->type == REDIS_REPLY_STRING &&
+				    store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len,
+							  t, sizeof(t), idbuf[n], sizeof(idbuf[n])) &&
+				    strcmp(t, tenant) == 0) {
+					ids[n] = idbuf[n];
+					n++;
+				}
+			}
+			rc = delete_ids(s, tenant, ids, n, dc, e);
+		}
+		free(ids);
+		free(idbuf);
+		freeReplyObject(r);
+	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	free(pattern);
+	return rc;
+}
+
+enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns,
+			     const char *tag, store_id_fn fn, void *ud,
+			     long long *deleted, struct sg_error *e)
+{
+	*deleted = 0;
+	if (!ns && !tag)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "give a namespace, a tag or both");
+	struct del_ctx dc = { .ns = ns, .event = "flush", .fn = fn, .ud = ud };
+	enum sg_err rc = tag ? invalidate_tag(s, tenant, tag, &dc, e) :
+			       invalidate_scan(s, tenant, &dc, e);
+	*deleted = dc.deleted;
+	return rc;
+}
+
+/* ---- accounting ---- */
+
+enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id,
+			     bool semantic, long long prompt_tokens,
+			     long long completion_tokens, long long top_ttl_s,
+			     struct sg_error *e)
+{
+	char *ekey = store_key(s, "e", tenant, id);
+	char *topkey = tenant_key(s, "top", tenant);
+	char *skey = tenant_key(s, "stats", tenant);
+	enum sg_err rc = SG_OK;
+	if (!ekey || !topkey || !skey) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = store_conn(s, e)) != SG_OK)
+		goto out;
+	size_t queued = 6;
+	redisAppendCommand(s->c, "MULTI");
+	redisAppendCommand(s->c, "EVAL %s 1 %s", lua_hit, ekey);
+	redisAppendCommand(s->c, "ZINCRBY %s 1 %s", topkey, id);
+	redisAppendCommand(s->c, "EXPIRE %s %lld", topkey, top_ttl_s);
+	redisAppendCommand(s->c, "HINCRBY %s lookups 1", skey);
+	redisAppendCommand(s->c, "HINCRBY %s %s 1", skey,
+			   semantic ? "hits_semantic" : "hits_exact");
+	redisAppendCommand(s->c, "HINCRBY %s tokens_saved_prompt %lld", skey,
+			   prompt_tokens > 0 ? prompt_tokens : 0);
+	if (completion_tokens > 0) {
+		redisAppendCommand(s->c, "HINCRBY %s tokens_saved_completion %lld", skey,
+				   completion_tokens);
+		queued++;
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, queued, e);
+	if (!exec)
+		rc = SG_ERR_REDIS;
+	else
+		freeReplyObject(exec);
+out:
+	free(ekey);
+	free(topkey);
+	free(skey);
+	return rc;
+}
+
+enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e)
+{
+	char *skey = tenant_key(s, "stats", tenant);
+	if (!skey)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	enum sg_err rc = store_conn(s, e);
+	if (rc == SG_OK) {
+		redisAppendCommand(s->c, "MULTI");
+		redisAppendCommand(s->c, "HINCRBY %s lookups 1", skey);
+		redisAppendCommand(s->c, "HINCRBY %s misses 1", skey);
+		redisAppendCommand(s->c, "EXEC");
+		redisReply *exec = store_read_exec(s, 2, e);
+		if (!exec)
+			rc = SG_ERR_REDIS;
+		else
+			freeReplyObject(exec);
+	}
+	free(skey);
+	return rc;
+}
+
+static void stats_field(struct store_stats *st, const char *name, long long v)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} fields[] = {
+		{ "lookups", offsetof(struct store_stats, lookups) },
+		{ "hits_exact", offsetof(struct store_stats, hits_exact) },
+		{ "hits_semantic", offsetof(struct store_stats, hits_semantic) },
+		{ "misses", offsetof(struct store_stats, misses) },
+		{ "tokens_saved_prompt", offsetof(struct store_stats, tokens_prompt) },
+		{ "tokens_saved_completion", offsetof(struct store_stats, tokens_completion) },
+	};
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+		if (strcmp(name, fields[i].name) == 0)
+			*(long long *)((char *)st + fields[i].off) = v;
+}
+
+/* Count and size the tenant's entries, one SCAN batch at a time. */
+static enum sg_err stats_scan(struct store *s, const char *tenant, struct store_stats *st,
+			      struct sg_error *e)
+{
+	char *esc = glob_escape(tenant);
+	char *pattern = NULL;
+	if (!esc || asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0) {
+		free(esc);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	free(esc);
+	char cursor[32] = "0";
+	enum sg_err rc = SG_OK;
+	do {
+		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
+		redisReply *r = NULL;
+		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
+			break;
+		redisReply *k = r->element[1];
+		size_t n = 0;
+		bool *mine = calloc(k->elements + 1, sizeof(bool));
+		if (!mine) {
+			freeReplyObject(r);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			break;
+		}
+		for (size_t i = 0; i < k->elements; i++) {
+			char t[128], id[STORE_ID_MAX + 1];
+			redisReply *key = k->element[i];
+			if (key->type != REDIS_REPLY_STRING ||
+			    !store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len,
+						   t, sizeof(t), id, sizeof(id)) ||
+			    strcmp(t, tenant) != 0)
+				continue;
+			mine[i] = true;
+			n++;
+			redisAppendCommand(s->c, "HGET %b dim", key->str, key->len);
+			redisAppendCommand(s->c, "HSTRLEN %b query", key->str, key->len);
+			redisAppendCommand(s->c, "HSTRLEN %b answer", key->str, key->len);
+			redisAppendCommand(s->c, "HSTRLEN %b metadata", key->str, key->len);
+			redisAppendCommand(s->c, "HSTRLEN %b vector", key->str, key->len);
+		}
+		for (size_t i = 0; i < k->elements && rc == SG_OK; i++) {
+			if (!mine[i])
+				continue;
+			redisReply *rep[5] = { 0 };
+			for (int j = 0; j < 5 && rc == SG_OK; j++)
+				if (!(rep[j] = store_read_reply(s, e)))
+					rc = SG_ERR_REDIS;
+			if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
+				/* gone between SCAN and HGET: not counted */
+				st->entries++;
+				long long vb = reply_ll(rep[4]);
+				if (reply_ll(rep[0]) > 0 && vb > 0) {
+					st->indexed++;
+					st->vector_bytes += vb;
+				}
+				st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) +
+					     reply_ll(rep[3]) + vb;
+			}
+			for (int j = 0; j < 5; j++)
+				if (rep[j])
+					freeReplyObject(rep[j]);
+		}
+		free(mine);
+		freeReplyObject(r);
+	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	free(pattern);
+	return rc;
+}
+
+enum sg_err store_stats_read(struct store *s, const char *tenant,
+			     struct store_stats *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	char *skey = tenant_key(s, "stats", tenant);
+	if (!skey)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	const char *argv[] = { "HGETALL", skey };
+	redisReply *r = store_run(s, 2, argv, NULL, e);
+	free(skey);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_ARRAY) {
+		for (size_t i = 0; i + 1 < r->elements; i += 2)
+			if (r->element[i]->type == REDIS_REPLY_STRING)
+				stats_field(out, r->element[i]->str, reply_ll(r->element[i + 1]));
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(r, e);
+	}
+	freeReplyObject(r);
+	if (rc == SG_OK)
+		rc = stats_scan(s, tenant, out, e);
+	return rc;
+}
+
+/* ---- leaderboard ---- */
+
+void store_top_finish(struct store_top *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n; i++) {
+		free(t->rows[i].query);
+		free(t->rows[i].ns);
+		free(t->rows[i].kind);
+	}
+	free(t->rows);
+	memset(t, 0, sizeof(*t));
+}
+
+/* Read one window of the leaderboard [start, start+count) into out (up to
+ * limit rows) and ZREM the ids whose entry is gone. *seen gets how many
+ * rows the window had, *removed how many were stale. */
+static enum sg_err top_window(struct store *s, const char *tenant, const char *topkey,
+			      long start, long count, size_t limit, struct store_top *out,
+			      size_t *seen, size_t *removed, struct sg_error *e)
+{
+	*seen = *removed = 0;
+	char a[24], b[24];
+	snprintf(a, sizeof(a), "%ld", start);
+	snprintf(b, sizeof(b), "%ld", start + count - 1);
+	const char *argv[] = { "ZREVRANGE", topkey, a, b, "WITHSCORES" };
+	redisReply *z = store_run(s, 5, argv, NULL, e);
+	if (!z)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (z->type != REDIS_REPLY_ARRAY) {
+		rc = z->type == REDIS_REPLY_ERROR ? store_reply_error(z, e) :
+			sg_error_set(e, SG_ERR_REDIS, "unexpected ZREVRANGE reply");
+		freeReplyObject(z);
+		return rc;
+	}
+	size_t rows = z->elements / 2;
+	*seen = rows;
+	for (size_t i = 0; i < rows; i++) {
+		redisReply *id = z->element[2 * i];
+		char *ekey = id->type == REDIS_REPLY_STRING ? store_key(s, "e", tenant, id->str) : NULL;
+		if (ekey)
+			redisAppendCommand(s->c, "HMGET %s query namespace kind", ekey);
+		else
+			redisAppendCommand(s->c, "PING");
+		free(ekey);
+	}
+	char **stale = calloc(rows + 1, sizeof(char *));
+	size_t nstale = 0;
+	for (size_t i = 0; i < rows; i++) {
+		redisReply *h = store_read_reply(s, e);
+		if (!h) {
+			rc = SG_ERR_REDIS;
+			break;
+		}
+		redisReply *id = z->element[2 * i];
+		bool live = h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
+			    h->element[0]->type == REDIS_REPLY_STRING &&
+			    id->type == REDIS_REPLY_STRING && id->len < 65;
+		if (!live && id->type == REDIS_REPLY_STRING && stale)
+			stale[nstale++] = id->str;
+		if (live && out->n < limit) {
+			struct store_top_row *row = &out->rows[out->n];
+			memset(row, 0, sizeof(*row));
+			memcpy(row->id, id->str, id->len + 1);
+			row->query = dup_reply(h->element[0], NULL);
+			row->ns = dup_reply(h->element[1], NULL);
+			row->kind = h->element[2]->type == REDIS_REPLY_STRING ?
+				    dup_reply(h->element[2], NULL) : strdup("chat");
+			row->hits = reply_ll(z->element[2 * i + 1]);
+			out->n++;
+			if (!row->query || !row->ns || !row->kind)
+				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		}
+		freeReplyObject(h);
+	}
+	if (rc == SG_OK && !stale)
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	if (rc == SG_OK && nstale) {
+		const char **zargv = calloc(nstale + 2, sizeof(char *));
+		if (zargv) {
+			zargv[0] = "ZREM";
+			zargv[1] = topkey;
+			for (size_t i = 0; i < nstale; i++)
+				zargv[2 + i] = stale[i];
+			redisReply *zr = store_run(s, (int)nstale + 2, zargv, NULL, e);
+			if (!zr)
+				rc = SG_ERR_REDIS;
+			else
+				freeReplyObject(zr);
+			free(zargv);
+		}
+		*removed = nstale;
+	}
+	free(stale);
+	freeReplyObject(z);
+	return rc;
+}
+
+enum sg_err store_top_read(struct store *s, const char *tenant, size_t limit,
+			   struct store_top *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	if (limit == 0)
+		return SG_OK;
+	char *topkey = tenant_key(s, "top", tenant);
+	out->rows = calloc(limit, sizeof(*out->rows));
+	if (!topkey || !out->rows) {
+		free(topkey);
+		free(out->rows);
+		out->rows = NULL;
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	enum sg_err rc = SG_OK;
+	long start = 0, window = (long)limit + 16;
+	/* stale rows are removed as they are met, so a few windows suffice;
+	 * the bound keeps one request's work finite whatever the set holds */
+	for (int round = 0; round < 16 && out->n < limit && rc == SG_OK; round++) {
+		size_t seen = 0, removed = 0;
+		rc = top_window(s, tenant, topkey, start, window, limit, out, &seen, &removed, e);
+		if (rc != SG_OK || seen < (size_t)window)
+			break;
+		start += window - (long)removed;
+	}
+	free(topkey);
+	if (rc != SG_OK)
+		store_top_finish(out);
+	return rc;
+}

@@ -1,0 +1,271 @@
+/* {prefix}events: rendering and publishing the entry events other gateway
+ * processes follow, parsing them, and the dedicated subscriber connection.
+ * Part of the store module (the channel name is built here). A subscribed
+ * hiredis context is read only after poll() says there is data, so the
+ * subscriber never blocks past its timeout and never mistakes a quiet
+ * channel for a dead connection. */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "semgate/json.h"
+#include "semgate/store_ops.h"
+#include "store_priv.h"
+
+const char store_lua_expire_max[] =
+	"local t = redis.call('TTL', KEYS[1]) "
+	"if t < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+	"return t";
+
+/* ---- origin ---- */
+
+static char g_origin[33];
+static pthread_once_t g_origin_once = PTHREAD_ONCE_INIT;
+
+static void origin_init(void)
+{
+	unsigned char raw[16];
+	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+		/* not secret, only distinct between processes */
+		unsigned long x = (unsigned long)getpid() ^ (unsigned long)time(NULL) << 16;
+		for (size_t i = 0; i < sizeof(raw); i++)
+			raw[i] = (unsigned char)(x >> ((i % 8) * 8)) ^ (unsigned char)(i * 37);
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(g_origin + 2 * i, 3, "%02x", raw[i]);
+}
+
+const char *store_event_origin(void)
+{
+	pthread_once(&g_origin_once, origin_init);
+	return g_origin;
+}
+
+/* ---- publishing ---- */
+
+char *store_events_channel(const struct sg_config *cfg)
+{
+	char *ch = NULL;
+	if (asprintf(&ch, "%sevents", cfg->redis_prefix) < 0)
+		return NULL;
+	return ch;
+}
+
+char *store_event_render(const char *type, const char *tenant, const char *id,
+			 const char *scope, const char *model, int dim)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *out = NULL;
+	if (!o)
+		return NULL;
+	if (!cJSON_AddStringToObject(o, "event", type) ||
+	    !cJSON_AddStringToObject(o, "id", id) ||
+	    !cJSON_AddStringToObject(o, "tenant", tenant) ||
+	    !cJSON_AddStringToObject(o, "origin", store_event_origin()))
+		goto out;
+	if (scope && (!cJSON_AddStringToObject(o, "scope", scope) ||
+		      !cJSON_AddStringToObject(o, "model", model ? model : "") ||
+		      !cJSON_AddNumberToObject(o, "dim", dim)))
+		goto out;
+	out = cJSON_PrintUnformatted(o);
+out:
+	cJSON_Delete(o);
+	return out;
+}
+
+bool store_append_publish(struct store *s, const char *type, const char *tenant,
+			  const char *id, const char *scope, const char *model, int dim)
+{
+	char *ch = store_events_channel(s->cfg);
+	char *ev = store_event_render(type, tenant, id, scope, model, dim);
+	bool ok = ch && ev && redisAppendCommand(s->c, "PUBLISH %s %s", ch, ev) == REDIS_OK;
+	free(ch);
+	free(ev);
+	return ok;
+}
+
+/* ---- parsing ---- */
+
+static bool copy_field(const cJSON *o, const char *name, char *out, size_t cap, bool need)
+{
+	const char *v = sg_json_str(o, name);
+	if (!v) {
+		out[0] = '\0';
+		return !need;
+	}
+	size_t n = strlen(v);
+	if ((need && n == 0) || n >= cap)
+		return false;
+	memcpy(out, v, n + 1);
+	return true;
+}
+
+bool store_event_parse(const char *payload, size_t len, struct store_event *out)
+{
+	memset(out, 0, sizeof(*out));
+	cJSON *o = NULL;
+	if (sg_json_parse(payload, len, &o, NULL) != SG_OK)
+		return false;
+	bool ok = cJSON_IsObject(o) &&
+		copy_field(o, "event", out->type, sizeof(out->type), true) &&
+		copy_field(o, "id", out->id, sizeof(out->id), true) &&
+		copy_field(o, "tenant", out->tenant, sizeof(out->tenant), true) &&
+		copy_field(o, "origin", out->origin, sizeof(out->origin), false) &&
+		(strcmp(out->type, "add") == 0 || strcmp(out->type, "delete") == 0 ||
+		 strcmp(out->type, "flush") == 0);
+	cJSON_Delete(o);
+	if (!ok)
+		memset(out, 0, sizeof(*out));
+	return ok;
+}
+
+/* ---- the subscriber connection ---- */
+
+struct store_sub {
+	const struct sg_config *cfg;
+	redisContext *c;
+};
+
+struct store_sub *store_sub_create(const struct sg_config *cfg)
+{
+	struct store_sub *sub = calloc(1, sizeof(*sub));
+	if (sub)
+		sub->cfg = cfg;
+	return sub;
+}
+
+void store_sub_drop(struct store_sub *sub)
+{
+	if (sub && sub->c) {
+		redisFree(sub->c);
+		sub->c = NULL;
+	}
+}
+
+void store_sub_destroy(struct store_sub *sub)
+{
+	if (!sub)
+		return;
+	store_sub_drop(sub);
+	free(sub);
+}
+
+bool store_sub_connected(const struct store_sub *sub)
+{
+	return sub->c != NULL;
+}
+
+enum sg_err store_sub_connect(struct store_sub *sub, struct sg_error *e)
+{
+	const struct sg_config *cfg = sub->cfg;
+	store_sub_drop(sub);
+	struct timeval tv = {
+		.tv_sec = cfg->redis_timeout_ms / 1000,
+		.tv_usec = (cfg->redis_timeout_ms % 1000) * 1000,
+	};
+	redisContext *c = redisConnectWithTimeout(cfg->redis_host, (int)cfg->redis_port, tv);
+	redisReply *r = NULL;
+	char *ch = NULL;
+	if (!c || c->err) {
+		sg_error_set(e, SG_ERR_REDIS, "events: cannot connect to redis at %s:%lld: %s",
+			     cfg->redis_host, cfg->redis_port, c ? c->errstr : "out of memory");
+		goto fail;
+	}
+	redisSetTimeout(c, tv);
+	redisEnableKeepAlive(c);
+	if (cfg->redis_password[0]) {
+		r = redisCommand(c, "AUTH %s", cfg->redis_password);
+		if (!r || r->type == REDIS_REPLY_ERROR) {
+			sg_error_set(e, SG_ERR_REDIS, "events: redis AUTH failed");
+			goto fail;
+		}
+		freeReplyObject(r);
+		r = NULL;
+	}
+	/* pub/sub channels are not per database: no SELECT needed */
+	if (!(ch = store_events_channel(cfg))) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	r = redisCommand(c, "SUBSCRIBE %s", ch);
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "subscribe") != 0) {
+		sg_error_set(e, SG_ERR_REDIS, "events: SUBSCRIBE failed: %s",
+			     r && r->type == REDIS_REPLY_ERROR ? r->str :
+			     c->errstr[0] ? c->errstr : "unexpected reply");
+		goto fail;
+	}
+	freeReplyObject(r);
+	free(ch);
+	sub->c = c;
+	return SG_OK;
+fail:
+	if (r)
+		freeReplyObject(r);
+	free(ch);
+	if (c)
+		redisFree(c);
+	return e ? e->code : SG_ERR_REDIS;
+}
+
+/* A message from a ["message", channel, payload] reply; NULL for anything
+ * else (a subscribe confirmation, a pong). */
+static char *take_payload(redisReply *r, size_t *len)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "message") != 0 ||
+	    r->element[2]->type != REDIS_REPLY_STRING)
+		return NULL;
+	char *p = malloc(r->element[2]->len + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, r->element[2]->str, r->element[2]->len);
+	p[r->element[2]->len] = '\0';
+	*len = r->element[2]->len;
+	return p;
+}
+
+enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, char **msg,
+			   size_t *len, struct sg_error *e)
+{
+	*msg = NULL;
+	*len = 0;
+	if (!sub->c)
+		return sg_error_set(e, SG_ERR_REDIS, "events: not connected");
+	void *reply = NULL;
+	if (redisGetReplyFromReader(sub->c, &reply) != REDIS_OK)
+		goto lost;
+	if (!reply) {
+		struct pollfd pfd = { .fd = sub->c->fd, .events = POLLIN };
+		int n = poll(&pfd, 1, timeout_ms);
+		if (n < 0 && errno != EINTR)
+			goto lost;
+		if (n <= 0)
+			return SG_OK;
+		if (redisBufferRead(sub->c) != REDIS_OK ||
+		    redisGetReplyFromReader(sub->c, &reply) != REDIS_OK)
+			goto lost;
+		if (!reply)
+			return SG_OK;
+	}
+	*msg = take_payload(reply, len);
+	freeReplyObject(reply);
+	return SG_OK;
+lost:
+	if (reply)
+		freeReplyObject(reply);
+	sg_error_set(e, SG_ERR_REDIS, "events: redis connection lost: %s",
+		     sub->c->errstr[0] ? sub->c->errstr : "closed");
+	store_sub_drop(sub);
+	return SG_ERR_REDIS;
+}
