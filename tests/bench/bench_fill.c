@@ -318,10 +318,11 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 	char *xval = malloc(64 + 1 + ans->len);
 	size_t plen_e = strlen(t->entry_prefix), plen_x = strlen(t->exact_prefix);
 	char *ekey = malloc(plen_e + 33), *xkey = malloc(plen_x + 65);
+	int rc = 0;
 	if (!vec || !xval || !ekey || !xkey) {
 		fprintf(stderr, "bench_fill: out of memory\n");
-		free(vec); free(xval); free(ekey); free(xkey);
-		return -1;
+		rc = -1;
+		goto out;
 	}
 	memcpy(ekey, t->entry_prefix, plen_e);
 	memcpy(xkey, t->exact_prefix, plen_x);
@@ -331,7 +332,6 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 	snprintf(ttl, sizeof(ttl), "%lld", t->pttl_ms);
 	long long errors = 0, pending = 0;
 	double t0 = now_s(), last = t0;
-	int rc = 0;
 	for (long long k = 0; k < o->add; k++) {
 		long long i = o->start + k;
 		uint64_t s = o->seed * 0x2545f4914f6cdd1dULL ^ (uint64_t)i * 0x9e3779b97f4a7c15ULL;
@@ -399,6 +399,7 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 	if (rc == 0)
 		printf("bench_fill: added %lld entries in %.2f s (%.0f entries/s)\n", o->add, dt,
 		       dt > 0 ? (double)o->add / dt : 0.0);
+out:
 	free(vec);
 	free(xval);
 	free(ekey);
