@@ -203,27 +203,6 @@ enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *
 	return rc;
 }
 
-enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
-			    struct sg_error *e)
-{
-	char *key = store_key(s, "e", tenant, id);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	/* only count hits on an entry that still exists: HINCRBY would
-	 * otherwise create a key without a TTL */
-	const char *argv[] = { "EVAL",
-		"if redis.call('EXISTS', KEYS[1]) == 1 then "
-		"return redis.call('HINCRBY', KEYS[1], 'hits', 1) end return 0",
-		"1", key };
-	redisReply *r = store_run(s, 4, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
-	freeReplyObject(r);
-	return rc;
-}
-
 /* Split "{prefix}e:{tenant}:{id}" into tenant and id. */
 static bool parse_entry_key(const struct store *s, const char *key, size_t len,
 			    char *tenant, size_t tcap, char *id, size_t icap)

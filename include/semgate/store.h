@@ -105,10 +105,6 @@ enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exa
 enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,
 			       struct store_answer *out, bool *found, struct sg_error *e);
 
-/* Count a hit on the entry (HINCRBY hits). */
-enum sg_err store_entry_hit(struct store *s, const char *tenant, const char *id,
-			    struct sg_error *e);
-
 /* Called for every entry that has a vector, while scanning at start.
  * Pointers are valid only during the call. */
 typedef void (*store_entry_fn)(void *ud, const char *tenant, const char *id,
