@@ -7,6 +7,7 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -26,7 +27,10 @@
 #define ROWS_MAX ((size_t)INT32_MAX)
 /* Default for vindex_tuning.split_min_rows: below this a second thread costs
  * more to start than it saves (measured by tests/bench/bench_vindex). */
-#define SPLIT_MIN_ROWS 32768
+#define SPLIT_MIN_ROWS 65536
+/* Rows per chunk of a shared first pass: ~1.6 MB of codes at dim 384, so
+ * the searcher never waits long for the helper's last chunk. */
+#define SHARE_CHUNK_ROWS 8192
 /* Candidate buffer per query and scanning thread; a full buffer is pruned
  * or re-ranked, never grown, so scratch does not grow with the partition. */
 #define CAND_CAP_SINGLE 4096
@@ -34,7 +38,7 @@
 /* A batch scans rows in blocks of about this many code bytes, which stay
  * in L2 while every query of the batch passes over them. */
 #define BATCH_BLOCK_BYTES (256u * 1024u)
-/* Code arrays at least this big are 2 MiB-aligned and asked to use huge
+/* Code planes at least this big are 2 MiB-aligned and asked to use huge
  * pages: the scan is bound by memory reads and 4 KiB pages cost ~20%. */
 #define HUGE_BYTES ((size_t)2 << 20)
 
@@ -50,15 +54,16 @@ struct part {
 	size_t n;
 	/* Each array has its own capacity so that a failed realloc of one never
 	 * leaves another's size unknown; the usable capacity is the minimum. */
-	size_t cap_mat, cap_exp, cap_ids, cap_codes, cap_qs, cap_qe;
+	size_t cap_mat, cap_exp, cap_ids, cap_hi, cap_lo, cap_qs, cap_qe, cap_ql;
 	float *mat;            /* n x dim, row-major, rows of unit norm */
 	int64_t *exp;          /* expiry per row, ms since epoch, 0 = never */
 	char (*ids)[VINDEX_ID_MAX + 1];
 	/* The compact copy, row for row with mat (vindex_q8.c). */
-	size_t stride;         /* bytes per code row; fixed with dim */
-	int8_t *codes;         /* n x stride, VQ_ALIGN-aligned */
-	float *qscale;         /* per row: mat row ~ qscale * codes row */
-	float *qerr;           /* per row: >= |mat row - qscale * codes row| */
+	size_t plane;          /* bytes per row of each code plane; fixed */
+	uint8_t *hi, *lo;      /* n x plane each, VQ_ALIGN-aligned */
+	float *qscale;         /* per row: mat row ~ qscale * codes */
+	float *qerr;           /* per row: >= |mat row - qscale * codes| */
+	float *qlam;           /* per row: what the hi plane alone misses */
 };
 
 /* id -> (partition, row), open addressing with linear probing. The key is
@@ -87,6 +92,7 @@ struct vindex {
 	enum vq_kernel kernel;
 	size_t split_min_rows;
 	double bound_scale;
+	bool share_evenly;
 };
 
 /* ---- small helpers ---- */
@@ -276,12 +282,16 @@ static size_t part_cap(const struct part *p)
 		c = p->cap_exp;
 	if (p->cap_ids < c)
 		c = p->cap_ids;
-	if (p->cap_codes < c)
-		c = p->cap_codes;
+	if (p->cap_hi < c)
+		c = p->cap_hi;
+	if (p->cap_lo < c)
+		c = p->cap_lo;
 	if (p->cap_qs < c)
 		c = p->cap_qs;
 	if (p->cap_qe < c)
 		c = p->cap_qe;
+	if (p->cap_ql < c)
+		c = p->cap_ql;
 	return c;
 }
 
@@ -290,7 +300,8 @@ static size_t part_bytes(const struct part *p)
 	return sizeof *p + p->keylen + 1 +
 	       p->cap_mat * (size_t)p->dim * sizeof(float) +
 	       p->cap_exp * sizeof(int64_t) + p->cap_ids * sizeof p->ids[0] +
-	       p->cap_codes * p->stride + (p->cap_qs + p->cap_qe) * sizeof(float);
+	       (p->cap_hi + p->cap_lo) * p->plane +
+	       (p->cap_qs + p->cap_qe + p->cap_ql) * sizeof(float);
 }
 
 static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
@@ -308,7 +319,7 @@ static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
 	p->keylen = keylen;
 	p->hash = hash;
 	p->dim = dim;
-	p->stride = vq_stride(dim);
+	p->plane = vq_plane(dim);
 	p->owner = vi;
 	atomic_init(&p->refs, 1);
 	if (pthread_rwlockattr_init(&attr) != 0)
@@ -340,9 +351,11 @@ static void part_unref(struct part *p)
 	free(p->mat);
 	free(p->exp);
 	free(p->ids);
-	free(p->codes);
+	free(p->hi);
+	free(p->lo);
 	free(p->qscale);
 	free(p->qerr);
+	free(p->qlam);
 	free(p->key);
 	free(p);
 }
@@ -355,10 +368,10 @@ static void *resize(struct vindex *vi, void *arr, size_t old_bytes, size_t new_b
 	return na;
 }
 
-/* The code array moved to a new aligned block of new_bytes, keeping the
+/* A code plane moved to a new aligned block of new_bytes, keeping the
  * first keep bytes; NULL (old block untouched) when out of memory. */
-static int8_t *codes_resize(struct vindex *vi, int8_t *old, size_t old_bytes,
-                            size_t keep, size_t new_bytes)
+static uint8_t *plane_resize(struct vindex *vi, uint8_t *old, size_t old_bytes,
+                             size_t keep, size_t new_bytes)
 {
 	void *na = NULL;
 	bool huge = new_bytes >= HUGE_BYTES;
@@ -404,13 +417,21 @@ static bool part_set_cap_locked(struct vindex *vi, struct part *p, size_t want)
 		p->ids = d;
 		p->cap_ids = want;
 	}
-	if (p->cap_codes != want) {
-		int8_t *c = codes_resize(vi, p->codes, p->cap_codes * p->stride,
-		                         p->n * p->stride, want * p->stride);
+	if (p->cap_hi != want) {
+		uint8_t *c = plane_resize(vi, p->hi, p->cap_hi * p->plane, p->n * p->plane,
+		                          want * p->plane);
 		if (!c)
 			return false;
-		p->codes = c;
-		p->cap_codes = want;
+		p->hi = c;
+		p->cap_hi = want;
+	}
+	if (p->cap_lo != want) {
+		uint8_t *c = plane_resize(vi, p->lo, p->cap_lo * p->plane, p->n * p->plane,
+		                          want * p->plane);
+		if (!c)
+			return false;
+		p->lo = c;
+		p->cap_lo = want;
 	}
 	if (p->cap_qs != want) {
 		float *f = resize(vi, p->qscale, p->cap_qs * sizeof *f, want * sizeof *f);
@@ -425,6 +446,13 @@ static bool part_set_cap_locked(struct vindex *vi, struct part *p, size_t want)
 			return false;
 		p->qerr = f;
 		p->cap_qe = want;
+	}
+	if (p->cap_ql != want) {
+		float *f = resize(vi, p->qlam, p->cap_ql * sizeof *f, want * sizeof *f);
+		if (!f)
+			return false;
+		p->qlam = f;
+		p->cap_ql = want;
 	}
 	return true;
 }
@@ -591,9 +619,11 @@ static void swap_remove_locked(struct vindex *vi, struct part *p, size_t row)
 	if (row != last) {
 		size_t d = (size_t)p->dim;
 		memcpy(p->mat + row * d, p->mat + last * d, d * sizeof(float));
-		memcpy(p->codes + row * p->stride, p->codes + last * p->stride, p->stride);
+		memcpy(p->hi + row * p->plane, p->hi + last * p->plane, p->plane);
+		memcpy(p->lo + row * p->plane, p->lo + last * p->plane, p->plane);
 		p->qscale[row] = p->qscale[last];
 		p->qerr[row] = p->qerr[last];
+		p->qlam[row] = p->qlam[last];
 		p->exp[row] = p->exp[last];
 		memcpy(p->ids[row], p->ids[last], sizeof p->ids[0]);
 		/* The moved id's slot still says row "last", whose id bytes are
@@ -627,8 +657,8 @@ static void store_row(struct part *p, size_t row, const char *id, size_t idlen,
 	float *dst = p->mat + row * (size_t)p->dim;
 	for (int i = 0; i < p->dim; i++)
 		dst[i] = (float)(vec[i] * inv_norm);
-	vq_encode(dst, p->dim, p->stride, p->codes + row * p->stride, &p->qscale[row],
-	          &p->qerr[row]);
+	vq_encode(dst, p->dim, p->hi + row * p->plane, p->lo + row * p->plane,
+	          &p->qscale[row], &p->qerr[row], &p->qlam[row]);
 	p->exp[row] = expires;
 	memset(p->ids[row], 0, sizeof p->ids[0]);
 	memcpy(p->ids[row], id, idlen);
@@ -794,57 +824,105 @@ static size_t round_up(size_t x, size_t a)
 	return (x + a - 1) / a * a;
 }
 
-/* One thread's share of a search: rows [r0, r1) for every query. A batch
- * goes block by block so that each block's codes are read from memory once
- * for all queries. */
-struct scan_job {
+/* Work shared by the searching thread and at most one helper thread: the
+ * rows are cut into chunks that both claim in order from an atomic counter.
+ * One query's first pass (H planes) is shared this way; its second pass,
+ * which reads little, runs in the searching thread with the floors of both
+ * merged. A batch is shared whole, chunk by chunk, each chunk block by
+ * block so each block's codes are read from memory once for all queries.
+ * The helper is detached and never waited for: it reads the search's data
+ * only inside a chunk it claimed, the search waits only until every claimed
+ * chunk is done, and whichever of the two lets go of the share last frees
+ * it. So a helper the scheduler starts late costs the search nothing. */
+struct share {
+	atomic_size_t next;   /* chunks claimed */
+	atomic_size_t done;   /* chunks finished */
+	atomic_size_t helped; /* chunks the helper finished */
+	atomic_int refs;
+	size_t nchunks, chunk_rows, n, block;
+	bool evenly;          /* chunk c goes to thread c % 2 (tests) */
+	/* read by the helper only inside a claimed chunk */
 	enum vq_kernel kernel;
 	const struct vq_rows *rows;
 	const struct vq_query *q;
-	struct vq_state *st; /* nq states, one per query */
 	int nq;
-	size_t r0, r1, block;
 	int64_t now_ms;
+	int32_t *dh;          /* one query: <codes, H> per row */
+	struct vq_state *st[2]; /* nq states for the searcher [0] and helper [1] */
 };
 
-static void run_job(struct scan_job *j)
+static void share_work(struct share *s, int who)
 {
-	if (j->nq == 1) {
-		vq_scan(j->kernel, j->rows, j->q, j->st, j->r0, j->r1, j->now_ms);
-		return;
-	}
-	for (size_t b = j->r0; b < j->r1; b += j->block) {
-		size_t e = j->r1 - b < j->block ? j->r1 : b + j->block;
-		for (int i = 0; i < j->nq; i++)
-			vq_scan(j->kernel, j->rows, &j->q[i], &j->st[i], b, e, j->now_ms);
+	for (size_t k = (size_t)who;; k += 2) {
+		size_t c = s->evenly ? k : atomic_fetch_add(&s->next, 1);
+		if (c >= s->nchunks)
+			return;
+		size_t r0 = c * s->chunk_rows;
+		size_t r1 = s->n - r0 < s->chunk_rows ? s->n : r0 + s->chunk_rows;
+		if (s->nq == 1) {
+			vq_scan_hi(s->kernel, s->rows, s->q, s->st[who], r0, r1, s->now_ms, s->dh);
+		} else {
+			for (size_t b = r0; b < r1; b += s->block) {
+				size_t e = r1 - b < s->block ? r1 : b + s->block;
+				for (int i = 0; i < s->nq; i++)
+					vq_scan(s->kernel, s->rows, &s->q[i], &s->st[who][i], b, e,
+					        s->now_ms);
+			}
+		}
+		if (who)
+			atomic_fetch_add_explicit(&s->helped, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&s->done, 1, memory_order_release);
 	}
 }
 
-static void *job_main(void *arg)
+static void share_unref(struct share *s)
 {
-	run_job(arg);
+	if (atomic_fetch_sub(&s->refs, 1) == 1)
+		free(s);
+}
+
+static void *helper_main(void *arg)
+{
+	share_work(arg, 1);
+	share_unref(arg);
 	return NULL;
 }
 
-/* Run both jobs, the second on a helper thread when one can be had (it
- * starts with every signal blocked, so process signals still reach the
- * threads that expect them). Returns the number of threads used. */
-static int run_jobs(struct scan_job *a, struct scan_job *b)
+/* Start a detached helper on s with every signal blocked (process signals
+ * still reach the threads that expect them). False: none started. */
+static bool helper_start(struct share *s)
 {
+	pthread_attr_t attr;
 	sigset_t all, old;
 	pthread_t th;
+	bool started = false;
+	if (pthread_attr_init(&attr) != 0)
+		return false;
 	sigfillset(&all);
-	bool masked = pthread_sigmask(SIG_SETMASK, &all, &old) == 0;
-	bool started = masked && pthread_create(&th, NULL, job_main, b) == 0;
-	if (masked)
+	if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+	    pthread_sigmask(SIG_SETMASK, &all, &old) == 0) {
+		atomic_fetch_add(&s->refs, 1);
+		started = pthread_create(&th, &attr, helper_main, s) == 0;
+		if (!started)
+			atomic_fetch_sub(&s->refs, 1);
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
-	run_job(a);
-	if (!started) {
-		run_job(b);
-		return 1;
 	}
-	pthread_join(th, NULL);
-	return 2;
+	pthread_attr_destroy(&attr);
+	return started;
+}
+
+/* Run the shared part of a search on s, with a helper when two threads
+ * are wanted and one can be had. Returns the threads that did work. */
+static int share_run(struct share *s, bool two)
+{
+	bool started = two && helper_start(s);
+	share_work(s, 0);
+	if (s->evenly && !started) /* the helper's chunks, into its states */
+		share_work(s, 1);
+	/* At most the chunk the helper is in: a short wait. */
+	while (atomic_load_explicit(&s->done, memory_order_acquire) < s->nchunks)
+		sched_yield();
+	return atomic_load_explicit(&s->helped, memory_order_relaxed) ? 2 : 1;
 }
 
 static const char *kernel_name(enum vq_kernel k)
@@ -900,16 +978,17 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		return rc;
 	}
 	pthread_rwlock_rdlock(&p->lock);
-	size_t n = p->n, stride = p->stride;
+	size_t n = p->n, qbytes = vq_query_bytes(dim);
 	size_t nt = n >= vi->split_min_rows && n >= 16 ? 2 : 1;
 	size_t cap = nq == 1 ? CAND_CAP_SINGLE : CAND_CAP_BATCH;
-	/* scratch: queries | codes | |codes| | prepared queries | states | candidates */
+	/* scratch: queries | codes | prepared queries | states | candidates |
+	 * one query's <codes, H> per row */
 	size_t o_codes = round_up(uq * d * sizeof(float), VQ_ALIGN);
-	size_t o_abs = o_codes + uq * stride;
-	size_t o_q = o_abs + uq * stride;
+	size_t o_q = o_codes + uq * qbytes;
 	size_t o_st = round_up(o_q + uq * sizeof(struct vq_query), VQ_ALIGN);
 	size_t o_cand = round_up(o_st + nt * uq * sizeof(struct vq_state), VQ_ALIGN);
-	char *buf = scratch_get(o_cand + nt * uq * cap * sizeof(struct vq_cand));
+	size_t o_dh = round_up(o_cand + nt * uq * cap * sizeof(struct vq_cand), VQ_ALIGN);
+	char *buf = scratch_get(o_dh + (nq == 1 ? n * sizeof(int32_t) : 0));
 	if (!buf) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
 		goto out;
@@ -924,33 +1003,57 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		double inv = 1.0 / norms[i];
 		for (size_t j = 0; j < d; j++)
 			xn[i * d + j] = (float)(queries[i * d + j] * inv);
-		vq_query_init(&q[i], xn + i * d, dim, stride, (int8_t *)(buf + o_codes + i * stride),
-		              (uint8_t *)(buf + o_abs + i * stride), vi->bound_scale);
+		vq_query_init(&q[i], xn + i * d, dim, (int8_t *)(buf + o_codes + i * qbytes),
+		              vi->bound_scale);
 	}
 	for (size_t t = 0; t < nt * uq; t++)
 		vq_state_init(&st[t], min_sim, cand + t * cap, cap);
 
 	struct vq_rows rows = {
-		.mat = p->mat, .codes = p->codes, .scale = p->qscale, .err = p->qerr,
-		.exp = p->exp, .n = n, .stride = stride, .dim = dim,
+		.mat = p->mat, .hi = p->hi, .lo = p->lo, .scale = p->qscale, .err = p->qerr,
+		.lam = p->qlam, .exp = p->exp, .n = n, .plane = p->plane, .dim = dim,
 	};
-	size_t block = BATCH_BLOCK_BYTES / stride / 8 * 8;
+	size_t block = BATCH_BLOCK_BYTES / (2 * p->plane) / 8 * 8;
 	if (block < 8)
 		block = 8;
-	struct scan_job jobs[2];
-	for (size_t t = 0; t < nt; t++)
-		jobs[t] = (struct scan_job){
-			.kernel = vi->kernel, .rows = &rows, .q = q, .st = st + t * uq, .nq = nq,
-			.r0 = 0, .r1 = n, .block = block, .now_ms = now_ms,
-		};
-	int threads = 1;
-	if (nt == 2) {
-		size_t mid = n / 2 / 8 * 8; /* whole 8-row groups for the first half */
-		jobs[0].r1 = mid;
-		jobs[1].r0 = mid;
-		threads = run_jobs(&jobs[0], &jobs[1]);
-	} else {
-		run_job(&jobs[0]);
+	struct share *sh = calloc(1, sizeof *sh);
+	if (!sh) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory for a search");
+		goto out;
+	}
+	atomic_init(&sh->next, 0);
+	atomic_init(&sh->done, 0);
+	atomic_init(&sh->helped, 0);
+	atomic_init(&sh->refs, 1);
+	sh->n = n;
+	sh->block = block;
+	/* about 8 chunks or more, whole 8-row groups, at most SHARE_CHUNK_ROWS
+	 * (one query) or four blocks (a batch). n may be 0: a writer emptied
+	 * the partition after we found it and has not unlinked it yet. */
+	sh->chunk_rows = round_up((n + 7) / 8, 8);
+	if (sh->chunk_rows < 8)
+		sh->chunk_rows = 8;
+	if (sh->chunk_rows > (nq == 1 ? SHARE_CHUNK_ROWS : block * 4))
+		sh->chunk_rows = nq == 1 ? SHARE_CHUNK_ROWS : block * 4;
+	sh->evenly = vi->share_evenly && nt == 2;
+	sh->nchunks = (n + sh->chunk_rows - 1) / sh->chunk_rows;
+	sh->kernel = vi->kernel;
+	sh->rows = &rows;
+	sh->q = q;
+	sh->nq = nq;
+	sh->now_ms = now_ms;
+	sh->dh = (int32_t *)(void *)(buf + o_dh);
+	sh->st[0] = st;
+	sh->st[1] = nt == 2 ? st + uq : NULL;
+	int32_t *sh_dh = sh->dh;
+	int threads = share_run(sh, nt == 2);
+	share_unref(sh);
+	if (nq == 1) {
+		/* The helper's first-pass floor bounds a live row from below too;
+		 * the second pass reads little, so the searcher does it alone. */
+		if (nt == 2 && st[1].floor > st[0].floor)
+			st[0].floor = st[1].floor;
+		vq_scan_lo(vi->kernel, &rows, q, st, 0, n, now_ms, sh_dh);
 	}
 
 	for (size_t i = 0; i < uq; i++) {
@@ -958,7 +1061,9 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		double sim;
 		for (size_t t = 0; t < nt; t++)
 			two[t] = st[t * uq + i];
+		/* one query: the helper's state holds no candidates, only stats */
 		size_t row = vq_finish(&rows, &q[i], two, (int)nt, &sim);
+		last_stats.refined += two[0].refined;
 		last_stats.candidates += two[0].taken;
 		last_stats.reranked += two[0].reranked;
 		if (row == SIZE_MAX)
@@ -1046,6 +1151,7 @@ enum sg_err vindex_set_tuning(struct vindex *vi, const struct vindex_tuning *t,
 	vi->kernel = k;
 	vi->split_min_rows = t->split_min_rows ? t->split_min_rows : SPLIT_MIN_ROWS;
 	vi->bound_scale = t->bound_scale;
+	vi->share_evenly = t->share_evenly;
 	return SG_OK;
 }
 

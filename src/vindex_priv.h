@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Code rows are padded with zeros to a multiple of this many bytes (one
- * AVX-512 register), and code arrays are aligned to it. */
+/* Code arrays and the query's codes are aligned to this (one AVX-512
+ * register); a plane row is a multiple of it. */
 #define VQ_ALIGN 64
 
 enum vq_kernel {
@@ -18,44 +18,55 @@ enum vq_kernel {
 	VQ_VNNI, /* AVX-512 VNNI */
 };
 
-/* Bytes per code row for dim: dim rounded up to VQ_ALIGN. */
-size_t vq_stride(int dim);
+/* A row's int8 codes c (one per dimension, dim rounded up to a multiple of
+ * 128 with zeros) are stored as c + 128 = 16*H + L in two planes of
+ * nibbles, H and L, each vq_plane(dim) bytes per row: in each 64-byte group
+ * g, byte k holds dimension 128g + k in its low nibble and 128g + 64 + k in
+ * its high nibble. The scan reads the H plane of every row and the L plane
+ * only of rows that may still win. */
+size_t vq_plane(int dim);
 
-/* Quantise unit row r (dim floats) into codes (stride bytes, padding
- * zeroed): codes = round(r / scale) in [-127, 127] with scale =
- * max|r_j| / 127. *err is an upper bound on ||r - scale * codes||_2. */
-void vq_encode(const float *r, int dim, size_t stride, int8_t *codes, float *scale,
-               float *err);
+/* Bytes of a query's codes: dim rounded up to 128. */
+size_t vq_query_bytes(int dim);
+
+/* Quantise unit row r (dim floats): codes = round(r / scale) in
+ * [-127, 127] with scale = max|r_j| / 127, written as the two planes.
+ * *err >= |r - scale*codes|; *lam >= scale * |L - 7.5| over the first dim
+ * dimensions (how far the H plane alone can be off). */
+void vq_encode(const float *r, int dim, uint8_t *hi, uint8_t *lo, float *scale,
+               float *err, float *lam);
 
 /* What a scan reads of one partition; valid while its lock is held. */
 struct vq_rows {
 	const float *mat;     /* n x dim, the truth */
-	const int8_t *codes;  /* n x stride */
+	const uint8_t *hi;    /* n x plane */
+	const uint8_t *lo;    /* n x plane */
 	const float *scale;   /* n */
 	const float *err;     /* n */
+	const float *lam;     /* n */
 	const int64_t *exp;   /* n */
-	size_t n, stride;
+	size_t n, plane;
 	int dim;
 };
 
-/* A prepared query. For every row,
- *   |exact - approx| <= alpha * err_row + beta,
- * exact being vq_dot_exact(x, row) and approx the float value
- * scale * scale_row * <codes, codes_row> as the kernels compute it. */
+/* A prepared query. For every row, with exact = vq_dot_exact(x, row):
+ *   |exact - scale*scale_row*<codes, codes_row>| <= alpha*err_row + beta
+ * and, knowing only the row's H plane,
+ *   |exact - scale*scale_row*(16<codes,H> - 120.5*sum)|
+ *                                 <= gamma*lam_row + alpha*err_row + beta_h
+ * both including the float rounding of the kernels' arithmetic. */
 struct vq_query {
 	const float *x;       /* normalised query, dim floats */
-	const int8_t *codes;  /* stride bytes */
-	const uint8_t *absc;  /* |codes|, stride bytes */
+	const int8_t *codes;  /* vq_query_bytes(dim), VQ_ALIGN-aligned */
 	int32_t sum;          /* sum of codes */
-	float scale, alpha, beta;
+	float scale, alpha, beta, gamma, beta_h;
 };
 
-/* Prepare q from the normalised query x. codes and absc are the caller's
- * buffers of stride bytes each, 32-byte aligned. bound_scale multiplies
- * alpha and beta: 1 is the rigorous bound; anything less is for tests that
- * prove the bound is needed. */
-void vq_query_init(struct vq_query *q, const float *x, int dim, size_t stride,
-                   int8_t *codes, uint8_t *absc, double bound_scale);
+/* Prepare q from the normalised query x; codes is the caller's buffer.
+ * bound_scale multiplies every bound term: 1 is rigorous; anything less is
+ * for tests that prove the bound is needed. */
+void vq_query_init(struct vq_query *q, const float *x, int dim, int8_t *codes,
+                   double bound_scale);
 
 struct vq_cand {
 	uint32_t row;
@@ -72,7 +83,8 @@ struct vq_state {
 	size_t best_row; /* SIZE_MAX: none yet */
 	struct vq_cand *cand;
 	size_t ncand, cap;
-	size_t taken;    /* live rows that were candidates at some point */
+	size_t refined;  /* rows whose L plane was read after the H pass */
+	size_t taken;    /* live rows whose int8 upper bound reached the floor */
 	size_t reranked; /* exact dot products computed */
 };
 
@@ -80,9 +92,20 @@ struct vq_state {
 void vq_state_init(struct vq_state *st, float min_similarity, struct vq_cand *buf,
                    size_t cap);
 
-/* Scan rows [r0, r1) of R for q, live at now_ms, with kernel k. */
+/* One pass over rows [r0, r1) reading both planes (for batches). */
 void vq_scan(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
              struct vq_state *st, size_t r0, size_t r1, int64_t now_ms);
+
+/* Two passes for one query. vq_scan_hi() reads only the H planes of rows
+ * [r0, r1), keeps each row's <codes, H> in dh[row] and raises st->floor
+ * from live rows' lower bounds. After the floors of all ranges are merged,
+ * vq_scan_lo() reads the L plane of the rows that can still reach the
+ * floor and takes candidates as vq_scan() does. */
+void vq_scan_hi(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
+                struct vq_state *st, size_t r0, size_t r1, int64_t now_ms, int32_t *dh);
+void vq_scan_lo(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
+                struct vq_state *st, size_t r0, size_t r1, int64_t now_ms,
+                const int32_t *dh);
 
 /* Merge nst states that scanned disjoint ranges for the same query and
  * re-rank what is left exactly. Returns the best live row (ties: lowest

@@ -16,9 +16,14 @@
  * arithmetic turning it into approx, upper and lower bounds adds at most
  * 8u(Amax + Bmax) (u = 2^-24, Amax >= |<xh,rh>|, Bmax >= the bound), and
  * the exact re-rank's double sum differs from the real <x,r> by at most
- * d*2^-53 < 1e-12. All of that is folded into beta. A row is dropped only
- * when its upper bound is below a lower bound of some live row, below the
- * best exact similarity found, or below the caller's minimum. */
+ * d*2^-53 < 1e-12. All of that is folded into beta.
+ * The first pass reads only the high nibbles H of c + 128 = 16H + L, so it
+ * knows <p,c> = 16<p,H> - 120.5*sum(p) + <p, L - 7.5> only up to the last
+ * term, which Cauchy-Schwarz bounds by |p| * |L - 7.5| (lam = sr*|L - 7.5|
+ * is stored per row): the H bounds are wider by sx*|p|*lam.
+ * A row is dropped only when its upper bound is below a lower bound of some
+ * live row, below the best exact similarity found, or below the caller's
+ * minimum. */
 #include <float.h>
 #include <math.h>
 #include <stdbool.h>
@@ -33,7 +38,12 @@
 #define VQ_X86 0
 #endif
 
+#include "semgate/vindex.h"
 #include "vindex_priv.h"
+
+/* Codes of the longest row, on the stack while it is encoded. */
+#define VQ_CODES_MAX VINDEX_DIM_MAX
+_Static_assert(VINDEX_DIM_MAX % 128 == 0, "a row's codes fill whole plane groups");
 
 /* Round to a float not below v. */
 static float f_up(double v)
@@ -47,17 +57,23 @@ static float f_up(double v)
 /* Relative slack for a norm computed in double over <= 8192 terms: the
  * true error is below (d + 3) * 2^-53 ~ 1e-12. */
 #define NORM_SLACK (1.0 + 1e-9)
+/* Dimensions per 64-byte group of a plane. */
+#define GROUP 128
 
-size_t vq_stride(int dim)
+size_t vq_query_bytes(int dim)
 {
-	size_t d = (size_t)dim;
-	return (d + VQ_ALIGN - 1) / VQ_ALIGN * VQ_ALIGN;
+	return ((size_t)dim + GROUP - 1) / GROUP * GROUP;
+}
+
+size_t vq_plane(int dim)
+{
+	return vq_query_bytes(dim) / 2;
 }
 
 /* Shared by rows and queries: codes = round(v / scale), clamped to +-127,
- * scale = max|v| / 127; returns an upper bound of |v - scale * codes|. */
-static double quantise(const float *v, int dim, size_t stride, int8_t *codes,
-                       float *scale)
+ * scale = max|v| / 127, zero padding up to vq_query_bytes(dim); returns an
+ * upper bound of |v - scale * codes|. */
+static double quantise(const float *v, int dim, int8_t *codes, float *scale)
 {
 	float m = 0;
 	for (int j = 0; j < dim; j++)
@@ -77,47 +93,66 @@ static double quantise(const float *v, int dim, size_t stride, int8_t *codes,
 		double diff = (double)v[j] - (double)s * (double)c; /* s*c is exact */
 		e2 += diff * diff;
 	}
-	memset(codes + dim, 0, stride - (size_t)dim);
+	memset(codes + dim, 0, vq_query_bytes(dim) - (size_t)dim);
 	*scale = s;
 	return sqrt(e2) * NORM_SLACK;
 }
 
-void vq_encode(const float *r, int dim, size_t stride, int8_t *codes, float *scale,
-               float *err)
+void vq_encode(const float *r, int dim, uint8_t *hi, uint8_t *lo, float *scale,
+               float *err, float *lam)
 {
-	*err = f_up(quantise(r, dim, stride, codes, scale));
+	int8_t codes[VQ_CODES_MAX];
+	size_t plane = vq_plane(dim);
+	*err = f_up(quantise(r, dim, codes, scale));
+	double l2 = 0;
+	for (size_t g = 0; g < plane; g += GROUP / 2) {
+		for (size_t k = 0; k < GROUP / 2; k++) {
+			unsigned a = (unsigned)(codes[2 * g + k] + 128);
+			unsigned b = (unsigned)(codes[2 * g + GROUP / 2 + k] + 128);
+			hi[g + k] = (uint8_t)((a >> 4) | (b >> 4) << 4);
+			lo[g + k] = (uint8_t)((a & 15) | (b & 15) << 4);
+		}
+	}
+	for (int j = 0; j < dim; j++) {
+		double d = (double)((codes[j] + 128) & 15) - 7.5;
+		l2 += d * d;
+	}
+	*lam = f_up((double)*scale * sqrt(l2) * NORM_SLACK);
 }
 
-void vq_query_init(struct vq_query *q, const float *x, int dim, size_t stride,
-                   int8_t *codes, uint8_t *absc, double bound_scale)
+void vq_query_init(struct vq_query *q, const float *x, int dim, int8_t *codes,
+                   double bound_scale)
 {
 	float s;
-	double ex = quantise(x, dim, stride, codes, &s);
-	double xx = 0;
+	double ex = quantise(x, dim, codes, &s);
+	double xx = 0, pp = 0;
 	int32_t sum = 0;
-	for (int j = 0; j < dim; j++)
+	for (int j = 0; j < dim; j++) {
 		xx += (double)x[j] * x[j];
-	for (size_t j = 0; j < stride; j++) {
+		pp += (double)codes[j] * codes[j];
 		sum += codes[j];
-		absc[j] = (uint8_t)(codes[j] < 0 ? -codes[j] : codes[j]);
 	}
 	double xn = sqrt(xx) * NORM_SLACK;
 	double rmax = 1.0 + 0x1p-22;
 	/* Largest possible row error: every component off by at most half a
-	 * step (plus rounding), the step at most (1 + 2^-22) / 127. */
+	 * step (plus rounding), the step at most (1 + 2^-22) / 127; and the
+	 * largest lam: |L - 7.5| <= 7.5 per component. */
 	double emax = sqrt((double)dim) * 0.004;
+	double lmax = sqrt((double)dim) * 7.5 * 0.0079;
+	double gamma = (double)s * sqrt(pp) * NORM_SLACK;
 	double alpha = xn + ex;
 	double beta = ex * rmax;
 	double amax = (xn + ex) * (rmax + emax);
 	double bmax = alpha * emax + beta;
-	beta += 8.0 * 0x1p-24 * (amax + bmax) + 1e-12;
+	double u8 = 8.0 * 0x1p-24;
 	q->x = x;
 	q->codes = codes;
-	q->absc = absc;
 	q->sum = sum;
 	q->scale = s;
 	q->alpha = f_up(alpha * bound_scale);
-	q->beta = f_up(beta * bound_scale);
+	q->beta = f_up((beta + u8 * (amax + bmax) + 1e-12) * bound_scale);
+	q->gamma = f_up(gamma * bound_scale);
+	q->beta_h = f_up((beta + u8 * (amax + bmax + 2 * gamma * lmax) + 1e-12) * bound_scale);
 }
 
 double vq_dot_exact(const float *a, const float *b, int dim)
@@ -141,6 +176,7 @@ void vq_state_init(struct vq_state *st, float min_similarity, struct vq_cand *bu
 	st->cand = buf;
 	st->ncand = 0;
 	st->cap = cap;
+	st->refined = 0;
 	st->taken = 0;
 	st->reranked = 0;
 }
@@ -207,23 +243,81 @@ static float upper_scalar(const struct vq_rows *R, const struct vq_query *q, siz
 	return (q->scale * R->scale[row]) * (float)dot + (q->alpha * R->err[row] + q->beta);
 }
 
-static int32_t dot_scalar(const int8_t *a, const int8_t *b, size_t stride)
+/* The approximate score from the H plane alone (dh = <codes, H>) and how
+ * far it can be from the exact similarity. */
+static float hi_approx(const struct vq_rows *R, const struct vq_query *q, size_t row,
+                       int32_t dh)
+{
+	return (0.5f * q->scale * R->scale[row]) * (float)(32 * dh - 241 * q->sum);
+}
+
+static float hi_bound(const struct vq_rows *R, const struct vq_query *q, size_t row)
+{
+	return q->gamma * R->lam[row] + (q->alpha * R->err[row] + q->beta_h);
+}
+
+/* Pass 1: a live row's lower bound raises the floor. */
+static void lower_hi(const struct vq_rows *R, struct vq_state *st, size_t row, float lower,
+                     int64_t now_ms)
+{
+	if (lower > st->floor && live(R->exp[row], now_ms))
+		st->floor = lower;
+}
+
+/* Pass 2: the row's L plane is read; its int8 dot goes on as in vq_scan. */
+static void refine(const struct vq_rows *R, const struct vq_query *q, struct vq_state *st,
+                   size_t row, int32_t dh, int32_t dl, int64_t now_ms)
+{
+	int32_t dot = 16 * dh + dl - 128 * q->sum;
+	float u = upper_scalar(R, q, row, dot);
+	st->refined++;
+	if (u >= st->floor)
+		take(R, q, st, row, dot, u, now_ms);
+}
+
+/* <p, one plane row's nibbles> (see vq_plane for the layout). */
+static int32_t pdot_scalar(const uint8_t *row, const int8_t *p, size_t plane)
 {
 	int32_t s = 0;
-	for (size_t j = 0; j < stride; j++)
-		s += (int32_t)a[j] * (int32_t)b[j];
+	for (size_t g = 0; g < plane; g += GROUP / 2)
+		for (size_t k = 0; k < GROUP / 2; k++)
+			s += (int32_t)(row[g + k] & 15) * p[2 * g + k] +
+			     (int32_t)(row[g + k] >> 4) * p[2 * g + GROUP / 2 + k];
 	return s;
 }
 
-static void scan_scalar(const struct vq_rows *R, const struct vq_query *q,
-                        struct vq_state *st, size_t r0, size_t r1, int64_t now_ms)
+static void scan_full_scalar(const struct vq_rows *R, const struct vq_query *q,
+                             struct vq_state *st, size_t r0, size_t r1, int64_t now_ms)
 {
+	size_t pl = R->plane;
 	for (size_t r = r0; r < r1; r++) {
-		int32_t dot = dot_scalar(R->codes + r * R->stride, q->codes, R->stride);
+		int32_t dot = 16 * pdot_scalar(R->hi + r * pl, q->codes, pl) +
+		              pdot_scalar(R->lo + r * pl, q->codes, pl) - 128 * q->sum;
 		float u = upper_scalar(R, q, r, dot);
 		if (u >= st->floor)
 			take(R, q, st, r, dot, u, now_ms);
 	}
+}
+
+static void scan_hi_scalar(const struct vq_rows *R, const struct vq_query *q,
+                           struct vq_state *st, size_t r0, size_t r1, int64_t now_ms,
+                           int32_t *dh)
+{
+	size_t pl = R->plane;
+	for (size_t r = r0; r < r1; r++) {
+		dh[r] = pdot_scalar(R->hi + r * pl, q->codes, pl);
+		lower_hi(R, st, r, hi_approx(R, q, r, dh[r]) - hi_bound(R, q, r), now_ms);
+	}
+}
+
+static void scan_lo_scalar(const struct vq_rows *R, const struct vq_query *q,
+                           struct vq_state *st, size_t r0, size_t r1, int64_t now_ms,
+                           const int32_t *dh)
+{
+	size_t pl = R->plane;
+	for (size_t r = r0; r < r1; r++)
+		if (hi_approx(R, q, r, dh[r]) + hi_bound(R, q, r) >= st->floor)
+			refine(R, q, st, r, dh[r], pdot_scalar(R->lo + r * pl, q->codes, pl), now_ms);
 }
 
 /* ---- x86 kernels ---- */
@@ -251,7 +345,7 @@ TGT_AVX2 static inline __m256i reduce8(__m256i a0, __m256i a1, __m256i a2, __m25
 	                        _mm256_permute2x128_si256(x, y, 0x31));
 }
 
-/* Upper bounds of rows r..r+7 from their dot products; rows that reach the
+/* Upper bounds of rows r..r+7 from their int8 dots; rows that reach the
  * floor go to take(), which may raise it. */
 TGT_AVX2 static inline void filter8(const struct vq_rows *R, const struct vq_query *q,
                                     struct vq_state *st, size_t r, __m256i dots,
@@ -267,99 +361,174 @@ TGT_AVX2 static inline void filter8(const struct vq_rows *R, const struct vq_que
 	float uu[8];
 	int32_t dd[8];
 	_mm256_storeu_ps(uu, u);
-	_mm256_storeu_si256((__m256i *)dd, dots);
+	_mm256_storeu_si256((__m256i *)(void *)dd, dots);
 	for (int k = 0; k < 8; k++)
 		if ((mask >> k & 1) && uu[k] >= st->floor)
 			take(R, q, st, r + (size_t)k, dd[k], uu[k], now_ms);
 }
 
-/* |q| * (r * sign(q)) = q * r, pairs summed to int16 (|q|, |r| <= 127, so
- * no saturation), then to int32. */
-TGT_AVX2 static inline __m256i dot_avx2(const int8_t *row, const struct vq_query *q,
-                                        size_t stride)
+/* The H-plane approximation of rows r..r+7 and its bound (vector forms of
+ * hi_approx and hi_bound). */
+TGT_AVX2 static inline void hi8(const struct vq_rows *R, const struct vq_query *q, size_t r,
+                                __m256i dh, __m256 *a, __m256 *b)
 {
-	const __m256i ones = _mm256_set1_epi16(1);
-	__m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
-	size_t j = 0;
-	for (; j + 64 <= stride; j += 64) {
-		__m256i r0 = _mm256_load_si256((const __m256i *)(row + j));
-		__m256i r1 = _mm256_load_si256((const __m256i *)(row + j + 32));
-		__m256i s0 = _mm256_sign_epi8(r0, _mm256_load_si256((const __m256i *)(q->codes + j)));
-		__m256i s1 = _mm256_sign_epi8(r1, _mm256_load_si256((const __m256i *)(q->codes + j + 32)));
-		a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(
-			_mm256_load_si256((const __m256i *)(q->absc + j)), s0), ones));
-		b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_maddubs_epi16(
-			_mm256_load_si256((const __m256i *)(q->absc + j + 32)), s1), ones));
-	}
-	return _mm256_add_epi32(a, b);
+	__m256i k2 = _mm256_sub_epi32(_mm256_slli_epi32(dh, 5), _mm256_set1_epi32(241 * q->sum));
+	__m256 m = _mm256_mul_ps(_mm256_set1_ps(0.5f * q->scale), _mm256_loadu_ps(R->scale + r));
+	*a = _mm256_mul_ps(_mm256_cvtepi32_ps(k2), m);
+	*b = _mm256_fmadd_ps(_mm256_set1_ps(q->gamma), _mm256_loadu_ps(R->lam + r),
+	                     _mm256_fmadd_ps(_mm256_set1_ps(q->alpha), _mm256_loadu_ps(R->err + r),
+	                                     _mm256_set1_ps(q->beta_h)));
 }
 
-TGT_AVX2 static void scan_avx2(const struct vq_rows *R, const struct vq_query *q,
-                               struct vq_state *st, size_t r0, size_t r1, int64_t now_ms)
+/* Pass 1 for rows r..r+7: keep dh, raise the floor from lower bounds. */
+TGT_AVX2 static inline void lower8_hi(const struct vq_rows *R, const struct vq_query *q,
+                                      struct vq_state *st, size_t r, __m256i dh,
+                                      int32_t *out, int64_t now_ms)
 {
-	size_t s = R->stride, r = r0;
-	for (; r + 8 <= r1; r += 8) {
-		/* Row after row, in ascending order, so the hardware prefetcher
-		 * sees one forward stream: as arguments of one call the eight
-		 * dots would be evaluated in unspecified order (GCC goes right to
-		 * left, reading each block backwards at a third of the speed);
-		 * separate declarations are sequenced. */
-		const int8_t *b = R->codes + r * s;
-		__m256i d0 = dot_avx2(b, q, s);
-		__m256i d1 = dot_avx2(b + s, q, s);
-		__m256i d2 = dot_avx2(b + 2 * s, q, s);
-		__m256i d3 = dot_avx2(b + 3 * s, q, s);
-		__m256i d4 = dot_avx2(b + 4 * s, q, s);
-		__m256i d5 = dot_avx2(b + 5 * s, q, s);
-		__m256i d6 = dot_avx2(b + 6 * s, q, s);
-		__m256i d7 = dot_avx2(b + 7 * s, q, s);
-		filter8(R, q, st, r, reduce8(d0, d1, d2, d3, d4, d5, d6, d7), now_ms);
-	}
-	for (; r < r1; r++) {
-		int32_t dot = hsum_epi32(dot_avx2(R->codes + r * s, q, s));
-		float u = upper_scalar(R, q, r, dot);
-		if (u >= st->floor)
-			take(R, q, st, r, dot, u, now_ms);
-	}
+	__m256 a, b;
+	_mm256_storeu_si256((__m256i *)(void *)(out + r), dh);
+	hi8(R, q, r, dh, &a, &b);
+	__m256 l = _mm256_sub_ps(a, b);
+	int mask = _mm256_movemask_ps(_mm256_cmp_ps(l, _mm256_set1_ps(st->floor), _CMP_GT_OQ));
+	if (!mask)
+		return;
+	float ll[8];
+	_mm256_storeu_ps(ll, l);
+	for (int k = 0; k < 8; k++)
+		if (mask >> k & 1)
+			lower_hi(R, st, r + (size_t)k, ll[k], now_ms);
 }
 
-/* (r + 128) as u8 times q as s8, four products at a time into int32:
- * sum = <r, q> + 128 * sum(q). Returns eight partial sums. */
-TGT_VNNI static inline __m256i dot_vnni(const int8_t *row, const int8_t *qc, size_t stride)
+/* Pass 2 for rows r..r+7: which may still reach the floor. */
+TGT_AVX2 static inline int upper8_hi(const struct vq_rows *R, const struct vq_query *q,
+                                     const struct vq_state *st, size_t r, const int32_t *dh)
 {
-	const __m512i flip = _mm512_set1_epi8((char)0x80);
-	__m512i a = _mm512_setzero_si512();
-	for (size_t j = 0; j < stride; j += 64)
-		a = _mm512_dpbusd_epi32(a, _mm512_xor_si512(_mm512_load_si512(row + j), flip),
-		                        _mm512_load_si512(qc + j));
-	return _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+	__m256 a, b;
+	hi8(R, q, r, _mm256_loadu_si256((const __m256i *)(const void *)(dh + r)), &a, &b);
+	__m256 u = _mm256_add_ps(a, b);
+	return _mm256_movemask_ps(_mm256_cmp_ps(u, _mm256_set1_ps(st->floor), _CMP_GE_OQ));
 }
 
-TGT_VNNI static void scan_vnni(const struct vq_rows *R, const struct vq_query *q,
-                               struct vq_state *st, size_t r0, size_t r1, int64_t now_ms)
+/* <p, one plane row's nibbles>: eight int32 partial sums. maddubs takes
+ * u8 x s8 pairs to int16; 4 of them (<= 4 * 2 * 15 * 127) cannot
+ * saturate before they are widened. */
+TGT_AVX2 static inline __m256i pdot_avx2(const uint8_t *row, const int8_t *p, size_t plane)
 {
-	size_t s = R->stride, r = r0;
-	const __m256i off = _mm256_set1_epi32(128 * q->sum);
-	for (; r + 8 <= r1; r += 8) {
-		const int8_t *b = R->codes + r * s; /* ascending: see scan_avx2() */
-		__m256i d0 = dot_vnni(b, q->codes, s);
-		__m256i d1 = dot_vnni(b + s, q->codes, s);
-		__m256i d2 = dot_vnni(b + 2 * s, q->codes, s);
-		__m256i d3 = dot_vnni(b + 3 * s, q->codes, s);
-		__m256i d4 = dot_vnni(b + 4 * s, q->codes, s);
-		__m256i d5 = dot_vnni(b + 5 * s, q->codes, s);
-		__m256i d6 = dot_vnni(b + 6 * s, q->codes, s);
-		__m256i d7 = dot_vnni(b + 7 * s, q->codes, s);
-		__m256i d = reduce8(d0, d1, d2, d3, d4, d5, d6, d7);
-		filter8(R, q, st, r, _mm256_sub_epi32(d, off), now_ms);
+	const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+	__m256i acc = _mm256_setzero_si256();
+	for (size_t g = 0; g < plane; g += GROUP / 2) {
+		const int8_t *pg = p + 2 * g;
+		__m256i v0 = _mm256_load_si256((const __m256i *)(const void *)(row + g));
+		__m256i v1 = _mm256_load_si256((const __m256i *)(const void *)(row + g + 32));
+		__m256i s = _mm256_maddubs_epi16(_mm256_and_si256(v0, m4),
+		                                 _mm256_load_si256((const __m256i *)(const void *)pg));
+		s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4),
+		                     _mm256_load_si256((const __m256i *)(const void *)(pg + 32))));
+		s = _mm256_add_epi16(s, _mm256_maddubs_epi16(
+			_mm256_and_si256(_mm256_srli_epi16(v0, 4), m4),
+			_mm256_load_si256((const __m256i *)(const void *)(pg + 64))));
+		s = _mm256_add_epi16(s, _mm256_maddubs_epi16(
+			_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4),
+			_mm256_load_si256((const __m256i *)(const void *)(pg + 96))));
+		acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
 	}
-	for (; r < r1; r++) {
-		int32_t dot = hsum_epi32(dot_vnni(R->codes + r * s, q->codes, s)) - 128 * q->sum;
-		float u = upper_scalar(R, q, r, dot);
-		if (u >= st->floor)
-			take(R, q, st, r, dot, u, now_ms);
-	}
+	return acc;
 }
+
+/* The same with VNNI: u8 x s8, four products at a time, into int32. */
+TGT_VNNI static inline __m256i pdot_vnni(const uint8_t *row, const int8_t *p, size_t plane)
+{
+	const __m512i m4 = _mm512_set1_epi8(0x0f);
+	__m512i acc = _mm512_setzero_si512();
+	for (size_t g = 0; g < plane; g += GROUP / 2) {
+		__m512i v = _mm512_load_si512(row + g);
+		acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(v, m4), _mm512_load_si512(p + 2 * g));
+		acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
+		                          _mm512_load_si512(p + 2 * g + GROUP / 2));
+	}
+	return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
+/* The three scans, once per instruction set. Rows are read one after
+ * another in ascending order so that the hardware prefetcher sees forward
+ * streams: the eight dots are separate declarations because as arguments
+ * of one call they would be evaluated in unspecified order (GCC goes right
+ * to left, reading every block backwards at a third of the speed). */
+#define X86_SCANS(sfx, TGT, PDOT)                                                      \
+TGT static inline __m256i dots8_##sfx(const uint8_t *b, const int8_t *p, size_t pl)   \
+{                                                                                      \
+	__m256i d0 = PDOT(b, p, pl);                                                   \
+	__m256i d1 = PDOT(b + pl, p, pl);                                              \
+	__m256i d2 = PDOT(b + 2 * pl, p, pl);                                          \
+	__m256i d3 = PDOT(b + 3 * pl, p, pl);                                          \
+	__m256i d4 = PDOT(b + 4 * pl, p, pl);                                          \
+	__m256i d5 = PDOT(b + 5 * pl, p, pl);                                          \
+	__m256i d6 = PDOT(b + 6 * pl, p, pl);                                          \
+	__m256i d7 = PDOT(b + 7 * pl, p, pl);                                          \
+	return reduce8(d0, d1, d2, d3, d4, d5, d6, d7);                                \
+}                                                                                      \
+                                                                                       \
+TGT static void scan_full_##sfx(const struct vq_rows *R, const struct vq_query *q,    \
+                                struct vq_state *st, size_t r0, size_t r1,             \
+                                int64_t now_ms)                                        \
+{                                                                                      \
+	size_t pl = R->plane, r = r0;                                                  \
+	const __m256i off = _mm256_set1_epi32(128 * q->sum);                           \
+	for (; r + 8 <= r1; r += 8) {                                                  \
+		__m256i h = dots8_##sfx(R->hi + r * pl, q->codes, pl);                 \
+		__m256i l = dots8_##sfx(R->lo + r * pl, q->codes, pl);                 \
+		__m256i d = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(h, 4), \
+		                                              l), off);                \
+		filter8(R, q, st, r, d, now_ms);                                       \
+	}                                                                              \
+	for (; r < r1; r++) {                                                          \
+		int32_t dot = 16 * hsum_epi32(PDOT(R->hi + r * pl, q->codes, pl)) +    \
+		              hsum_epi32(PDOT(R->lo + r * pl, q->codes, pl)) -         \
+		              128 * q->sum;                                            \
+		float u = upper_scalar(R, q, r, dot);                                  \
+		if (u >= st->floor)                                                    \
+			take(R, q, st, r, dot, u, now_ms);                             \
+	}                                                                              \
+}                                                                                      \
+                                                                                       \
+TGT static void scan_hi_##sfx(const struct vq_rows *R, const struct vq_query *q,      \
+                              struct vq_state *st, size_t r0, size_t r1,               \
+                              int64_t now_ms, int32_t *dh)                             \
+{                                                                                      \
+	size_t pl = R->plane, r = r0;                                                  \
+	for (; r + 8 <= r1; r += 8)                                                    \
+		lower8_hi(R, q, st, r, dots8_##sfx(R->hi + r * pl, q->codes, pl), dh,  \
+		          now_ms);                                                     \
+	for (; r < r1; r++) {                                                          \
+		dh[r] = hsum_epi32(PDOT(R->hi + r * pl, q->codes, pl));                \
+		lower_hi(R, st, r, hi_approx(R, q, r, dh[r]) - hi_bound(R, q, r),      \
+		         now_ms);                                                      \
+	}                                                                              \
+}                                                                                      \
+                                                                                       \
+TGT static void scan_lo_##sfx(const struct vq_rows *R, const struct vq_query *q,      \
+                              struct vq_state *st, size_t r0, size_t r1,               \
+                              int64_t now_ms, const int32_t *dh)                       \
+{                                                                                      \
+	size_t pl = R->plane, r = r0;                                                  \
+	for (; r + 8 <= r1; r += 8) {                                                  \
+		int mask = upper8_hi(R, q, st, r, dh);                                 \
+		for (; mask; mask &= mask - 1) {                                       \
+			size_t i = r + (size_t)__builtin_ctz((unsigned)mask);          \
+			if (hi_approx(R, q, i, dh[i]) + hi_bound(R, q, i) >= st->floor) \
+				refine(R, q, st, i, dh[i],                             \
+				       hsum_epi32(PDOT(R->lo + i * pl, q->codes, pl)), \
+				       now_ms);                                        \
+		}                                                                      \
+	}                                                                              \
+	for (; r < r1; r++)                                                            \
+		if (hi_approx(R, q, r, dh[r]) + hi_bound(R, q, r) >= st->floor)        \
+			refine(R, q, st, r, dh[r],                                     \
+			       hsum_epi32(PDOT(R->lo + r * pl, q->codes, pl)), now_ms); \
+}
+
+X86_SCANS(avx2, TGT_AVX2, pdot_avx2)
+X86_SCANS(vnni, TGT_VNNI, pdot_vnni)
 
 #endif /* VQ_X86 */
 
@@ -395,28 +564,65 @@ enum vq_kernel vq_kernel_best(void)
 	return VQ_SCALAR;
 }
 
+/* The kernels of k this build has (a non-x86 build runs scalar only). */
+static enum vq_kernel built(enum vq_kernel k)
+{
+	return VQ_X86 ? k : VQ_SCALAR;
+}
+
 void vq_scan(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
              struct vq_state *st, size_t r0, size_t r1, int64_t now_ms)
 {
-	switch (k) {
+	switch (built(k)) {
+#if VQ_X86
 	case VQ_AVX2:
-#if VQ_X86
-		scan_avx2(R, q, st, r0, r1, now_ms);
+		scan_full_avx2(R, q, st, r0, r1, now_ms);
 		return;
-#else
-		break;
-#endif
 	case VQ_VNNI:
-#if VQ_X86
-		scan_vnni(R, q, st, r0, r1, now_ms);
+		scan_full_vnni(R, q, st, r0, r1, now_ms);
 		return;
-#else
-		break;
 #endif
-	case VQ_SCALAR:
-		break;
+	default:
+		scan_full_scalar(R, q, st, r0, r1, now_ms);
+		return;
 	}
-	scan_scalar(R, q, st, r0, r1, now_ms);
+}
+
+void vq_scan_hi(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
+                struct vq_state *st, size_t r0, size_t r1, int64_t now_ms, int32_t *dh)
+{
+	switch (built(k)) {
+#if VQ_X86
+	case VQ_AVX2:
+		scan_hi_avx2(R, q, st, r0, r1, now_ms, dh);
+		return;
+	case VQ_VNNI:
+		scan_hi_vnni(R, q, st, r0, r1, now_ms, dh);
+		return;
+#endif
+	default:
+		scan_hi_scalar(R, q, st, r0, r1, now_ms, dh);
+		return;
+	}
+}
+
+void vq_scan_lo(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
+                struct vq_state *st, size_t r0, size_t r1, int64_t now_ms,
+                const int32_t *dh)
+{
+	switch (built(k)) {
+#if VQ_X86
+	case VQ_AVX2:
+		scan_lo_avx2(R, q, st, r0, r1, now_ms, dh);
+		return;
+	case VQ_VNNI:
+		scan_lo_vnni(R, q, st, r0, r1, now_ms, dh);
+		return;
+#endif
+	default:
+		scan_lo_scalar(R, q, st, r0, r1, now_ms, dh);
+		return;
+	}
 }
 
 size_t vq_finish(const struct vq_rows *R, const struct vq_query *q,
@@ -435,6 +641,7 @@ size_t vq_finish(const struct vq_rows *R, const struct vq_query *q,
 		}
 		m->reranked += o->reranked;
 		m->taken += o->taken;
+		m->refined += o->refined;
 	}
 	if (m->best_row != SIZE_MAX && (float)m->best > m->floor)
 		m->floor = (float)m->best;

@@ -24,12 +24,12 @@
 /* Most queries one vindex_search_batch() call accepts. */
 #define VINDEX_BATCH_MAX 256
 
-/* Memory per entry of dimension d, with S = d rounded up to 64:
+/* Memory per entry of dimension d, with S = d rounded up to 128:
  *   4d    float32 row (the truth)
- *   S     int8 codes (the compact copy the scan reads)
- *   8     code scale and quantisation-error bound (two floats)
+ *   S     int8 codes, stored as two planes of S/2 nibbles (below)
+ *   12    code scale and two error bounds (three floats)
  *   8     expiry, 65 id, ~21 id-map slot (16 bytes at load <= 3/4)
- * = 5d + 102 bytes for d a multiple of 64: 2,022 bytes at d = 384, so
+ * = 5d + 106 bytes for d a multiple of 128: 2,026 bytes at d = 384, so
  * 1,000,000 entries take ~2.0 GB (arrays grow by doubling, so up to twice
  * that is allocated right after a growth). vindex_bytes() reports it.
  *
@@ -38,10 +38,18 @@
  * symmetric, round to nearest). With er >= |r - sr*c| stored per row and
  * ex = |x - sx*p| per query, Cauchy-Schwarz gives
  *   |<x,r> - sx*sr*<p,c>| <= (|x| + ex)*er + ex*|r|  (+ float rounding),
- * so every row has an upper and a lower bound from the int8 scan alone. A
- * row is re-ranked exactly only if its upper bound reaches the best lower
- * bound of any live row, the best exact similarity found so far and (for
- * vindex_search_min) the caller's minimum; the others cannot win. */
+ * so every row has an upper and a lower bound from its codes alone. A
+ * single search reads codes in two passes: c + 128 = 16*H + L is stored as
+ * a plane of high nibbles H and a plane of low nibbles L. Pass 1 reads only
+ * H for every row (half the bytes) and bounds the missing <p, L - 7.5> by
+ * |p| * |L - 7.5| (stored per row), which yields wider bounds and, from
+ * live rows, a floor no answer can be below. Pass 2 reads L only for rows
+ * whose wide upper bound reaches that floor. A row is re-ranked exactly
+ * only if its int8 upper bound reaches the best lower bound of any live
+ * row, the best exact similarity found so far and (for vindex_search_min)
+ * the caller's minimum; the others cannot win. Near-duplicate queries
+ * read little more than the H plane; a query with many close rivals reads
+ * about as much as a plain int8 scan. */
 /* Threading.
  * Every function below is safe to call from any number of threads at once,
  * except vindex_destroy(), which must be the last call.
@@ -52,14 +60,17 @@
  *   one mutex; the short table lock that searches take to find a partition
  *   is never held while a scan runs or while a writer waits for a scan.
  * - A search of a partition with at least vindex_tuning.split_min_rows rows
- *   (default 32768) scans half of it on a second thread that it starts and
- *   joins (all signals blocked in it); if that thread cannot start, the
- *   caller scans both halves. The module does not use BLAS and never reads
- *   or sets OPENBLAS_* variables.
+ *   (default 65536) starts a detached helper thread (all signals blocked in
+ *   it) that claims chunks of the first pass alongside the searching
+ *   thread. The search never waits for the helper to start or to exit, only
+ *   for a chunk it is scanning; a helper that cannot start or is scheduled
+ *   late costs nothing but its share. The module does not use BLAS and
+ *   never reads or sets OPENBLAS_* variables.
  * - Each searching thread keeps a grow-only scratch buffer, freed when the
- *   thread exits: per query its normalised copy and codes (4*dim + 2*S
+ *   thread exits: per query its normalised copy and codes (4*dim + S
  *   bytes) plus 2 x 4096 candidates of 8 bytes (2 x 256 per query for a
- *   batch), whatever the partition's size: ~66 KiB for one query. */
+ *   batch), and for a single query 4 bytes per row of the partition (the
+ *   first pass's partial dot products): ~4 MB for 1,000,000 rows. */
 
 struct vindex;
 
@@ -178,10 +189,12 @@ size_t vindex_partition_count(struct vindex *vi);
  * string. */
 struct vindex_stats {
 	size_t rows;       /* rows scanned (x queries) */
-	size_t candidates; /* live rows whose upper bound reached the floor of
-	                    * the moment during the scan */
+	size_t refined;    /* rows whose second code plane was read after the
+	                    * first pass (single queries only) */
+	size_t candidates; /* live rows whose int8 upper bound reached the
+	                    * floor of the moment */
 	size_t reranked;   /* exact float32 dot products computed */
-	int threads;       /* threads that scanned: 1 or 2 */
+	int threads;       /* threads that scanned rows: 1 or 2 */
 	const char *kernel;
 };
 void vindex_last_stats(struct vindex_stats *out);
@@ -196,12 +209,15 @@ enum vindex_kernel {
 };
 struct vindex_tuning {
 	enum vindex_kernel kernel;
-	/* Scan with two threads from this many rows; 0 = the default, 32768;
+	/* Scan with two threads from this many rows; 0 = the default, 65536;
 	 * SIZE_MAX = always one thread. */
 	size_t split_min_rows;
 	/* Multiplies the error bound: 1 = rigorous (the default). Below 1 the
 	 * answers may be wrong; only for tests showing the bound is needed. */
 	double bound_scale;
+	/* Tests: with two threads, chunks alternate between them and the
+	 * search waits for the helper, so the helper's share always runs. */
+	bool share_evenly;
 };
 /* Returns SG_OK, or SG_ERR_BAD_REQUEST (kernel the CPU lacks, negative or
  * NaN bound_scale; nothing changed) or SG_ERR_INTERNAL (NULL argument). */

@@ -20,21 +20,22 @@
 #include "semgate/vindex.h"
 
 #define DIM 384
-#define STRIDE 384 /* code bytes per row at DIM (DIM rounded up to 64) */
+#define PLANE 192  /* bytes per row of each code plane at DIM */
+#define META 12    /* per-row floats of the compact copy */
 #define BATCH 32
 #define NQ 16      /* distinct single queries per set */
 #define PART "bench"
 
 struct row {
 	size_t n;
-	double code_mb, fp32_mb;
+	double code_mb, fp32_mb, read_mb; /* compact copy; float rows; read per query */
 	double old_p50, old_p99;       /* sgemv scan, ms */
 	double new_p50, new_p99;       /* vindex_search, near queries, ms */
 	double new1_p50;               /* same, one thread */
 	double hard_p50, hard_p99;     /* vindex_search, random queries */
 	double min_p50;                /* vindex_search_min(0.9), random queries */
 	double compact_gbs, bw1_gbs, bw2_gbs, ratio;
-	double cand_near, rr_near, cand_hard, rr_hard, rr_min;
+	double ref_near, cand_near, rr_near, ref_hard, cand_hard, rr_hard, rr_min;
 	int threads;
 	double old_batch_ms, new_batch_ms, batch_rr; /* per query */
 	bool ok;
@@ -237,7 +238,10 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 
 	memset(out, 0, sizeof *out);
 	out->n = n;
-	out->code_mb = (double)n * (STRIDE + 8) / 1e6;
+	out->code_mb = (double)n * (2 * PLANE + META) / 1e6;
+	/* What one near query reads: pass 1 the H plane and meta, pass 2 the
+	 * meta again and its own partial sums (written, then read). */
+	out->read_mb = (double)n * (PLANE + META + META + 4 + 4) / 1e6;
 	out->fp32_mb = (double)nf * sizeof(float) / 1e6;
 	fprintf(stderr, "# N=%zu: building index...\n", n);
 	struct vindex *vi = vindex_create();
@@ -245,7 +249,7 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 	float *near = malloc((size_t)BATCH * DIM * sizeof *near);
 	float *hard = malloc((size_t)NQ * DIM * sizeof *hard);
 	float *scores = malloc((OLD_BLOCK > 262144 ? OLD_BLOCK : 262144) * sizeof *scores);
-	size_t bwn = (size_t)(out->code_mb * 1e6) / 8;
+	size_t bwn = (size_t)(out->read_mb * 1e6) / 8;
 	uint64_t *bw = malloc(bwn * sizeof *bw);
 	double *t_old = malloc((size_t)runs * sizeof(double));
 	double *t_new = malloc((size_t)runs * sizeof(double));
@@ -283,7 +287,7 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 		hard[j] = rng_unit(&hs);
 
 	struct vindex_hit hit, hits[BATCH];
-	double cn = 0, rn = 0, ch = 0, rh = 0, rm = 0;
+	double fn = 0, cn = 0, rn = 0, fh = 0, ch = 0, rh = 0, rm = 0;
 	double t_bw1[15], t_bw2[15], t_ob[31], t_nb[31];
 	/* warm-up */
 	sink = sum_bytes(bw, bwn);
@@ -309,6 +313,7 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 		vindex_search(vi, PART, DIM, qn, 0, &hit, NULL);
 		t_new[r] = now_s() - t0;
 		vindex_last_stats(&stats);
+		fn += (double)stats.refined;
 		cn += (double)stats.candidates;
 		rn += (double)stats.reranked;
 		out->threads = stats.threads;
@@ -317,6 +322,7 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 		vindex_search(vi, PART, DIM, qh, 0, &hit, NULL);
 		t_hard[r] = now_s() - t0;
 		vindex_last_stats(&stats);
+		fh += (double)stats.refined;
 		ch += (double)stats.candidates;
 		rh += (double)stats.reranked;
 		t0 = now_s();
@@ -347,12 +353,14 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 	out->hard_p50 = pct(t_hard, runs, 50) * 1e3;
 	out->hard_p99 = pct(t_hard, runs, 99) * 1e3;
 	out->min_p50 = pct(t_min, runs, 50) * 1e3;
+	out->ref_near = fn / runs;
 	out->cand_near = cn / runs;
 	out->rr_near = rn / runs;
+	out->ref_hard = fh / runs;
 	out->cand_hard = ch / runs;
 	out->rr_hard = rh / runs;
 	out->rr_min = rm / runs;
-	double bytes = out->code_mb * 1e6;
+	double bytes = out->read_mb * 1e6;
 	out->bw1_gbs = bytes / pct(t_bw1, 15, 50) / 1e9;
 	out->bw2_gbs = bytes / pct(t_bw2, 15, 50) / 1e9;
 	out->compact_gbs = bytes / (out->new_p50 / 1e3) / 1e9;
@@ -399,12 +407,13 @@ done:
 }
 
 static const char *const HEAD1 =
-	"| N | compact MB | fp32 MB | old sgemv p50 ms | old p99 ms | new p50 ms | new p99 ms "
-	"| new 1-thread p50 ms | speed-up p50 | compact GB/s | read 1T GB/s | read 2T GB/s "
-	"| compact/read | cand/q | re-ranked/q | hard p50 ms | hard p99 ms | hard re-ranked/q "
+	"| N | fp32 MB | compact MB | read/query MB | old sgemv p50 ms | old p99 ms "
+	"| new p50 ms | new p99 ms | new 1-thread p50 ms | speed-up p50 | compact GB/s "
+	"| mem read 1T GB/s | mem read 2T GB/s | compact/mem | refined/q | cand/q | re-ranked/q "
+	"| hard p50 ms | hard p99 ms | hard refined/q | hard re-ranked/q "
 	"| min0.9 hard p50 ms | min0.9 re-ranked/q | answers exact |\n"
 	"|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-	"|---:|---:|---:|:---:|\n";
+	"|---:|---:|---:|---:|---:|---:|:---:|\n";
 
 static const char *const HEAD2 =
 	"| N | old sgemm ms/query | new batch ms/query | speed-up | re-ranked/q |\n"
@@ -416,12 +425,14 @@ static void print_rows(FILE *f, const struct row *rows, int nrows)
 	        "directions):\n\n%s", NQ, HEAD1);
 	for (int i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
-		fprintf(f, "| %zu | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1fx | %.1f "
-		        "| %.1f | %.1f | %.2f | %.1f | %.1f | %.3f | %.3f | %.1f | %.3f | %.2f | %s |\n",
-		        r->n, r->code_mb, r->fp32_mb, r->old_p50, r->old_p99, r->new_p50, r->new_p99,
-		        r->new1_p50, r->old_p50 / r->new_p50, r->compact_gbs, r->bw1_gbs, r->bw2_gbs,
-		        r->ratio, r->cand_near, r->rr_near, r->hard_p50, r->hard_p99, r->rr_hard,
-		        r->min_p50, r->rr_min, r->ok ? "yes" : "NO");
+		fprintf(f, "| %zu | %.1f | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1fx "
+		        "| %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.3f | %.3f | %.0f | %.1f "
+		        "| %.3f | %.2f | %s |\n",
+		        r->n, r->fp32_mb, r->code_mb, r->read_mb, r->old_p50, r->old_p99, r->new_p50,
+		        r->new_p99, r->new1_p50, r->old_p50 / r->new_p50, r->compact_gbs, r->bw1_gbs,
+		        r->bw2_gbs, r->ratio, r->ref_near, r->cand_near, r->rr_near, r->hard_p50,
+		        r->hard_p99, r->ref_hard, r->rr_hard, r->min_p50, r->rr_min,
+		        r->ok ? "yes" : "NO");
 	}
 	fprintf(f, "\nBatch of %d queries in one call:\n\n%s", BATCH, HEAD2);
 	for (int i = 0; i < nrows; i++) {
@@ -435,11 +446,15 @@ static void print_notes(FILE *f, int blas_threads, const double load[2])
 {
 	fprintf(f, "\ndim %d. old = the float32 scan vindex used before (cblas_sgemv in "
 	        "65536-row blocks + max; cblas_sgemm for the batch) on the same rows. "
-	        "new = vindex_search: int8 scan (%s kernel, 2 threads from 32768 rows) + "
-	        "exact re-rank. compact MB = codes + per-row scale and error bound; "
-	        "compact GB/s = compact MB / new p50; read = summing a buffer of that "
-	        "size with 1 and 2 threads. cand/q = rows whose upper bound reached the "
-	        "running floor; re-ranked/q = exact dot products. min0.9 = "
+	        "new = vindex_search: int8 codes as two nibble planes (%s kernel, a helper thread "
+	        "from 65536 rows): pass 1 reads the high-nibble plane, pass 2 the low one "
+	        "for rows that may still win ('refined'), then an exact re-rank. compact "
+	        "MB = both planes + per-row scale and error bounds; read/query MB = what "
+	        "a near query reads (high plane, per-row floats twice, partial sums "
+	        "written and read); compact GB/s = read/query MB / new p50; mem read = "
+	        "summing a buffer of that size with 1 and 2 threads. cand/q = rows whose "
+	        "int8 upper bound reached the running floor; re-ranked/q = exact dot "
+	        "products. min0.9 = "
 	        "vindex_search_min with 0.9. answers exact = every answer checked against "
 	        "an exhaustive double scan and batch == single. OpenBLAS %s, core %s, %d "
 	        "thread(s) (not changed). Load average %.2f at start, %.2f at end "
@@ -463,8 +478,10 @@ static void write_json(FILE *f, const struct row *rows, int nrows, const char *s
 		        "\"old_p50_ms\": %.4f, \"old_p99_ms\": %.4f, \"new_p50_ms\": %.4f, "
 		        "\"new_p99_ms\": %.4f, \"new_1thread_p50_ms\": %.4f, \"threads\": %d, "
 		        "\"compact_gbs\": %.3f, \"read_1t_gbs\": %.3f, \"read_2t_gbs\": %.3f, "
-		        "\"compact_over_read\": %.4f, \"candidates_per_query\": %.2f, "
+		        "\"compact_over_read\": %.4f, \"read_mb_per_query\": %.3f, "
+		        "\"refined_per_query\": %.2f, \"candidates_per_query\": %.2f, "
 		        "\"reranked_per_query\": %.2f, \"hard_p50_ms\": %.4f, \"hard_p99_ms\": %.4f, "
+		        "\"hard_refined_per_query\": %.2f, "
 		        "\"hard_candidates_per_query\": %.2f, \"hard_reranked_per_query\": %.2f, "
 		        "\"min09_hard_p50_ms\": %.4f, \"min09_hard_reranked_per_query\": %.2f, "
 		        "\"batch_old_ms_per_query\": %.5f, \"batch_new_ms_per_query\": %.5f, "
@@ -472,7 +489,8 @@ static void write_json(FILE *f, const struct row *rows, int nrows, const char *s
 		        "\"wrong_answers\": %d}%s\n",
 		        r->n, r->code_mb, r->fp32_mb, r->old_p50, r->old_p99, r->new_p50, r->new_p99,
 		        r->new1_p50, r->threads, r->compact_gbs, r->bw1_gbs, r->bw2_gbs, r->ratio,
-		        r->cand_near, r->rr_near, r->hard_p50, r->hard_p99, r->cand_hard, r->rr_hard,
+		        r->read_mb, r->ref_near, r->cand_near, r->rr_near, r->hard_p50, r->hard_p99,
+		        r->ref_hard, r->cand_hard, r->rr_hard,
 		        r->min_p50, r->rr_min, r->old_batch_ms, r->new_batch_ms, r->batch_rr,
 		        r->ok ? "true" : "false", r->bad, i + 1 < nrows ? "," : "");
 	}
