@@ -181,7 +181,10 @@ long long cache_answer_tokens(const cJSON *completion)
 {
 	const cJSON *t = cJSON_GetObjectItemCaseSensitive(sg_json_obj(completion, "usage"),
 							  "total_tokens");
-	return cJSON_IsNumber(t) && t->valuedouble >= 0 ? (long long)t->valuedouble : 0;
+	/* the upstream's number: 1e999 (infinity) or 1e300 would be undefined
+	 * to convert */
+	return cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble <= 1e15 ?
+		(long long)t->valuedouble : 0;
 }
 
 enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,

@@ -1,6 +1,7 @@
 /* Embedding providers. The OpenAI-compatible one goes through upstream.h
  * (the one libcurl wrapper) with its own target, key and timeouts; the
  * local one never touches the network. Neither logs the text or a key. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,9 @@ static enum sg_err parse_vector(const struct upstream_resp *r, float **out, int 
 	int i = 0;
 	const cJSON *x;
 	cJSON_ArrayForEach(x, vec) {
-		if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble)) {
+		/* beyond FLT_MAX the conversion to float is undefined */
+		if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) ||
+		    fabs(x->valuedouble) > FLT_MAX) {
 			free(v);
 			rc = sg_error_set(e, SG_ERR_UPSTREAM, "embedding has a non-numeric component");
 			goto out;

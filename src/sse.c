@@ -1,6 +1,7 @@
 /* SSE parsing and chat-completion stream assembly. Pure: no I/O, no
  * globals. Never trusts an event: each is parsed with the strict JSON
  * parser and only fields of the expected types are used. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,7 +164,8 @@ bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 	if (!a->model[0] && (s = sg_json_str(ev, "model")))
 		copy_field(a->model, sizeof(a->model), s);
 	const cJSON *cr = cJSON_GetObjectItemCaseSensitive(ev, "created");
-	if (!a->created && cJSON_IsNumber(cr))
+	/* a timestamp out of long long's range would be undefined to convert */
+	if (!a->created && cJSON_IsNumber(cr) && fabs(cr->valuedouble) < 1e18)
 		a->created = (long long)cr->valuedouble;
 	const cJSON *usage = sg_json_obj(ev, "usage");
 	if (usage) {

@@ -2,10 +2,13 @@
  * Invariants: sg_utf8_valid agrees with an independent decoder written
  * from Unicode's table of well-formed byte sequences; an accepted body is
  * valid UTF-8 and re-parses after rendering to the same canonical form; a
- * refused body always comes with a message. */
+ * refused body always comes with a message. Every accepted document is also
+ * judged as an upstream answer (cache_answer_cacheable/_tokens), which
+ * must stay defined for any numbers in it. */
 #include <stdbool.h>
 #include <string.h>
 
+#include "semgate/cache.h"
 #include "semgate/json.h"
 #include "semgate/scope.h"
 #include "fuzz.h"
@@ -77,6 +80,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	FUZZ_CHECK(root != NULL);
 	FUZZ_CHECK(utf8_reference(data, size));
+
+	/* what the chat route asks of an upstream answer */
+	(void)cache_answer_cacheable(root);
+	long long tokens = cache_answer_tokens(root);
+	FUZZ_CHECK(tokens >= 0 && tokens <= 1000000000000000LL);
 
 	/* what the gateway renders from a tree it accepted, it accepts again */
 	char *out = sg_json_render(root);
