@@ -409,16 +409,24 @@ static enum sg_err invalidate_tag(struct store *s, const char *tenant, const cha
 	return rc;
 }
 
-static enum sg_err invalidate_scan(struct store *s, const char *tenant, struct del_ctx *dc,
-				   struct sg_error *e)
+/* SCAN pattern of every entry key of a tenant ("{prefix}e:{tenant}:*",
+ * tenant glob-escaped); malloc'd, NULL on out of memory. */
+static char *entry_pattern(const struct store *s, const char *tenant)
 {
 	char *esc = glob_escape(tenant);
 	char *pattern = NULL;
-	if (!esc || asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0) {
-		free(esc);
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	}
+	if (esc && asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0)
+		pattern = NULL;
 	free(esc);
+	return pattern;
+}
+
+static enum sg_err invalidate_scan(struct store *s, const char *tenant, struct del_ctx *dc,
+				   struct sg_error *e)
+{
+	char *pattern = entry_pattern(s, tenant);
+	if (!pattern)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	char cursor[32] = "0";
 	enum sg_err rc = SG_OK;
 	do {
@@ -556,13 +564,9 @@ static void stats_field(struct store_stats *st, const char *name, long long v)
 static enum sg_err stats_scan(struct store *s, const char *tenant, struct store_stats *st,
 			      struct sg_error *e)
 {
-	char *esc = glob_escape(tenant);
-	char *pattern = NULL;
-	if (!esc || asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0) {
-		free(esc);
+	char *pattern = entry_pattern(s, tenant);
+	if (!pattern)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	}
-	free(esc);
 	char cursor[32] = "0";
 	enum sg_err rc = SG_OK;
 	do {
