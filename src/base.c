@@ -2,6 +2,7 @@
  * strict JSON parsing. Depends on libc and cJSON only; never on a server
  * library, so every other module and every test can use it. */
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "semgate/buf.h"
 #include "semgate/clock.h"
@@ -150,11 +152,18 @@ void sg_log(enum sg_log_level level, const char *fmt, ...)
 	pthread_mutex_unlock(&g_log_lock);
 }
 
-void sg_log_raw(const char *line)
+void sg_log_line(const char *line, size_t len)
 {
 	pthread_mutex_lock(&g_log_lock);
-	fputs(line, stderr);
-	fputc('\n', stderr);
+	while (len > 0) {
+		ssize_t w = write(STDERR_FILENO, line, len);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		line += w;
+		len -= (size_t)w;
+	}
 	pthread_mutex_unlock(&g_log_lock);
 }
 
@@ -166,13 +175,25 @@ void sg_buf_init(struct sg_buf *b, size_t cap)
 	b->len = 0;
 	b->alloc = 0;
 	b->cap = cap;
+	b->fixed = NULL;
+}
+
+void sg_buf_init_on(struct sg_buf *b, char *mem, size_t size, size_t cap)
+{
+	b->data = mem;
+	b->len = 0;
+	b->alloc = size;
+	b->cap = cap;
+	b->fixed = mem;
+	mem[0] = '\0';
 }
 
 void sg_buf_finish(struct sg_buf *b)
 {
 	if (!b)
 		return;
-	free(b->data);
+	if (b->data != b->fixed)
+		free(b->data);
 	b->data = NULL;
 	b->len = b->alloc = 0;
 }
@@ -192,7 +213,14 @@ enum sg_err sg_buf_append(struct sg_buf *b, const void *data, size_t len)
 		size_t want = b->alloc ? b->alloc : 256;
 		while (want < b->len + len + 1)
 			want *= 2;
-		char *p = realloc(b->data, want);
+		char *p;
+		if (b->data && b->data == b->fixed) {
+			p = malloc(want);
+			if (p)
+				memcpy(p, b->data, b->len + 1);
+		} else {
+			p = realloc(b->data, want);
+		}
 		if (!p)
 			return SG_ERR_NOMEM;
 		b->data = p;
@@ -237,6 +265,12 @@ char *sg_buf_steal(struct sg_buf *b, size_t *len)
 	if (!b->data && sg_buf_append(b, "", 0) != SG_OK)
 		return NULL;
 	char *p = b->data;
+	if (p == b->fixed) {
+		p = malloc(b->len + 1);
+		if (!p)
+			return NULL;
+		memcpy(p, b->data, b->len + 1);
+	}
 	if (len)
 		*len = b->len;
 	b->data = NULL;

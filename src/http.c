@@ -35,9 +35,11 @@ struct sg_http {
 	sg_worker_destroy_fn wdestroy;
 	sg_guard_fn guard;
 	long long max_body;
+	bool keep_alive;
 	int port;
 	atomic_int inflight;   /* requests inside dispatch() */
 	int wake_port;         /* after http_drain: the loopback listener polled instead */
+	atomic_bool draining;  /* after http_drain: answers say Connection: close */
 };
 
 /* ---- worker stacks ----
@@ -161,32 +163,104 @@ static bool header_value_ok(const char *v)
 	return true;
 }
 
-static void add_headers(struct mg_connection *conn, const char *const *headers)
+/* The Date header value, formatted once per second per thread. */
+static const char *http_date(void)
 {
-	if (!headers)
-		return;
-	for (size_t i = 0; headers[i] && headers[i + 1]; i += 2)
+	static _Thread_local time_t last;
+	static _Thread_local char date[40];
+	time_t now = time(NULL);
+	if (now != last || !date[0]) {
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		last = now;
+	}
+	return date;
+}
+
+/* True when the client may send another request on this connection; the
+ * same decision civetweb makes after the handler returns (keep-alive is
+ * on, and the client asked for it or speaks HTTP/1.1 without asking to
+ * close). */
+static bool keep_alive(const struct sg_req *req)
+{
+	if (!req->keep_alive_on)
+		return false;
+	const struct mg_request_info *ri = mg_get_request_info(req->conn);
+	const char *h = http_header(req, "Connection");
+	if (h) {
+		for (const char *p = h; (p = strcasestr(p, "keep-alive")); p += 10) {
+			char after = p[10];
+			if ((p == h || p[-1] == ',' || p[-1] == ' ' || p[-1] == '\t') &&
+			    (after == '\0' || after == ',' || after == ' ' || after == '\t'))
+				return true;
+		}
+		return false;
+	}
+	return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
+}
+
+/* Status line and headers, ending in the blank line. civetweb's own
+ * mg_response_header_* send every line with its own send(): with
+ * tcp_nodelay each is a TCP segment and a wake-up of the client, so the
+ * gateway formats the head itself and writes head and body at once. */
+static enum sg_err format_head(struct sg_req *req, struct sg_buf *out, int status,
+			       const char *content_type, const char *length,
+			       const char *cache_control, const char *const *headers)
+{
+	const struct mg_request_info *ri = mg_get_request_info(req->conn);
+	const char *version = ri->http_version && strcmp(ri->http_version, "1.0") == 0 ?
+		"1.0" : "1.1";
+	bool close = status == 413 || !keep_alive(req);
+	enum sg_err rc = sg_buf_printf(out,
+		"HTTP/%s %d %s\r\nContent-Type: %s\r\n%s%s%sCache-Control: %s\r\n"
+		"Date: %s\r\nConnection: %s\r\n",
+		version, status, mg_get_response_code_text(req->conn, status), content_type,
+		length ? "Content-Length: " : "Transfer-Encoding: ", length ? length : "chunked",
+		"\r\n", cache_control, http_date(), close ? "close" : "keep-alive");
+	for (size_t i = 0; rc == SG_OK && headers && headers[i] && headers[i + 1]; i += 2)
 		if (header_value_ok(headers[i]) && header_value_ok(headers[i + 1]))
-			mg_response_header_add(conn, headers[i], headers[i + 1], -1);
+			rc = sg_buf_printf(out, "%s: %s\r\n", headers[i], headers[i + 1]);
+	if (rc == SG_OK)
+		rc = sg_buf_append(out, "\r\n", 2);
+	return rc;
+}
+
+static bool write_all(struct sg_req *req, const char *p, size_t n)
+{
+	while (n > 0) {
+		size_t part = n > (1u << 30) ? (1u << 30) : n;
+		int w = mg_write(req->conn, p, part);
+		if (w <= 0)
+			return false;
+		p += w;
+		n -= (size_t)w;
+	}
+	return true;
 }
 
 int http_send(struct sg_req *req, int status, const char *content_type,
 	      const char *body, size_t len, const char *const *headers)
 {
-	struct mg_connection *conn = req->conn;
 	char clen[32];
 	snprintf(clen, sizeof(clen), "%zu", len);
-	mg_response_header_start(conn, status);
-	mg_response_header_add(conn, "Content-Type", content_type, -1);
-	mg_response_header_add(conn, "Content-Length", clen, -1);
-	mg_response_header_add(conn, "Cache-Control", "no-store", -1);
-	if (status == 413)
-		mg_response_header_add(conn, "Connection", "close", -1);
-	add_headers(conn, headers);
-	mg_response_header_send(conn);
-	if (len && strcmp(req->method, "HEAD") != 0)
-		mg_write(conn, body, len);
+	bool with_body = len && strcmp(req->method, "HEAD") != 0;
+	char stack[4096];
+	struct sg_buf out;
+	sg_buf_init_on(&out, stack, sizeof(stack), 0);
 	req->status = status;
+	if (format_head(req, &out, status, content_type, clen, "no-store", headers) != SG_OK ||
+	    (with_body && sg_buf_append(&out, body, len) != SG_OK)) {
+		/* out of memory: a bare answer from fixed memory, then close */
+		static const char oom[] = "HTTP/1.1 503 Service Unavailable\r\n"
+			"Content-Length: 0\r\nConnection: close\r\n\r\n";
+		sg_buf_finish(&out);
+		write_all(req, oom, sizeof(oom) - 1);
+		req->status = 503;
+		return 503;
+	}
+	write_all(req, out.data, out.len);
+	sg_buf_finish(&out);
 	return status;
 }
 
@@ -240,42 +314,84 @@ int http_send_sg_error(struct sg_req *req, const struct sg_error *e)
 enum sg_err http_stream_begin(struct sg_req *req, int status,
 			      const char *content_type, const char *const *headers)
 {
-	struct mg_connection *conn = req->conn;
-	mg_response_header_start(conn, status);
-	mg_response_header_add(conn, "Content-Type", content_type, -1);
-	mg_response_header_add(conn, "Cache-Control", "no-cache", -1);
-	mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
-	add_headers(conn, headers);
+	char stack[1024];
+	struct sg_buf out;
+	sg_buf_init_on(&out, stack, sizeof(stack), 0);
 	req->status = status;
 	req->streaming = true;
-	if (mg_response_header_send(conn) < 0)
-		return SG_ERR_CLIENT_GONE;
-	return SG_OK;
+	enum sg_err rc = format_head(req, &out, status, content_type, NULL, "no-cache",
+				     headers);
+	if (rc == SG_OK && !write_all(req, out.data, out.len))
+		rc = SG_ERR_CLIENT_GONE;
+	sg_buf_finish(&out);
+	return rc;
 }
 
+/* One chunk (size line, data, CRLF) in one write. */
 enum sg_err http_stream_write(struct sg_req *req, const char *data, size_t len)
 {
 	if (len == 0)
 		return SG_OK;
-	if (mg_send_chunk(req->conn, data, (unsigned)len) <= 0)
-		return SG_ERR_CLIENT_GONE;
-	return SG_OK;
+	char small[4096];
+	char head[24];
+	int hl = snprintf(head, sizeof(head), "%zx\r\n", len);
+	size_t total = (size_t)hl + len + 2;
+	char *buf = total <= sizeof(small) ? small : malloc(total);
+	bool ok;
+	if (buf) {
+		memcpy(buf, head, (size_t)hl);
+		memcpy(buf + hl, data, len);
+		memcpy(buf + hl + len, "\r\n", 2);
+		ok = write_all(req, buf, total);
+		if (buf != small)
+			free(buf);
+	} else {
+		ok = write_all(req, head, (size_t)hl) && write_all(req, data, len) &&
+		     write_all(req, "\r\n", 2);
+	}
+	return ok ? SG_OK : SG_ERR_CLIENT_GONE;
 }
 
 void http_stream_end(struct sg_req *req)
 {
-	mg_send_chunk(req->conn, "", 0);
+	write_all(req, "0\r\n\r\n", 5);
 }
 
 /* ---- access log ---- */
 
+/* Append s as a JSON string: quotes, backslashes and control characters
+ * escaped (the callers pass valid UTF-8). */
+static enum sg_err buf_json_string(struct sg_buf *b, const char *s)
+{
+	enum sg_err rc = sg_buf_append(b, "\"", 1);
+	const char *run = s;
+	for (const char *p = s; rc == SG_OK && *p; p++) {
+		unsigned char ch = (unsigned char)*p;
+		if (ch >= 0x20 && ch != '"' && ch != '\\')
+			continue;
+		rc = sg_buf_append(b, run, (size_t)(p - run));
+		if (rc == SG_OK)
+			rc = ch == '"' ? sg_buf_append(b, "\\\"", 2) :
+			     ch == '\\' ? sg_buf_append(b, "\\\\", 2) :
+			     sg_buf_printf(b, "\\u%04x", ch);
+		run = p + 1;
+	}
+	if (rc == SG_OK)
+		rc = sg_buf_puts(b, run);
+	if (rc == SG_OK)
+		rc = sg_buf_append(b, "\"", 1);
+	return rc;
+}
+
+/* One JSON line per request, formatted directly (no tree) and written
+ * with one write. Durations in ms with microsecond resolution. */
 static void access_log(const struct sg_req *req, double ms)
 {
 	if (sg_log_get_level() > SG_LOG_INFO)
 		return;
-	cJSON *o = cJSON_CreateObject();
-	if (!o)
-		return;
+	char stack[1024];
+	struct sg_buf b;
+	sg_buf_init_on(&b, stack, sizeof(stack), 0);
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	struct tm tm;
@@ -283,43 +399,54 @@ static void access_log(const struct sg_req *req, double ms)
 	char when[40];
 	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(when + n, sizeof(when) - n, ".%03ldZ", ts.tv_nsec / 1000000);
-	cJSON_AddStringToObject(o, "time", when);
-	cJSON_AddStringToObject(o, "msg", "request");
-	cJSON_AddStringToObject(o, "method", req->method);
 	/* the raw path is client data: keep it short and valid UTF-8 */
 	char path[256];
 	snprintf(path, sizeof(path), "%s", req->path);
 	if (!sg_utf8_valid(path, strlen(path)))
 		snprintf(path, sizeof(path), "(invalid utf-8)");
-	cJSON_AddStringToObject(o, "path", path);
-	cJSON_AddStringToObject(o, "route", req->route ? req->route : "-");
-	cJSON_AddNumberToObject(o, "status", req->status);
-	cJSON_AddStringToObject(o, "tenant", req->tenant);
-	if (req->cache_outcome)
-		cJSON_AddStringToObject(o, "cache", req->cache_outcome);
-	if (req->similarity >= -1.0)
-		cJSON_AddNumberToObject(o, "similarity", req->similarity);
-	cJSON_AddNumberToObject(o, "ms", (double)(long long)(ms * 1000) / 1000.0);
-	if (req->upstream_ms >= 0)
-		cJSON_AddNumberToObject(o, "upstream_ms",
-					(double)(long long)(req->upstream_ms * 1000) / 1000.0);
+	enum sg_err rc = sg_buf_printf(&b, "{\"time\":\"%s\",\"msg\":\"request\",\"method\":",
+				       when);
+	if (rc == SG_OK)
+		rc = buf_json_string(&b, req->method);
+	if (rc == SG_OK)
+		rc = sg_buf_puts(&b, ",\"path\":");
+	if (rc == SG_OK)
+		rc = buf_json_string(&b, path);
+	if (rc == SG_OK)
+		rc = sg_buf_puts(&b, ",\"route\":");
+	if (rc == SG_OK)
+		rc = buf_json_string(&b, req->route ? req->route : "-");
+	if (rc == SG_OK)
+		rc = sg_buf_printf(&b, ",\"status\":%d,\"tenant\":", req->status);
+	if (rc == SG_OK)
+		rc = buf_json_string(&b, req->tenant);
+	if (rc == SG_OK && req->cache_outcome) {
+		rc = sg_buf_puts(&b, ",\"cache\":");
+		if (rc == SG_OK)
+			rc = buf_json_string(&b, req->cache_outcome);
+	}
+	if (rc == SG_OK && req->similarity >= -1.0)
+		rc = sg_buf_printf(&b, ",\"similarity\":%.9g", req->similarity);
+	if (rc == SG_OK)
+		rc = sg_buf_printf(&b, ",\"ms\":%.3f", ms);
+	if (rc == SG_OK && req->upstream_ms >= 0)
+		rc = sg_buf_printf(&b, ",\"upstream_ms\":%.3f", req->upstream_ms);
 	/* this request's embedding, vector search and Redis time (metrics.h) */
 	static const struct { enum sg_hist h; const char *name; } per_req[] = {
 		{ SG_H_EMBED, "embed_ms" }, { SG_H_SEARCH, "search_ms" },
 		{ SG_H_REDIS, "redis_ms" },
 	};
-	for (size_t i = 0; i < sizeof(per_req) / sizeof(per_req[0]); i++) {
+	for (size_t i = 0; rc == SG_OK && i < sizeof(per_req) / sizeof(per_req[0]); i++) {
 		unsigned cnt;
 		double v = metrics_req_ms(per_req[i].h, &cnt);
 		if (cnt)
-			cJSON_AddNumberToObject(o, per_req[i].name,
-						(double)(long long)(v * 1000) / 1000.0);
+			rc = sg_buf_printf(&b, ",\"%s\":%.3f", per_req[i].name, v);
 	}
-	char *line = cJSON_PrintUnformatted(o);
-	if (line)
-		sg_log_raw(line);
-	free(line);
-	cJSON_Delete(o);
+	if (rc == SG_OK)
+		rc = sg_buf_append(&b, "}\n", 2);
+	if (rc == SG_OK)
+		sg_log_line(b.data, b.len);
+	sg_buf_finish(&b);
 }
 
 /* ---- dispatch ---- */
@@ -340,6 +467,7 @@ static int dispatch(struct mg_connection *conn, void *cbdata)
 	req.app = h->app;
 	req.worker = mg_get_thread_pointer(conn);
 	req.conn = conn;
+	req.keep_alive_on = h->keep_alive && !atomic_load(&h->draining);
 	req.similarity = -2.0;
 	req.upstream_ms = -1.0;
 	snprintf(req.tenant, sizeof(req.tenant), "default");
@@ -476,6 +604,7 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 	h->wdestroy = wdestroy;
 	h->guard = opts->guard;
 	h->max_body = opts->max_body_bytes;
+	h->keep_alive = opts->keepalive_ms > 0;
 
 	char ports[300], threads[16], keepalive[24], reqto[24];
 	if (strchr(opts->host, ':'))
@@ -514,6 +643,7 @@ struct sg_http *http_start(const struct sg_http_opts *opts,
 	h->port = n > 0 ? sp[0].port : opts->port;
 	atomic_init(&h->inflight, 0);
 	h->wake_port = 0;
+	atomic_init(&h->draining, false);
 	return h;
 }
 
@@ -668,6 +798,7 @@ enum sg_err http_drain(struct sg_http *h, struct sg_error *e)
 		close(keep);
 		close(client);
 		h->wake_port = wport;
+		atomic_store(&h->draining, true);
 		found++;
 	}
 	closedir(d);

@@ -11,10 +11,14 @@ struct sg_buf {
 	size_t len;
 	size_t alloc;
 	size_t cap;   /* maximum len; 0 means no limit (trusted data only) */
+	char *fixed;  /* the caller's storage given to sg_buf_init_on, never freed */
 };
 
 /* Initialise on the caller's memory; no allocation happens yet. */
 void sg_buf_init(struct sg_buf *b, size_t cap);
+/* Initialise on the caller's storage mem[size] (size >= 1), used until the
+ * contents outgrow it; then the buffer moves to the heap as usual. */
+void sg_buf_init_on(struct sg_buf *b, char *mem, size_t size, size_t cap);
 /* Free the storage; b may be reused after sg_buf_init. Accepts NULL. */
 void sg_buf_finish(struct sg_buf *b);
 /* Drop the contents, keep the storage. */

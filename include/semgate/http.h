@@ -35,6 +35,7 @@ struct sg_req {
 	double upstream_ms;          /* < 0 when no upstream call */
 	int status;                  /* status sent, 0 before */
 	bool streaming;              /* a chunked response has begun */
+	bool keep_alive_on;          /* private to http.c: server keep-alive enabled */
 	void *conn;                  /* private to http.c */
 };
 

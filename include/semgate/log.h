@@ -20,8 +20,9 @@ int sg_log_level_parse(const char *name);
 void sg_log(enum sg_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* Write a preformatted line as is (plus newline), regardless of level
- * filtering by prefix; used for JSON access-log lines. */
-void sg_log_raw(const char *line);
+/* Write a preformatted line as is, regardless of level; used for JSON
+ * access-log lines. Writes line[0..len) (which ends in its own newline) to stderr with one
+ * write, so concurrent lines never interleave. */
+void sg_log_line(const char *line, size_t len);
 
 #endif

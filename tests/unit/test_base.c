@@ -40,6 +40,37 @@ static void test_buf_printf_handles_long_output(void)
 	sg_buf_finish(&b);
 }
 
+static void test_buf_on_caller_storage_moves_to_the_heap_when_outgrown(void)
+{
+	char mem[8];
+	struct sg_buf b;
+	sg_buf_init_on(&b, mem, sizeof(mem), 0);
+	CHECK(b.data == mem && b.len == 0 && mem[0] == '\0');
+	CHECK_INT(sg_buf_append(&b, "abcdefg", 7), SG_OK);   /* 7 + NUL fits */
+	CHECK(b.data == mem);
+	CHECK_STR(b.data, "abcdefg");
+	CHECK_INT(sg_buf_printf(&b, "%s", "hijklmnopqrstuvwxyz"), SG_OK);
+	CHECK(b.data != mem);
+	CHECK_STR(b.data, "abcdefghijklmnopqrstuvwxyz");
+	CHECK_STR(mem, "abcdefg");                           /* left as it was */
+	sg_buf_finish(&b);                                   /* frees the heap copy */
+
+	/* steal from caller storage hands out a heap copy; finish on caller
+	 * storage frees nothing (ASan would report either mistake) */
+	sg_buf_init_on(&b, mem, sizeof(mem), 4);
+	CHECK_INT(sg_buf_append(&b, "wxyz", 4), SG_OK);
+	CHECK_INT(sg_buf_append(&b, "!", 1), SG_ERR_TOO_LARGE);
+	size_t n = 0;
+	char *s = sg_buf_steal(&b, &n);
+	CHECK(s && s != mem);
+	CHECK_STR(s, "wxyz");
+	CHECK_INT(n, 4);
+	free(s);
+	sg_buf_init_on(&b, mem, sizeof(mem), 0);
+	CHECK_INT(sg_buf_append(&b, "x", 1), SG_OK);
+	sg_buf_finish(&b);
+}
+
 static void test_utf8_validation(void)
 {
 	CHECK(sg_utf8_valid("hello", 5));
@@ -114,6 +145,7 @@ int main(void)
 {
 	RUN(test_buf_refuses_to_grow_past_its_cap);
 	RUN(test_buf_printf_handles_long_output);
+	RUN(test_buf_on_caller_storage_moves_to_the_heap_when_outgrown);
 	RUN(test_utf8_validation);
 	RUN(test_json_accepts_one_value_with_whitespace);
 	RUN(test_json_refuses_trailing_bytes_and_bad_input);
