@@ -454,6 +454,87 @@ char *sg_json_render(const cJSON *item)
 	return out;
 }
 
+static size_t skip_ws(const char *s, size_t len, size_t i)
+{
+	while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* s[i] is the opening quote; the index after the closing one. */
+static size_t skip_string(const char *s, size_t len, size_t i, bool *escaped)
+{
+	for (i++; i < len && s[i] != '"'; i++) {
+		if (s[i] == '\\') {
+			*escaped = true;
+			i++;
+		}
+	}
+	return i < len ? i + 1 : len;
+}
+
+/* The index after the value starting at s[i]. */
+static size_t skip_value(const char *s, size_t len, size_t i)
+{
+	bool esc = false;
+	if (i < len && s[i] == '"')
+		return skip_string(s, len, i, &esc);
+	if (i < len && (s[i] == '{' || s[i] == '[')) {
+		int depth = 0;
+		while (i < len) {
+			char ch = s[i];
+			if (ch == '"') {
+				i = skip_string(s, len, i, &esc);
+				continue;
+			}
+			if (ch == '{' || ch == '[')
+				depth++;
+			else if ((ch == '}' || ch == ']') && --depth == 0)
+				return i + 1;
+			i++;
+		}
+		return len;
+	}
+	while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
+	       s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+		i++;
+	return i;
+}
+
+int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
+			size_t *end)
+{
+	size_t klen = strlen(key);
+	size_t i = skip_ws(s, len, 0);
+	if (i >= len || s[i] != '{')
+		return 0;
+	i = skip_ws(s, len, i + 1);
+	while (i < len && s[i] == '"') {
+		bool escaped = false;
+		size_t name = i + 1;
+		i = skip_string(s, len, i, &escaped);
+		if (escaped)
+			return -1;
+		bool match = i - 1 - name == klen && memcmp(s + name, key, klen) == 0;
+		i = skip_ws(s, len, i);
+		if (i >= len || s[i] != ':')
+			return 0;
+		i = skip_ws(s, len, i + 1);
+		size_t v = i;
+		i = skip_value(s, len, i);
+		if (match) {
+			*start = v;
+			*end = i;
+			return 1;
+		}
+		i = skip_ws(s, len, i);
+		if (i >= len || s[i] != ',')
+			return 0;
+		i = skip_ws(s, len, i + 1);
+	}
+	return 0;
+}
+
 char *sg_json_error_body(const char *message, const char *type, const char *code)
 {
 	cJSON *root = cJSON_CreateObject();

@@ -221,35 +221,102 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 	return SG_OK;
 }
 
-char *cache_render_hit(const char *answer, size_t len)
+/* Set member key of obj to item (replacing the first one, or adding it). */
+static void set_member(cJSON *obj, const char *key, cJSON *item)
+{
+	if (cJSON_HasObjectItem(obj, key))
+		cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
+	else
+		cJSON_AddItemToObject(obj, key, item);
+}
+
+char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 {
 	cJSON *doc = NULL;
+	*doc_out = NULL;
 	if (sg_json_parse(answer, len, &doc, NULL) != SG_OK || !cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
 		return NULL;
 	}
-	char id[65], cid[80];
+	char id[65], cid[80], created[24];
 	cache_new_id(id);
 	snprintf(cid, sizeof(cid), "chatcmpl-sg%.24s", id);
+	long long now = (long long)time(NULL);
+	snprintf(created, sizeof(created), "%lld", now);
 	cJSON *nid = cJSON_CreateString(cid);
-	cJSON *created = cJSON_CreateNumber((double)time(NULL));
-	char *out = NULL;
-	if (nid && created) {
-		if (cJSON_HasObjectItem(doc, "id"))
-			cJSON_ReplaceItemInObjectCaseSensitive(doc, "id", nid);
-		else
-			cJSON_AddItemToObject(doc, "id", nid);
-		nid = NULL;
-		if (cJSON_HasObjectItem(doc, "created"))
-			cJSON_ReplaceItemInObjectCaseSensitive(doc, "created", created);
-		else
-			cJSON_AddItemToObject(doc, "created", created);
-		created = NULL;
-		out = sg_json_render(doc);
+	cJSON *ncreated = cJSON_CreateNumber((double)now);
+	if (!nid || !ncreated) {
+		cJSON_Delete(nid);
+		cJSON_Delete(ncreated);
+		cJSON_Delete(doc);
+		return NULL;
 	}
-	cJSON_Delete(nid);
-	cJSON_Delete(created);
-	cJSON_Delete(doc);
+	set_member(doc, "id", nid);
+	set_member(doc, "created", ncreated);
+
+	/* The bytes sent are the stored bytes with the two values replaced
+	 * in place; only when that is not possible (a member name with an
+	 * escape) are they rendered from the tree. */
+	size_t is = 0, ie = 0, cs = 0, ce = 0;
+	int hid = sg_json_member_span(answer, len, "id", &is, &ie);
+	int hcr = sg_json_member_span(answer, len, "created", &cs, &ce);
+	char *out = NULL;
+	if (hid < 0 || hcr < 0) {
+		out = sg_json_render(doc);
+	} else {
+		struct span { size_t s, e; bool quoted; const char *v; } sp[2];
+		int nsp = 0;
+		if (hid == 1)
+			sp[nsp++] = (struct span){ is, ie, true, cid };
+		if (hcr == 1)
+			sp[nsp++] = (struct span){ cs, ce, false, created };
+		if (nsp == 2 && sp[1].s < sp[0].s) {
+			struct span t = sp[0];
+			sp[0] = sp[1];
+			sp[1] = t;
+		}
+		/* members that are absent go right after the opening brace */
+		size_t open = 0;
+		while (open < len && answer[open] != '{')
+			open++;
+		open++;
+		size_t next = open;
+		while (next < len && strchr(" \t\r\n", answer[next]))
+			next++;
+		bool empty = next < len && answer[next] == '}';
+		char ins[2][100];
+		int nins = 0;
+		if (hid == 0)
+			snprintf(ins[nins++], sizeof(ins[0]), "\"id\":\"%s\"", cid);
+		if (hcr == 0)
+			snprintf(ins[nins++], sizeof(ins[0]), "\"created\":%s", created);
+		struct sg_buf b;
+		sg_buf_init(&b, 0);
+		enum sg_err rc = sg_buf_append(&b, answer, open);
+		for (int k = 0; k < nins && rc == SG_OK; k++) {
+			rc = sg_buf_puts(&b, ins[k]);
+			if (rc == SG_OK && (k + 1 < nins || !empty))
+				rc = sg_buf_append(&b, ",", 1);
+		}
+		size_t at = open;
+		for (int k = 0; k < nsp && rc == SG_OK; k++) {
+			rc = sg_buf_append(&b, answer + at, sp[k].s - at);
+			if (rc == SG_OK)
+				rc = sp[k].quoted ? sg_buf_printf(&b, "\"%s\"", sp[k].v) :
+						    sg_buf_puts(&b, sp[k].v);
+			at = sp[k].e;
+		}
+		if (rc == SG_OK)
+			rc = sg_buf_append(&b, answer + at, len - at);
+		if (rc == SG_OK)
+			out = sg_buf_steal(&b, NULL);
+		sg_buf_finish(&b);
+	}
+	if (!out) {
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	*doc_out = doc;
 	return out;
 }
 

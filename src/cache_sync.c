@@ -1,7 +1,8 @@
 /* The event follower: one thread per process with its own subscriber
  * connection and its own store (for reading entries and the rebuild scan).
  * Events are applied idempotently, this process's own included, so an add
- * that raced with a rebuild is restored when its event arrives. It never
+ * that raced with a rebuild is restored when its event arrives; an add
+ * whose id is already indexed (this process's own, usually) is not read. It never
  * serves requests and never writes to Redis. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -74,6 +75,11 @@ static void apply(struct cache_sync *cs, struct store *s, const char *payload, s
 		vindex_remove(cs->app->vindex, ev.id);
 		return;
 	}
+	/* an entry this process stored (it indexed it itself) or already
+	 * followed: nothing to read. Entry ids are random and entries are
+	 * never rewritten under the same id, so a known id is this entry. */
+	if (vindex_contains(cs->app->vindex, ev.id))
+		return;
 	struct sg_error e = { 0 };
 	bool found = false;
 	if (store_entry_vector(s, ev.tenant, ev.id, add_row, cs->app, &found, &e) != SG_OK)

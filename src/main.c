@@ -14,6 +14,7 @@
 #include "semgate/log.h"
 #include "semgate/routes.h"
 #include "semgate/store.h"
+#include "semgate/tally.h"
 #include "semgate/vindex.h"
 #include "semgate/upstream.h"
 
@@ -144,6 +145,10 @@ int main(int argc, char **argv)
 		rebuild_index(&app);
 	}
 
+	app.tally = tally_start(&cfg, &e);
+	if (!app.tally)
+		sg_log(SG_LOG_WARN, "%s: hits and misses are counted inline", e.msg);
+
 	size_t nroutes;
 	const struct sg_route *routes = routes_table(&nroutes);
 	struct sg_http_opts opts = {
@@ -178,6 +183,8 @@ int main(int argc, char **argv)
 	sg_log(SG_LOG_INFO, "stopped");
 	rc = 0;
 out:
+	tally_stop(app.tally);  /* after http_stop: no request can queue more */
+	app.tally = NULL;
 	cache_sync_stop(sync);
 	app_finish(&app);
 	http_global_cleanup();

@@ -332,6 +332,14 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 	    (rc = header(out, "semgate_index_partitions", "gauge",
 			 "Partitions (tenant, scope, embedding model) in the vector index.")) ||
 	    (rc = sg_buf_printf(out, "semgate_index_partitions %zu\n", x->index_partitions)) ||
+	    (rc = header(out, "semgate_cache_accounting_batches_total", "counter",
+			 "MULTI/EXEC batches of hit and miss counters written to Redis.")) ||
+	    (rc = sg_buf_printf(out, "semgate_cache_accounting_batches_total %llu\n",
+				x->tally_batches)) ||
+	    (rc = header(out, "semgate_cache_accounting_dropped_total", "counter",
+			 "Lookups whose hit or miss could not be counted in Redis.")) ||
+	    (rc = sg_buf_printf(out, "semgate_cache_accounting_dropped_total %llu\n",
+				x->tally_dropped)) ||
 	    (rc = header(out, "semgate_requests_in_flight", "gauge",
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))

@@ -22,6 +22,7 @@
 #include "semgate/scope.h"
 #include "semgate/sse.h"
 #include "semgate/store.h"
+#include "semgate/tally.h"
 #include "semgate/upstream.h"
 
 struct chat {
@@ -307,17 +308,30 @@ static int replay_stream(struct chat *c, const cJSON *doc)
 	return 200;
 }
 
+/* Count a lookup that found nothing (written behind, see tally.h). */
+static void record_miss(struct chat *c)
+{
+	struct sg_req *req = c->req;
+	struct store *s = worker_store(req->worker);
+	if (req->app->tally)
+		tally_miss(req->app->tally, req->tenant);
+	else if (s)
+		cache_api_record_miss(req->app, s, req->tenant);
+}
+
 /* Look the request up. Returns true when a hit was sent (*status set). */
 static bool try_cache(struct chat *c, int *status)
 {
 	struct sg_req *req = c->req;
 	struct sg_error e = { 0 };
 	c->outcome = "bypass";
+	if (c->no_store)
+		return false; /* neither looked up nor stored: no scope needed */
 	if (scope_compute(req->tenant, c->ns, c->body, &c->si, &e) != SG_OK) {
 		sg_log(SG_LOG_WARN, "scope not computed, bypassing the cache: %s", e.msg);
 		return false;
 	}
-	if (!c->si.cacheable || c->si.n_gt_1 || c->no_store)
+	if (!c->si.cacheable || c->si.n_gt_1)
 		return false;
 	struct store *s = worker_store(req->worker);
 	struct upstream *up = worker_upstream(req->worker);
@@ -336,15 +350,14 @@ static bool try_cache(struct chat *c, int *status)
 	}
 	c->outcome = "miss";
 	if (!c->cr.hit) {
-		cache_api_record_miss(req->app, s, req->tenant);
+		record_miss(c);
 		return false;
 	}
-	char *body = cache_render_hit(c->cr.answer, c->cr.answer_len);
 	cJSON *doc = NULL;
-	if (!body || sg_json_parse(body, strlen(body), &doc, NULL) != SG_OK) {
+	char *body = cache_render_hit(c->cr.answer, c->cr.answer_len, &doc);
+	if (!body) {
 		sg_log(SG_LOG_WARN, "cache entry %s is corrupt; answering from upstream", c->cr.id);
-		cache_api_record_miss(req->app, s, req->tenant);
-		free(body);
+		record_miss(c);
 		return false;
 	}
 	c->outcome = c->cr.semantic ? "hit-semantic" : "hit-exact";
@@ -356,8 +369,12 @@ static bool try_cache(struct chat *c, int *status)
 	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
 	long long saved_prompt = 0, saved_completion = 0;
 	cache_api_usage(doc, &saved_prompt, &saved_completion);
-	cache_api_record_hit(req->app, s, req->tenant, c->cr.id, c->cr.semantic, saved_prompt,
-			     saved_completion);
+	if (req->app->tally)
+		tally_hit(req->app->tally, req->tenant, c->cr.id, c->cr.semantic, saved_prompt,
+			  saved_completion);
+	else
+		cache_api_record_hit(req->app, s, req->tenant, c->cr.id, c->cr.semantic,
+				     saved_prompt, saved_completion);
 	remember(c, doc);
 	if (c->stream)
 		*status = replay_stream(c, doc);

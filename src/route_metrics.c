@@ -8,16 +8,21 @@
 #include "semgate/metrics.h"
 #include "semgate/routes.h"
 #include "semgate/store.h"
+#include "semgate/tally.h"
 #include "semgate/vindex.h"
 
 int route_metrics(struct sg_req *req)
 {
 	const struct sg_config *cfg = req->app->cfg;
+	struct tally_stats ts;
+	tally_get_stats(req->app->tally, &ts);
 	struct metrics_extra x = {
 		.redis_reconnects = store_reconnects(),
 		.index_entries = vindex_count(req->app->vindex),
 		.index_bytes = vindex_bytes(req->app->vindex),
 		.index_partitions = vindex_partition_count(req->app->vindex),
+		.tally_batches = ts.batches,
+		.tally_dropped = ts.dropped,
 		.price_prompt_per_1k = cfg->price_prompt_per_1k,
 		.price_completion_per_1k = cfg->price_completion_per_1k,
 	};

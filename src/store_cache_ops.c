@@ -28,7 +28,7 @@ static const char lua_del_exact[] =
  * create a hash without a TTL. */
 static const char lua_hit[] =
 	"if redis.call('EXISTS', KEYS[1]) == 1 then "
-	"return redis.call('HINCRBY', KEYS[1], 'hits', 1) end return 0";
+	"return redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1]) end return 0";
 
 /* "{prefix}{kind}:{tenant}" — the per-tenant keys with nothing after. */
 static char *tenant_key(const struct store *s, const char *kind, const char *tenant)
@@ -478,68 +478,96 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 
 /* ---- accounting ---- */
 
+enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
+				size_t ntc, const struct store_entry_hits *eh, size_t neh,
+				long long top_ttl_s, struct sg_error *e)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} fields[] = {
+		{ "lookups", offsetof(struct store_tenant_counts, lookups) },
+		{ "hits_exact", offsetof(struct store_tenant_counts, hits_exact) },
+		{ "hits_semantic", offsetof(struct store_tenant_counts, hits_semantic) },
+		{ "misses", offsetof(struct store_tenant_counts, misses) },
+		{ "tokens_saved_prompt", offsetof(struct store_tenant_counts, tokens_prompt) },
+		{ "tokens_saved_completion",
+		  offsetof(struct store_tenant_counts, tokens_completion) },
+	};
+	if (ntc == 0 && neh == 0)
+		return SG_OK;
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK)
+		return rc;
+	size_t queued = 0;
+	bool oom = false;
+	redisAppendCommand(s->c, "MULTI");
+	for (size_t i = 0; i < ntc && !oom; i++) {
+		char *skey = tenant_key(s, "stats", tc[i].tenant);
+		if (!skey) {
+			oom = true;
+			break;
+		}
+		for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+			long long v = *(const long long *)((const char *)&tc[i] + fields[f].off);
+			if (v > 0) {
+				redisAppendCommand(s->c, "HINCRBY %s %s %lld", skey,
+						   fields[f].name, v);
+				queued++;
+			}
+		}
+		free(skey);
+	}
+	for (size_t i = 0; i < neh && !oom; i++) {
+		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
+		char *topkey = tenant_key(s, "top", eh[i].tenant);
+		if (ekey && topkey) {
+			redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey, eh[i].hits);
+			redisAppendCommand(s->c, "ZINCRBY %s %lld %s", topkey, eh[i].hits,
+					   eh[i].id);
+			queued += 2;
+			/* one EXPIRE per leaderboard, after its last ZINCRBY */
+			if (i + 1 == neh || strcmp(eh[i + 1].tenant, eh[i].tenant) != 0) {
+				redisAppendCommand(s->c, "EXPIRE %s %lld", topkey, top_ttl_s);
+				queued++;
+			}
+		} else {
+			oom = true;
+		}
+		free(ekey);
+		free(topkey);
+	}
+	if (oom) {
+		/* commands are already buffered: abandon the connection */
+		store_drop(s);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, queued, e);
+	if (!exec)
+		return SG_ERR_REDIS;
+	freeReplyObject(exec);
+	return SG_OK;
+}
+
 enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id,
 			     bool semantic, long long prompt_tokens,
 			     long long completion_tokens, long long top_ttl_s,
 			     struct sg_error *e)
 {
-	char *ekey = store_key(s, "e", tenant, id);
-	char *topkey = tenant_key(s, "top", tenant);
-	char *skey = tenant_key(s, "stats", tenant);
-	enum sg_err rc = SG_OK;
-	if (!ekey || !topkey || !skey) {
-		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((rc = store_conn(s, e)) != SG_OK)
-		goto out;
-	size_t queued = 6;
-	redisAppendCommand(s->c, "MULTI");
-	redisAppendCommand(s->c, "EVAL %s 1 %s", lua_hit, ekey);
-	redisAppendCommand(s->c, "ZINCRBY %s 1 %s", topkey, id);
-	redisAppendCommand(s->c, "EXPIRE %s %lld", topkey, top_ttl_s);
-	redisAppendCommand(s->c, "HINCRBY %s lookups 1", skey);
-	redisAppendCommand(s->c, "HINCRBY %s %s 1", skey,
-			   semantic ? "hits_semantic" : "hits_exact");
-	redisAppendCommand(s->c, "HINCRBY %s tokens_saved_prompt %lld", skey,
-			   prompt_tokens > 0 ? prompt_tokens : 0);
-	if (completion_tokens > 0) {
-		redisAppendCommand(s->c, "HINCRBY %s tokens_saved_completion %lld", skey,
-				   completion_tokens);
-		queued++;
-	}
-	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = store_read_exec(s, queued, e);
-	if (!exec)
-		rc = SG_ERR_REDIS;
-	else
-		freeReplyObject(exec);
-out:
-	free(ekey);
-	free(topkey);
-	free(skey);
-	return rc;
+	struct store_tenant_counts tc = {
+		.tenant = tenant, .lookups = 1, .hits_exact = !semantic,
+		.hits_semantic = semantic, .tokens_prompt = prompt_tokens,
+		.tokens_completion = completion_tokens,
+	};
+	struct store_entry_hits eh = { .tenant = tenant, .id = id, .hits = 1 };
+	return store_record_counts(s, &tc, 1, &eh, 1, top_ttl_s, e);
 }
 
 enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e)
 {
-	char *skey = tenant_key(s, "stats", tenant);
-	if (!skey)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	enum sg_err rc = store_conn(s, e);
-	if (rc == SG_OK) {
-		redisAppendCommand(s->c, "MULTI");
-		redisAppendCommand(s->c, "HINCRBY %s lookups 1", skey);
-		redisAppendCommand(s->c, "HINCRBY %s misses 1", skey);
-		redisAppendCommand(s->c, "EXEC");
-		redisReply *exec = store_read_exec(s, 2, e);
-		if (!exec)
-			rc = SG_ERR_REDIS;
-		else
-			freeReplyObject(exec);
-	}
-	free(skey);
-	return rc;
+	struct store_tenant_counts tc = { .tenant = tenant, .lookups = 1, .misses = 1 };
+	return store_record_counts(s, &tc, 1, NULL, 0, 0, e);
 }
 
 static void stats_field(struct store_stats *st, const char *name, long long v)

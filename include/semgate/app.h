@@ -12,6 +12,7 @@
 struct auth_keys;
 struct store;
 struct prompts;
+struct tally;
 struct vindex;
 
 struct sg_app {
@@ -22,6 +23,7 @@ struct sg_app {
 	struct vindex *vindex;        /* thread-safe (its own locks) */
 	struct auth_keys *auth;       /* gateway API keys; NULL: open mode */
 	struct rate_limit rate;       /* per-tenant limit; max 0: none */
+	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 };
 
 struct sg_worker {

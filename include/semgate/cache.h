@@ -58,9 +58,12 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 			const float *vec, int dim, long long ttl_s, char id_out[65],
 			struct sg_error *e);
 
-/* Render a stored completion as a fresh answer: new id and created.
- * Returns a malloc'd JSON string or NULL (corrupt entry / out of memory). */
-char *cache_render_hit(const char *answer, size_t len);
+/* Render a stored completion as a fresh answer: new id and created,
+ * spliced into the stored bytes (one parse, no re-rendering). Returns the
+ * malloc'd JSON to send and in *doc its parsed tree with the same new id
+ * and created (caller deletes both); NULL (and *doc NULL) when the entry
+ * is not a JSON object or memory ran out. */
+char *cache_render_hit(const char *answer, size_t len, cJSON **doc);
 
 /* Rebuild the index from Redis (at start). *loaded receives the count. */
 enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,

@@ -33,6 +33,13 @@ const cJSON *sg_json_arr(const cJSON *obj, const char *key);
  * frees with free(). NULL on out of memory. */
 char *sg_json_render(const cJSON *item);
 
+/* In s[0..len), a JSON object already known to be valid, find the first
+ * top-level member named key and give its value's span [*start, *end).
+ * 1: found; 0: absent; -1: some member name holds an escape, so names
+ * cannot be compared without decoding (the caller falls back to a tree). */
+int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
+			size_t *end);
+
 /* Build {"error":{"message","type","code"}} rendered; caller frees. */
 char *sg_json_error_body(const char *message, const char *type, const char *code);
 

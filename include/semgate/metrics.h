@@ -94,6 +94,8 @@ struct metrics_extra {
 	size_t index_entries;
 	size_t index_bytes;
 	size_t index_partitions;
+	unsigned long long tally_batches;   /* accounting batches written */
+	unsigned long long tally_dropped;   /* lookups not counted (Redis down) */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
 };

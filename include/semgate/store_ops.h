@@ -89,6 +89,26 @@ enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id
 /* lookups and misses, in one MULTI/EXEC. */
 enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e);
 
+/* A batch of lookups, summed: per tenant its counters, per entry its hits. */
+struct store_tenant_counts {
+	const char *tenant;
+	long long lookups, hits_exact, hits_semantic, misses;
+	long long tokens_prompt, tokens_completion;
+};
+struct store_entry_hits {
+	const char *tenant;
+	const char *id;
+	long long hits;
+};
+
+/* The whole batch in one MULTI/EXEC, with the same effect as recording
+ * each lookup alone: HINCRBY of every non-zero tenant counter, and per
+ * entry its hits (only while it exists) and ZINCRBY on the leaderboard,
+ * whose TTL is set to top_ttl_s. */
+enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
+				size_t ntc, const struct store_entry_hits *eh, size_t neh,
+				long long top_ttl_s, struct sg_error *e);
+
 struct store_stats {
 	long long lookups, hits_exact, hits_semantic, misses;
 	long long tokens_prompt, tokens_completion;

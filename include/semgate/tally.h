@@ -1,0 +1,39 @@
+/* Hit and miss accounting of the chat route, written behind: lookups are
+ * queued in memory and one thread of its own sums whatever has queued up
+ * and writes it with one MULTI/EXEC (store_record_counts), so a hit costs
+ * its client no Redis round trip and Redis one transaction per batch
+ * instead of one per lookup. tally_settle waits until everything queued
+ * before it is in Redis; the cache API routes call it first, so what
+ * they read or change is never older than the lookups answered before. */
+#ifndef SEMGATE_TALLY_H
+#define SEMGATE_TALLY_H
+
+#include <stdbool.h>
+#include "semgate/err.h"
+
+struct sg_config;
+struct tally;
+
+/* Start the writer thread with its own Redis connection. */
+struct tally *tally_start(const struct sg_config *cfg, struct sg_error *e);
+/* Write what is queued, then stop. Accepts NULL. */
+void tally_stop(struct tally *t);
+
+/* Queue one lookup of tenant. A full queue (the writer far behind, e.g.
+ * Redis slow) makes the caller wait for room: accounting is never
+ * dropped while Redis answers. */
+void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
+	       long long prompt_tokens, long long completion_tokens);
+void tally_miss(struct tally *t, const char *tenant);
+
+/* Return once every lookup queued before the call has been written (or
+ * found Redis unavailable, in which case it is dropped and logged). */
+void tally_settle(struct tally *t);
+
+/* Lookups queued since start, and those written to Redis or dropped. */
+struct tally_stats {
+	unsigned long long queued, written, dropped, batches;
+};
+void tally_get_stats(struct tally *t, struct tally_stats *out);
+
+#endif

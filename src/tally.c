@@ -1,0 +1,240 @@
+/* Write-behind accounting (tally.h): a bounded ring of lookups, one
+ * writer thread that takes everything queued at once, sums it per tenant
+ * and per entry, and writes the batch with one MULTI/EXEC. The busier the
+ * gateway, the bigger the batches and the less each lookup costs. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "semgate/config.h"
+#include "semgate/log.h"
+#include "semgate/store.h"
+#include "semgate/store_ops.h"
+#include "semgate/tally.h"
+
+#define TALLY_CAP 4096
+
+enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC };
+
+struct job {
+	char tenant[65];
+	char id[65];          /* "" for a miss */
+	int kind;
+	long long prompt, completion;
+};
+
+struct tally {
+	const struct sg_config *cfg;
+	struct store *store;      /* the writer thread's own */
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t more;      /* jobs queued, or stop */
+	pthread_cond_t room;      /* the ring has room again */
+	pthread_cond_t settled;   /* done advanced */
+	struct job *ring;
+	size_t head, count;
+	unsigned long long queued, done, written, dropped, batches;
+	bool stop;
+	bool failing;             /* the last batch could not be written */
+	/* the writer's scratch, sized for a full ring */
+	struct job *batch;
+	struct store_tenant_counts *tc;
+	struct store_entry_hits *eh;
+};
+
+static int job_cmp(const void *a, const void *b)
+{
+	const struct job *x = a, *y = b;
+	int c = strcmp(x->tenant, y->tenant);
+	return c ? c : strcmp(x->id, y->id);
+}
+
+/* Sum n jobs (sorted here) into per-tenant counters and per-entry hits;
+ * the arrays point into the jobs. */
+static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, size_t *neh)
+{
+	qsort(jobs, n, sizeof(*jobs), job_cmp);
+	*ntc = *neh = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = &jobs[i];
+		if (*ntc == 0 || strcmp(t->tc[*ntc - 1].tenant, j->tenant) != 0)
+			t->tc[(*ntc)++] = (struct store_tenant_counts){ .tenant = j->tenant };
+		struct store_tenant_counts *c = &t->tc[*ntc - 1];
+		c->lookups++;
+		if (j->kind == JOB_MISS) {
+			c->misses++;
+			continue;
+		}
+		if (j->kind == JOB_HIT_EXACT)
+			c->hits_exact++;
+		else
+			c->hits_semantic++;
+		c->tokens_prompt += j->prompt;
+		c->tokens_completion += j->completion;
+		if (*neh == 0 || strcmp(t->eh[*neh - 1].tenant, j->tenant) != 0 ||
+		    strcmp(t->eh[*neh - 1].id, j->id) != 0)
+			t->eh[(*neh)++] = (struct store_entry_hits){ .tenant = j->tenant,
+								     .id = j->id };
+		t->eh[*neh - 1].hits++;
+	}
+}
+
+static bool write_batch(struct tally *t, struct job *jobs, size_t n)
+{
+	size_t ntc, neh;
+	sum_batch(t, jobs, n, &ntc, &neh);
+	struct sg_error e = { 0 };
+	enum sg_err rc = store_record_counts(t->store, t->tc, ntc, t->eh, neh,
+					    t->cfg->cache_ttl, &e);
+	if (rc != SG_OK && !t->failing)
+		sg_log(SG_LOG_WARN, "cache accounting: %zu lookups not counted: %s "
+		       "(further failures are not logged until it works again)", n, e.msg);
+	else if (rc == SG_OK && t->failing)
+		sg_log(SG_LOG_INFO, "cache accounting: written again");
+	t->failing = rc != SG_OK;
+	return rc == SG_OK;
+}
+
+static void *run(void *arg)
+{
+	struct tally *t = arg;
+	pthread_mutex_lock(&t->mu);
+	for (;;) {
+		while (t->count == 0 && !t->stop)
+			pthread_cond_wait(&t->more, &t->mu);
+		if (t->count == 0)
+			break; /* stopping, and everything is written */
+		size_t n = t->count;
+		for (size_t i = 0; i < n; i++)
+			t->batch[i] = t->ring[(t->head + i) % TALLY_CAP];
+		t->head = (t->head + n) % TALLY_CAP;
+		t->count = 0;
+		pthread_cond_broadcast(&t->room);
+		pthread_mutex_unlock(&t->mu);
+		bool ok = write_batch(t, t->batch, n);
+		pthread_mutex_lock(&t->mu);
+		t->done += n;
+		t->batches++;
+		if (ok)
+			t->written += n;
+		else
+			t->dropped += n;
+		pthread_cond_broadcast(&t->settled);
+	}
+	pthread_mutex_unlock(&t->mu);
+	return NULL;
+}
+
+static void tally_free(struct tally *t)
+{
+	store_destroy(t->store);
+	free(t->ring);
+	free(t->batch);
+	free(t->tc);
+	free(t->eh);
+	pthread_mutex_destroy(&t->mu);
+	pthread_cond_destroy(&t->more);
+	pthread_cond_destroy(&t->room);
+	pthread_cond_destroy(&t->settled);
+	free(t);
+}
+
+struct tally *tally_start(const struct sg_config *cfg, struct sg_error *e)
+{
+	struct tally *t = calloc(1, sizeof(*t));
+	if (!t) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	t->cfg = cfg;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->more, NULL);
+	pthread_cond_init(&t->room, NULL);
+	pthread_cond_init(&t->settled, NULL);
+	t->store = store_create(cfg);
+	t->ring = calloc(TALLY_CAP, sizeof(*t->ring));
+	t->batch = calloc(TALLY_CAP, sizeof(*t->batch));
+	t->tc = calloc(TALLY_CAP, sizeof(*t->tc));
+	t->eh = calloc(TALLY_CAP, sizeof(*t->eh));
+	if (!t->store || !t->ring || !t->batch || !t->tc || !t->eh) {
+		tally_free(t);
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	if (pthread_create(&t->thread, NULL, run, t) != 0) {
+		tally_free(t);
+		sg_error_set(e, SG_ERR_INTERNAL, "cannot start the accounting thread");
+		return NULL;
+	}
+	return t;
+}
+
+void tally_stop(struct tally *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->mu);
+	t->stop = true;
+	pthread_cond_broadcast(&t->more);
+	pthread_cond_broadcast(&t->room);
+	pthread_mutex_unlock(&t->mu);
+	pthread_join(t->thread, NULL);
+	tally_free(t);
+}
+
+static void enqueue(struct tally *t, const char *tenant, const char *id, int kind,
+		    long long prompt, long long completion)
+{
+	pthread_mutex_lock(&t->mu);
+	while (t->count == TALLY_CAP && !t->stop)
+		pthread_cond_wait(&t->room, &t->mu);
+	if (!t->stop) {
+		struct job *j = &t->ring[(t->head + t->count) % TALLY_CAP];
+		snprintf(j->tenant, sizeof(j->tenant), "%s", tenant);
+		snprintf(j->id, sizeof(j->id), "%s", id);
+		j->kind = kind;
+		j->prompt = prompt > 0 ? prompt : 0;
+		j->completion = completion > 0 ? completion : 0;
+		t->count++;
+		t->queued++;
+		pthread_cond_signal(&t->more);
+	}
+	pthread_mutex_unlock(&t->mu);
+}
+
+void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
+	       long long prompt_tokens, long long completion_tokens)
+{
+	enqueue(t, tenant, id, semantic ? JOB_HIT_SEMANTIC : JOB_HIT_EXACT, prompt_tokens,
+		completion_tokens);
+}
+
+void tally_miss(struct tally *t, const char *tenant)
+{
+	enqueue(t, tenant, "", JOB_MISS, 0, 0);
+}
+
+void tally_settle(struct tally *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->mu);
+	unsigned long long target = t->queued;
+	while (t->done < target)
+		pthread_cond_wait(&t->settled, &t->mu);
+	pthread_mutex_unlock(&t->mu);
+}
+
+void tally_get_stats(struct tally *t, struct tally_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->mu);
+	out->queued = t->queued;
+	out->written = t->written;
+	out->dropped = t->dropped;
+	out->batches = t->batches;
+	pthread_mutex_unlock(&t->mu);
+}

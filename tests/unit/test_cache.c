@@ -1,0 +1,144 @@
+/* Unit tests for serving a stored completion (cache_render_hit): a fresh
+ * id and created spliced into the stored bytes, everything else as stored,
+ * and the tree handed back agreeing with the bytes. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "semgate/cache.h"
+#include "semgate/json.h"
+#include "sg_test.h"
+
+/* Render, check the result parses, and return it with its tree. */
+static char *render(const char *stored, cJSON **doc, cJSON **sent)
+{
+	char *out = cache_render_hit(stored, strlen(stored), doc);
+	*sent = NULL;
+	if (out)
+		CHECK_INT(sg_json_parse(out, strlen(out), sent, NULL), SG_OK);
+	return out;
+}
+
+static void release(char *out, cJSON *doc, cJSON *sent)
+{
+	release(out, doc, sent);
+}
+
+static void check_fresh(const cJSON *doc, const cJSON *sent)
+{
+	const char *id = sg_json_str(sent, "id");
+	CHECK(id && strncmp(id, "chatcmpl-sg", 11) == 0 && strlen(id) == 35);
+	CHECK_STR(sg_json_str(doc, "id"), id);
+	const cJSON *c1 = cJSON_GetObjectItemCaseSensitive(sent, "created");
+	const cJSON *c2 = cJSON_GetObjectItemCaseSensitive(doc, "created");
+	CHECK(cJSON_IsNumber(c1) && cJSON_IsNumber(c2));
+	CHECK(c1 && c2 && c1->valuedouble == c2->valuedouble);
+	CHECK(c1 && c1->valuedouble >= (double)time(NULL) - 5);
+}
+
+static void test_id_and_created_are_replaced_in_place(void)
+{
+	const char *stored =
+		"{\"id\":\"chatcmpl-old\",\"object\":\"chat.completion\",\"created\":1700000000,"
+		"\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+		"\"content\":\"a \\\"quoted\\\" {brace} and \\\\ and id\",\"id\":\"inner\"},"
+		"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":"
+		"4,\"total_tokens\":7,\"x\":0.1000000000000000055511151231257827}}";
+	cJSON *doc, *sent;
+	char *out = render(stored, &doc, &sent);
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	check_fresh(doc, sent);
+	/* everything but the two values is byte for byte what was stored */
+	const char *tail = strstr(stored, ",\"model\"");
+	CHECK(strstr(out, tail) != NULL);
+	CHECK(strstr(out, "chatcmpl-old") == NULL && strstr(out, "1700000000") == NULL);
+	CHECK(strncmp(out, "{\"id\":\"chatcmpl-sg", 17) == 0);
+	CHECK(strstr(out, ",\"object\":\"chat.completion\",\"created\":") != NULL);
+	const cJSON *msg = sg_json_obj(cJSON_GetArrayItem(sg_json_arr(sent, "choices"), 0),
+				       "message");
+	CHECK_STR(sg_json_str(msg, "id"), "inner");
+	release(out, doc, sent);
+}
+
+static void test_created_before_id_and_whitespace(void)
+{
+	const char *stored = " { \"created\" : 12 ,\n \"id\" : \"x\" , \"n\" : [1, {\"id\": 2}] } ";
+	cJSON *doc, *sent;
+	char *out = render(stored, &doc, &sent);
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	check_fresh(doc, sent);
+	CHECK(strstr(out, "\"n\" : [1, {\"id\": 2}] } ") != NULL);
+	release(out, doc, sent);
+}
+
+static void test_absent_members_are_added(void)
+{
+	static const char *const cases[] = { "{}", " { } ", "{\"a\":1}", "{\"id\":\"x\"}",
+					     "{\"created\":5}", "{\"a\":{\"id\":1,\"created\":2}}" };
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cJSON *doc, *sent;
+		char *out = render(cases[i], &doc, &sent);
+		CHECK(out != NULL);
+		if (!out)
+			continue;
+		check_fresh(doc, sent);
+		CHECK_INT(cJSON_GetArraySize(sent), cJSON_GetArraySize(doc));
+		release(out, doc, sent);
+	}
+}
+
+static void test_escaped_member_names_fall_back_to_the_tree(void)
+{
+	/* "\u0069d" is "id": the bytes cannot be compared, the tree can */
+	const char *stored = "{\"\\u0069d\":\"old\",\"created\":1,\"k\":\"v\"}";
+	cJSON *doc, *sent;
+	char *out = render(stored, &doc, &sent);
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	check_fresh(doc, sent);
+	CHECK(strstr(out, "old") == NULL);
+	CHECK_STR(sg_json_str(sent, "k"), "v");
+	release(out, doc, sent);
+}
+
+static void test_non_objects_are_refused(void)
+{
+	static const char *const cases[] = { "[]", "\"s\"", "12", "{", "{\"a\":1} x", "" };
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cJSON *doc = (cJSON *)1;
+		CHECK(cache_render_hit(cases[i], strlen(cases[i]), &doc) == NULL);
+		CHECK(doc == NULL);
+	}
+}
+
+static void test_member_span(void)
+{
+	const char *s = "{\"a\":{\"id\":1},\"s\":\"}\\\"id\",\"id\" : [1,{\"x\":\"]\"}] ,\"z\":true}";
+	size_t b = 0, e = 0;
+	CHECK_INT(sg_json_member_span(s, strlen(s), "id", &b, &e), 1);
+	CHECK_INT(e - b, strlen("[1,{\"x\":\"]\"}]"));
+	CHECK(strncmp(s + b, "[1,{\"x\":\"]\"}]", e - b) == 0);
+	CHECK_INT(sg_json_member_span(s, strlen(s), "z", &b, &e), 1);
+	CHECK(strncmp(s + b, "true", e - b) == 0 && e - b == 4);
+	CHECK_INT(sg_json_member_span(s, strlen(s), "x", &b, &e), 0);
+	CHECK_INT(sg_json_member_span(s, strlen(s), "i", &b, &e), 0);
+	const char *esc = "{\"a\\n\":1,\"id\":2}";
+	CHECK_INT(sg_json_member_span(esc, strlen(esc), "id", &b, &e), -1);
+	CHECK_INT(sg_json_member_span("[1]", 3, "id", &b, &e), 0);
+}
+
+int main(void)
+{
+	RUN(test_id_and_created_are_replaced_in_place);
+	RUN(test_created_before_id_and_whitespace);
+	RUN(test_absent_members_are_added);
+	RUN(test_escaped_member_names_fall_back_to_the_tree);
+	RUN(test_non_objects_are_refused);
+	RUN(test_member_span);
+	return TEST_DONE();
+}
