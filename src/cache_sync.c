@@ -1,9 +1,9 @@
 /* The event follower: one thread per process with its own subscriber
  * connection and its own store (for reading entries and the rebuild scan).
- * Events are applied idempotently, this process's own included, so an add
- * that raced with a rebuild is restored when its event arrives; an add
- * whose id is already indexed (this process's own, usually) is not read. It never
- * serves requests and never writes to Redis. */
+ * Events are applied idempotently, except that adds published by this
+ * process are skipped: it indexed those itself right after their EXEC
+ * (and a resync in between rescans Redis, where they already are). It
+ * never serves requests and never writes to Redis. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -75,10 +75,9 @@ static void apply(struct cache_sync *cs, struct store *s, const char *payload, s
 		vindex_remove(cs->app->vindex, ev.id);
 		return;
 	}
-	/* an entry this process stored (it indexed it itself) or already
-	 * followed: nothing to read. Entry ids are random and entries are
-	 * never rewritten under the same id, so a known id is this entry. */
-	if (vindex_contains(cs->app->vindex, ev.id))
+	/* this process stored it and indexed it itself, right after its EXEC
+	 * (a resync in between rescans Redis, where the entry already is) */
+	if (strcmp(ev.origin, store_event_origin()) == 0)
 		return;
 	struct sg_error e = { 0 };
 	bool found = false;

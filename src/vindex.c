@@ -817,17 +817,6 @@ bool vindex_remove(struct vindex *vi, const char *id)
 	return slot != SIZE_MAX;
 }
 
-bool vindex_contains(struct vindex *vi, const char *id)
-{
-	size_t idlen = 0;
-	if (!vi || !id_valid(id, &idlen))
-		return false;
-	pthread_mutex_lock(&vi->wlock);
-	size_t slot = idmap_find(vi, id, (uint32_t)hash_bytes(id, idlen));
-	pthread_mutex_unlock(&vi->wlock);
-	return slot != SIZE_MAX;
-}
-
 /* ---- search ---- */
 
 static size_t round_up(size_t x, size_t a)

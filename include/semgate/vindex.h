@@ -127,9 +127,6 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
  * removed, false when id was not in the index (or is not a valid id). */
 bool vindex_remove(struct vindex *vi, const char *id);
 
-/* True when a row with this id is in the index (expired or not). */
-bool vindex_contains(struct vindex *vi, const char *id);
-
 /* Find the live row (expiry 0 or > now_ms) of the partition most similar to
  * query (dim floats, borrowed, unchanged; it need not be normalised).
  * best (caller-owned) is always written. A missing partition is not an

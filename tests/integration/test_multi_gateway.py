@@ -162,3 +162,20 @@ def test_shutdown_is_not_held_up_by_the_event_follower(make_gateway, redis_db, u
     # the follower itself notices within ~100 ms; the bound leaves room for
     # the HTTP drain, and catches a follower stuck in a blocking read
     assert time.monotonic() - t0 < 5.0 * SLOW
+
+
+def test_a_gateway_does_not_read_back_the_entries_it_stored(make_gateway, redis_db, upstream):
+    g = make_gateway()
+    other = make_gateway()
+    redis_db.config_resetstat()
+    for i in range(10):
+        r = g.chat(user(f"stored here {i}"), headers={"X-Semgate-Namespace": f"own-{i}"})
+        assert r.headers["X-Semgate-Cache"] == "miss"
+    # the other gateway follows each add event with one HMGET of the vector;
+    # the gateway that stored them already indexed them and reads nothing
+    within_a_second(lambda: redis_db.info("commandstats").get("cmdstat_hmget", {})
+                    .get("calls", 0) >= 10, "the other gateway's reads")
+    time.sleep(0.3)
+    assert redis_db.info("commandstats")["cmdstat_hmget"]["calls"] == 10
+    r = other.chat(user("stored here 3"), headers={"X-Semgate-Namespace": "own-3"})
+    assert r.headers["X-Semgate-Cache"] == "hit-exact"

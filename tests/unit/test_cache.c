@@ -21,7 +21,9 @@ static char *render(const char *stored, cJSON **doc, cJSON **sent)
 
 static void release(char *out, cJSON *doc, cJSON *sent)
 {
-	release(out, doc, sent);
+	free(out);
+	cJSON_Delete(doc);
+	cJSON_Delete(sent);
 }
 
 static void check_fresh(const cJSON *doc, const cJSON *sent)
