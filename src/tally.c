@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "semgate/config.h"
 #include "semgate/log.h"
@@ -14,6 +15,9 @@
 #include "semgate/tally.h"
 
 #define TALLY_CAP 4096
+/* How long the writer lets lookups gather after the first one arrives:
+ * a wake-up and a transaction per this interval instead of per lookup. */
+#define GATHER_NS (1000 * 1000)
 
 enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC };
 
@@ -36,6 +40,8 @@ struct tally {
 	size_t head, count;
 	unsigned long long queued, done, written, dropped, batches;
 	bool stop;
+	bool flush;               /* someone settles: write without gathering */
+	bool idle;                /* the writer waits for a first job */
 	bool failing;             /* the last batch could not be written */
 	/* the writer's scratch, sized for a full ring */
 	struct job *batch;
@@ -101,10 +107,26 @@ static void *run(void *arg)
 	struct tally *t = arg;
 	pthread_mutex_lock(&t->mu);
 	for (;;) {
-		while (t->count == 0 && !t->stop)
+		while (t->count == 0 && !t->stop) {
+			t->idle = true;
 			pthread_cond_wait(&t->more, &t->mu);
+			t->idle = false;
+		}
 		if (t->count == 0)
 			break; /* stopping, and everything is written */
+		if (!t->stop && !t->flush && t->count < TALLY_CAP / 2) {
+			struct timespec until;
+			clock_gettime(CLOCK_MONOTONIC, &until);
+			until.tv_nsec += GATHER_NS;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			while (!t->stop && !t->flush && t->count < TALLY_CAP / 2 &&
+			       pthread_cond_timedwait(&t->more, &t->mu, &until) == 0)
+				;
+		}
+		t->flush = false;
 		size_t n = t->count;
 		for (size_t i = 0; i < n; i++)
 			t->batch[i] = t->ring[(t->head + i) % TALLY_CAP];
@@ -149,7 +171,11 @@ struct tally *tally_start(const struct sg_config *cfg, struct sg_error *e)
 	}
 	t->cfg = cfg;
 	pthread_mutex_init(&t->mu, NULL);
-	pthread_cond_init(&t->more, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&t->more, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_cond_init(&t->room, NULL);
 	pthread_cond_init(&t->settled, NULL);
 	t->store = store_create(cfg);
@@ -198,7 +224,9 @@ static void enqueue(struct tally *t, const char *tenant, const char *id, int kin
 		j->completion = completion > 0 ? completion : 0;
 		t->count++;
 		t->queued++;
-		pthread_cond_signal(&t->more);
+		/* wake the writer for the first job, or early when half full */
+		if ((t->count == 1 && t->idle) || t->count == TALLY_CAP / 2)
+			pthread_cond_signal(&t->more);
 	}
 	pthread_mutex_unlock(&t->mu);
 }
@@ -221,8 +249,17 @@ void tally_settle(struct tally *t)
 		return;
 	pthread_mutex_lock(&t->mu);
 	unsigned long long target = t->queued;
-	while (t->done < target)
+	if (t->done < target) {
+		t->flush = true;
+		pthread_cond_signal(&t->more);
+	}
+	while (t->done < target) {
 		pthread_cond_wait(&t->settled, &t->mu);
+		if (t->done < target && !t->flush) {
+			t->flush = true; /* ours was in a later batch */
+			pthread_cond_signal(&t->more);
+		}
+	}
 	pthread_mutex_unlock(&t->mu);
 }
 
