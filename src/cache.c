@@ -12,6 +12,7 @@
 #include "semgate/cache.h"
 #include "semgate/clock.h"
 #include "semgate/embed.h"
+#include "semgate/hotcache.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
 #include "semgate/metrics.h"
@@ -66,7 +67,19 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	out->similarity = -2.0;
 	struct store_answer a;
 	bool found = false;
-	enum sg_err rc = store_exact_get(s, tenant, si->exact, &a, &found, e);
+	/* the hot copy first (hotcache.h); a miss there asks Redis, and an
+	 * answer Redis gives is kept for the next time */
+	char hkey[512];
+	bool hot = hot_enabled(app->hot) &&
+		   store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey));
+	if (hot && hot_get(app->hot, hkey, out->id, &out->answer, &out->answer_len)) {
+		out->hit = true;
+		out->similarity = 1.0;
+		return SG_OK;
+	}
+	uint64_t token = hot ? hot_token(app->hot, hkey) : 0;
+	long long pttl = -2;
+	enum sg_err rc = store_exact_get(s, tenant, si->exact, &a, &found, hot ? &pttl : NULL, e);
 	if (rc != SG_OK)
 		return rc;
 	if (found && strcmp(a.kind, "chat") != 0) {
@@ -74,6 +87,8 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 		store_answer_finish(&a);
 		found = false;
 	}
+	if (found && hot)
+		hot_put(app->hot, hkey, token, a.id, a.answer, a.answer_len, pttl);
 	if (found) {
 		out->hit = true;
 		memcpy(out->id, a.id, sizeof(out->id));
@@ -211,6 +226,12 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 		.ttl_s = ttl_s,
 	};
 	enum sg_err rc = store_entry_put(s, tenant, &en, e);
+	char hkey[512];
+	/* a newer answer under an exact key: this process's next lookup must
+	 * see it at once, not when Redis's invalidation arrives */
+	if (rc == SG_OK && exact && app->hot &&
+	    store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey)))
+		hot_invalidate(app->hot, hkey, strlen(hkey));
 	if (rc != SG_OK || !vec)
 		return rc;
 	char part[VINDEX_KEY_MAX];

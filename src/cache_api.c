@@ -17,6 +17,7 @@
 #include "semgate/app.h"
 #include "semgate/cache.h"
 #include "semgate/cache_api.h"
+#include "semgate/hotcache.h"
 #include "semgate/clock.h"
 #include "semgate/json.h"
 #include "semgate/log.h"
@@ -449,7 +450,7 @@ enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstrea
 		/* exact first: a repeated question costs no embedding call */
 		struct store_answer a;
 		bool found = false;
-		if ((rc = store_exact_get(s, tenant, si.exact, &a, &found, e)) != SG_OK)
+		if ((rc = store_exact_get(s, tenant, si.exact, &a, &found, NULL, e)) != SG_OK)
 			goto out;
 		store_answer_finish(&a);
 		if (found && strcmp(a.kind, "text") == 0) {
@@ -608,6 +609,10 @@ enum sg_err cache_api_delete(struct sg_app *app, struct store *s, const char *te
 	enum sg_err rc = store_entry_delete(s, tenant, id, found, e);
 	if (rc == SG_OK && *found)
 		vindex_remove(app->vindex, id);
+	/* the hot copies are keyed by exact key, not id: drop them all so
+	 * this process never serves the entry after answering the delete
+	 * (Redis's invalidation would drop them a moment later) */
+	hot_clear(app->hot);
 	return rc;
 }
 
@@ -615,7 +620,9 @@ enum sg_err cache_api_invalidate(struct sg_app *app, struct store *s, const char
 				 const char *ns, const char *tag, long long *deleted,
 				 struct sg_error *e)
 {
-	return store_invalidate(s, tenant, ns, tag, unindex, app, deleted, e);
+	enum sg_err rc = store_invalidate(s, tenant, ns, tag, unindex, app, deleted, e);
+	hot_clear(app->hot);
+	return rc;
 }
 
 /* ---- JSON ---- */

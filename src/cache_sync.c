@@ -14,6 +14,7 @@
 #include "semgate/cache.h"
 #include "semgate/cache_sync.h"
 #include "semgate/clock.h"
+#include "semgate/hotcache.h"
 #include "semgate/log.h"
 #include "semgate/store.h"
 #include "semgate/store_ops.h"
@@ -91,7 +92,10 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 			     bool *warned)
 {
 	struct sg_error e = { 0 };
-	if (store_sub_connect(sub, &e) != SG_OK) {
+	bool tracking = false;
+	/* no copies while nothing invalidates them */
+	hot_set_enabled(cs->app->hot, false);
+	if (store_sub_connect(sub, cs->app->hot != NULL, &tracking, &e) != SG_OK) {
 		if (!*warned)
 			sg_log(SG_LOG_WARN, "%s; retrying", e.msg);
 		*warned = true;
@@ -109,6 +113,7 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 		return false;
 	}
 	atomic_fetch_add(&cs->rebuilds, 1);
+	hot_set_enabled(cs->app->hot, tracking);
 	sg_log(SG_LOG_INFO, "index %s from redis: %zu entries in %.0f ms; following %s",
 	       n > 0 ? "resynchronised" : "rebuilt", loaded, sg_now_ms() - t0,
 	       "entry events");
@@ -140,18 +145,23 @@ static void *run(void *arg)
 			}
 			backoff = BACKOFF_MIN_MS;
 		}
-		char *msg = NULL;
-		size_t len = 0;
+		struct store_sub_msg m;
 		struct sg_error e = { 0 };
-		if (store_sub_next(sub, POLL_MS, &msg, &len, &e) != SG_OK) {
+		if (store_sub_next(sub, POLL_MS, &m, &e) != SG_OK) {
+			hot_set_enabled(cs->app->hot, false);
 			sg_log(SG_LOG_WARN, "%s; will reconnect and resynchronise", e.msg);
 			continue;
 		}
-		if (msg)
-			apply(cs, s, msg, len);
-		free(msg);
+		if (m.payload)
+			apply(cs, s, m.payload, m.len);
+		if (m.invalidate_all)
+			hot_clear(cs->app->hot);
+		for (size_t i = 0; i < m.nkeys; i++)
+			hot_invalidate(cs->app->hot, m.keys[i], m.key_lens[i]);
+		store_sub_msg_finish(&m);
 	}
 out:
+	hot_set_enabled(cs->app->hot, false);
 	store_sub_destroy(sub);
 	store_destroy(s);
 	return NULL;

@@ -79,6 +79,10 @@ static const struct cfg_row config_rows[] = {
 	  OFF(default_prompt), "prompt prepended when a request has no system message" },
 	{ "SEMGATE_CACHE_TTL", "--cache-ttl", CFG_INT, "86400", 1, 31536000,
 	  OFF(cache_ttl), "seconds a cached answer lives (per request: X-Semgate-TTL)" },
+	{ "SEMGATE_HOT_CACHE_ENTRIES", "--hot-cache-entries", CFG_INT, "4096", 0, 1000000,
+	  OFF(hot_cache_entries),
+	  "exact answers (up to 16 KiB each) kept in process memory, invalidated by Redis "
+	  "key tracking (0: off)" },
 	{ "SEMGATE_SEMANTIC_THRESHOLD", "--semantic-threshold", CFG_RATIO, "0.95", 0, 1,
 	  OFF(semantic_threshold),
 	  "cosine similarity needed for a semantic hit, in (0, 1] (per request: X-Semgate-Threshold)" },

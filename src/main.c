@@ -10,6 +10,7 @@
 #include "semgate/cache_sync.h"
 #include "semgate/clock.h"
 #include "semgate/config.h"
+#include "semgate/hotcache.h"
 #include "semgate/http.h"
 #include "semgate/log.h"
 #include "semgate/routes.h"
@@ -135,6 +136,7 @@ int main(int argc, char **argv)
 		sg_log(SG_LOG_INFO, "embeddings: built-in local embedder (%s, %d dims): lexical "
 		       "similarity, not semantic; set SEMGATE_EMBED_URL for a real model",
 		       app.embedder.model, app.embedder.local_dim);
+	app.hot = hot_create((size_t)cfg.hot_cache_entries, HOT_MAX_ANSWER);
 	/* the event follower rebuilds the index when it first connects (and
 	 * again after every reconnection); wait for that first attempt */
 	sync = cache_sync_start(&app, &e);
@@ -186,6 +188,8 @@ out:
 	tally_stop(app.tally);  /* after http_stop: no request can queue more */
 	app.tally = NULL;
 	cache_sync_stop(sync);
+	hot_destroy(app.hot);
+	app.hot = NULL;
 	app_finish(&app);
 	http_global_cleanup();
 	upstream_global_cleanup();

@@ -340,6 +340,15 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 			 "Lookups whose hit or miss could not be counted in Redis.")) ||
 	    (rc = sg_buf_printf(out, "semgate_cache_accounting_dropped_total %llu\n",
 				x->tally_dropped)) ||
+	    (rc = header(out, "semgate_hot_cache_hits_total", "counter",
+			 "Exact hits answered from the in-process hot copy, without Redis.")) ||
+	    (rc = sg_buf_printf(out, "semgate_hot_cache_hits_total %llu\n", x->hot_hits)) ||
+	    (rc = header(out, "semgate_hot_cache_keys", "gauge",
+			 "Exact keys held in the in-process hot cache.")) ||
+	    (rc = sg_buf_printf(out, "semgate_hot_cache_keys %zu\n", x->hot_keys)) ||
+	    (rc = header(out, "semgate_hot_cache_bytes", "gauge",
+			 "Answer bytes held in the in-process hot cache.")) ||
+	    (rc = sg_buf_printf(out, "semgate_hot_cache_bytes %zu\n", x->hot_bytes)) ||
 	    (rc = header(out, "semgate_requests_in_flight", "gauge",
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))

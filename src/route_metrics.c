@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "semgate/app.h"
+#include "semgate/hotcache.h"
 #include "semgate/json.h"
 #include "semgate/metrics.h"
 #include "semgate/routes.h"
@@ -16,6 +17,8 @@ int route_metrics(struct sg_req *req)
 	const struct sg_config *cfg = req->app->cfg;
 	struct tally_stats ts;
 	tally_get_stats(req->app->tally, &ts);
+	struct hot_stats hs;
+	hot_get_stats(req->app->hot, &hs);
 	struct metrics_extra x = {
 		.redis_reconnects = store_reconnects(),
 		.index_entries = vindex_count(req->app->vindex),
@@ -23,6 +26,9 @@ int route_metrics(struct sg_req *req)
 		.index_partitions = vindex_partition_count(req->app->vindex),
 		.tally_batches = ts.batches,
 		.tally_dropped = ts.dropped,
+		.hot_hits = hs.hits,
+		.hot_keys = hs.keys,
+		.hot_bytes = hs.bytes,
 		.price_prompt_per_1k = cfg->price_prompt_per_1k,
 		.price_completion_per_1k = cfg->price_completion_per_1k,
 	};

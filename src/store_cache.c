@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "semgate/clock.h"
+#include "semgate/metrics.h"
 #include "semgate/store.h"
 #include "store_codec.h"
 #include "store_priv.h"
@@ -136,8 +138,40 @@ static enum sg_err dup_answer(struct store_answer *out, const char *p, size_t le
 	return SG_OK;
 }
 
+bool store_exact_keyname(const struct sg_config *cfg, const char *tenant, const char *exact,
+			 char *out, size_t cap)
+{
+	int n = snprintf(out, cap, "%sx:%s:%s", cfg->redis_prefix, tenant, exact);
+	return n > 0 && (size_t)n < cap;
+}
+
+/* GET key and PTTL key pipelined: the GET reply, *pttl_ms set. */
+static redisReply *get_with_pttl(struct store *s, const char *key, long long *pttl_ms,
+				 struct sg_error *e)
+{
+	*pttl_ms = -2;
+	if (store_conn(s, e) != SG_OK)
+		return NULL;
+	redisAppendCommand(s->c, "GET %s", key);
+	redisAppendCommand(s->c, "PTTL %s", key);
+	double t0 = sg_now_ms();
+	redisReply *r = store_read_reply(s, e);
+	redisReply *t = r ? store_read_reply(s, e) : NULL;
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
+	if (!t) {
+		if (r)
+			freeReplyObject(r);
+		return NULL;
+	}
+	if (t->type == REDIS_REPLY_INTEGER)
+		*pttl_ms = t->integer;
+	freeReplyObject(t);
+	return r;
+}
+
 enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
-			    struct store_answer *out, bool *found, struct sg_error *e)
+			    struct store_answer *out, bool *found, long long *pttl_ms,
+			    struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
 	*found = false;
@@ -145,7 +179,8 @@ enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exa
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	const char *argv[] = { "GET", key };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
+	redisReply *r = pttl_ms ? get_with_pttl(s, key, pttl_ms, e) :
+				  store_run(s, 2, argv, NULL, e);
 	free(key);
 	if (!r)
 		return SG_ERR_REDIS;

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "semgate/json.h"
+#include "semgate/log.h"
 #include "semgate/store_ops.h"
 #include "store_priv.h"
 
@@ -163,9 +164,44 @@ bool store_sub_connected(const struct store_sub *sub)
 	return sub->c != NULL;
 }
 
-enum sg_err store_sub_connect(struct store_sub *sub, struct sg_error *e)
+/* CLIENT TRACKING on this connection, redirected to itself, for the exact
+ * keys. False (and a reason in why) when Redis refuses. */
+static bool enable_tracking(redisContext *c, const struct sg_config *cfg, char *why,
+			    size_t cap)
+{
+	redisReply *r = redisCommand(c, "CLIENT ID");
+	if (!r || r->type != REDIS_REPLY_INTEGER) {
+		snprintf(why, cap, "CLIENT ID: %s", r && r->type == REDIS_REPLY_ERROR ?
+			 r->str : "unexpected reply");
+		if (r)
+			freeReplyObject(r);
+		return false;
+	}
+	long long id = r->integer;
+	freeReplyObject(r);
+	r = redisCommand(c, "CLIENT TRACKING on REDIRECT %lld BCAST PREFIX %sx:", id,
+			 cfg->redis_prefix);
+	bool ok = r && r->type == REDIS_REPLY_STATUS;
+	if (!ok)
+		snprintf(why, cap, "CLIENT TRACKING: %s", r && r->type == REDIS_REPLY_ERROR ?
+			 r->str : "unexpected reply");
+	if (r)
+		freeReplyObject(r);
+	return ok;
+}
+
+static bool subscribed(const redisReply *r)
+{
+	return r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+	       r->element[0]->type == REDIS_REPLY_STRING &&
+	       strcmp(r->element[0]->str, "subscribe") == 0;
+}
+
+enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tracking,
+			      struct sg_error *e)
 {
 	const struct sg_config *cfg = sub->cfg;
+	*tracking = false;
 	store_sub_drop(sub);
 	struct timeval tv = {
 		.tv_sec = cfg->redis_timeout_ms / 1000,
@@ -195,17 +231,39 @@ enum sg_err store_sub_connect(struct store_sub *sub, struct sg_error *e)
 		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
-	r = redisCommand(c, "SUBSCRIBE %s", ch);
-	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-	    r->element[0]->type != REDIS_REPLY_STRING ||
-	    strcmp(r->element[0]->str, "subscribe") != 0) {
+	char why[256] = "";
+	bool track = track_exact && enable_tracking(c, cfg, why, sizeof(why));
+	if (track_exact && !track)
+		sg_log(SG_LOG_WARN, "hot exact cache off: %s", why);
+	if (c->err) {
+		sg_error_set(e, SG_ERR_REDIS, "events: %s", c->errstr);
+		goto fail;
+	}
+	r = track ? redisCommand(c, "SUBSCRIBE %s __redis__:invalidate", ch) :
+		    redisCommand(c, "SUBSCRIBE %s", ch);
+	if (!subscribed(r)) {
 		sg_error_set(e, SG_ERR_REDIS, "events: SUBSCRIBE failed: %s",
 			     r && r->type == REDIS_REPLY_ERROR ? r->str :
 			     c->errstr[0] ? c->errstr : "unexpected reply");
 		goto fail;
 	}
 	freeReplyObject(r);
+	r = NULL;
+	if (track) {
+		/* the second channel's confirmation: from here on, every change
+		 * of an exact key reaches this connection */
+		void *second = NULL;
+		if (redisGetReply(c, &second) != REDIS_OK || !subscribed(second)) {
+			if (second)
+				freeReplyObject(second);
+			sg_error_set(e, SG_ERR_REDIS, "events: SUBSCRIBE failed: %s",
+				     c->errstr[0] ? c->errstr : "unexpected reply");
+			goto fail;
+		}
+		freeReplyObject(second);
+	}
 	free(ch);
+	*tracking = track;
 	sub->c = c;
 	return SG_OK;
 fail:
@@ -217,29 +275,70 @@ fail:
 	return e ? e->code : SG_ERR_REDIS;
 }
 
-/* A message from a ["message", channel, payload] reply; NULL for anything
- * else (a subscribe confirmation, a pong). */
-static char *take_payload(redisReply *r, size_t *len)
+void store_sub_msg_finish(struct store_sub_msg *m)
+{
+	free(m->payload);
+	for (size_t i = 0; i < m->nkeys; i++)
+		free(m->keys[i]);
+	free(m->keys);
+	free(m->key_lens);
+	memset(m, 0, sizeof(*m));
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+	char *out = malloc(n + 1);
+	if (out) {
+		memcpy(out, p, n);
+		out[n] = '\0';
+	}
+	return out;
+}
+
+/* Fill m from a ["message", channel, payload] reply; anything else (a
+ * subscribe confirmation) leaves it empty. An invalidation's payload is
+ * an array of keys, or nil for all of them; one that cannot be copied
+ * (out of memory) is taken as "all", the safe side. */
+static void take_message(redisReply *r, struct store_sub_msg *m)
 {
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
 	    r->element[0]->type != REDIS_REPLY_STRING ||
 	    strcmp(r->element[0]->str, "message") != 0 ||
-	    r->element[2]->type != REDIS_REPLY_STRING)
-		return NULL;
-	char *p = malloc(r->element[2]->len + 1);
-	if (!p)
-		return NULL;
-	memcpy(p, r->element[2]->str, r->element[2]->len);
-	p[r->element[2]->len] = '\0';
-	*len = r->element[2]->len;
-	return p;
+	    r->element[1]->type != REDIS_REPLY_STRING)
+		return;
+	redisReply *p = r->element[2];
+	if (strcmp(r->element[1]->str, "__redis__:invalidate") != 0) {
+		if (p->type == REDIS_REPLY_STRING && (m->payload = dup_bytes(p->str, p->len)))
+			m->len = p->len;
+		return;
+	}
+	if (p->type != REDIS_REPLY_ARRAY || p->elements == 0) {
+		m->invalidate_all = true;
+		return;
+	}
+	m->keys = calloc(p->elements, sizeof(*m->keys));
+	m->key_lens = calloc(p->elements, sizeof(*m->key_lens));
+	if (!m->keys || !m->key_lens) {
+		store_sub_msg_finish(m);
+		m->invalidate_all = true;
+		return;
+	}
+	for (size_t i = 0; i < p->elements; i++) {
+		redisReply *k = p->element[i];
+		if (k->type != REDIS_REPLY_STRING || !(m->keys[i] = dup_bytes(k->str, k->len))) {
+			store_sub_msg_finish(m);
+			m->invalidate_all = true;
+			return;
+		}
+		m->key_lens[i] = k->len;
+		m->nkeys++;
+	}
 }
 
-enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, char **msg,
-			   size_t *len, struct sg_error *e)
+enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, struct store_sub_msg *m,
+			   struct sg_error *e)
 {
-	*msg = NULL;
-	*len = 0;
+	memset(m, 0, sizeof(*m));
 	if (!sub->c)
 		return sg_error_set(e, SG_ERR_REDIS, "events: not connected");
 	void *reply = NULL;
@@ -258,7 +357,7 @@ enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, char **msg,
 		if (!reply)
 			return SG_OK;
 	}
-	*msg = take_payload(reply, len);
+	take_message(reply, m);
 	freeReplyObject(reply);
 	return SG_OK;
 lost:

@@ -13,6 +13,7 @@ struct auth_keys;
 struct store;
 struct prompts;
 struct tally;
+struct hotcache;
 struct vindex;
 
 struct sg_app {
@@ -24,6 +25,7 @@ struct sg_app {
 	struct auth_keys *auth;       /* gateway API keys; NULL: open mode */
 	struct rate_limit rate;       /* per-tenant limit; max 0: none */
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
+	struct hotcache *hot;         /* hot exact copies; NULL: off */
 };
 
 struct sg_worker {

@@ -38,6 +38,7 @@ struct sg_config {
 	char *default_prompt;
 	/* cache */
 	long long cache_ttl;
+	long long hot_cache_entries;
 	double semantic_threshold;
 	char *embed_url;
 	char *embed_model;

@@ -96,6 +96,8 @@ struct metrics_extra {
 	size_t index_partitions;
 	unsigned long long tally_batches;   /* accounting batches written */
 	unsigned long long tally_dropped;   /* lookups not counted (Redis down) */
+	unsigned long long hot_hits;        /* exact hits served from process memory */
+	size_t hot_keys, hot_bytes;         /* hot copies held */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
 };

@@ -97,9 +97,16 @@ struct store_answer {
 };
 void store_answer_finish(struct store_answer *a);
 
-/* GET the exact key. *found false (and SG_OK) on a miss. */
+/* GET the exact key. *found false (and SG_OK) on a miss. With pttl_ms,
+ * its PTTL is read in the same round trip (-2: gone, -1: no TTL). */
 enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
-			    struct store_answer *out, bool *found, struct sg_error *e);
+			    struct store_answer *out, bool *found, long long *pttl_ms,
+			    struct sg_error *e);
+
+/* The exact key's name, "{prefix}x:{tenant}:{exact}", into out[cap];
+ * false when it does not fit. */
+bool store_exact_keyname(const struct sg_config *cfg, const char *tenant, const char *exact,
+			 char *out, size_t cap);
 
 /* HMGET answer and tokens of an entry. *found false when it is gone. */
 enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,

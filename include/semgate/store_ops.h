@@ -168,20 +168,37 @@ struct store_sub *store_sub_create(const struct sg_config *cfg);
 void store_sub_destroy(struct store_sub *sub);
 
 /* Connect and SUBSCRIBE, waiting for the confirmation. SG_OK once the
- * subscription is live. */
-enum sg_err store_sub_connect(struct store_sub *sub, struct sg_error *e);
+ * subscription is live. With track_exact it also asks Redis to report every
+ * change of an exact key ({prefix}x:*) on this connection (CLIENT TRACKING
+ * on REDIRECT <itself> BCAST PREFIX, then SUBSCRIBE __redis__:invalidate);
+ * *tracking tells whether that took (not on Redis < 6, or when the command
+ * is refused: the rest works without it). */
+enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tracking,
+			      struct sg_error *e);
 
 /* Close the connection (the next connect starts afresh). */
 void store_sub_drop(struct store_sub *sub);
 
 bool store_sub_connected(const struct store_sub *sub);
 
-/* Wait at most timeout_ms for one message. SG_OK with *msg (malloc'd,
- * NUL-terminated, caller frees) and *len set, or with *msg NULL when none
- * came in time; SG_ERR_REDIS when the connection was lost (it is dropped;
- * reconnect with store_sub_connect). Never blocks longer than timeout_ms
- * waiting for data. */
-enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, char **msg,
-			   size_t *len, struct sg_error *e);
+/* One message: an entry event (payload), or keys that changed
+ * (invalidation: keys, or every key when all is set). */
+struct store_sub_msg {
+	char *payload;             /* an event, NUL-terminated, or NULL */
+	size_t len;
+	bool invalidate_all;       /* FLUSHDB/FLUSHALL, or tracking reset */
+	char **keys;               /* changed keys, nkeys of them */
+	size_t *key_lens;
+	size_t nkeys;
+};
+void store_sub_msg_finish(struct store_sub_msg *m);
+
+/* Wait at most timeout_ms for one message. SG_OK with *m filled (all empty
+ * when nothing came in time or the reply was not a message); SG_ERR_REDIS
+ * when the connection was lost (it is dropped; reconnect with
+ * store_sub_connect). Never blocks longer than timeout_ms waiting for
+ * data. */
+enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, struct store_sub_msg *m,
+			   struct sg_error *e);
 
 #endif
