@@ -320,7 +320,8 @@ bool sg_utf8_valid(const char *str, size_t len)
 }
 
 /* One pass over the text before cJSON sees it: nesting depth, raw control
- * characters inside strings (which cJSON would accept) and the escape
+ * characters inside strings and between tokens (cJSON accepts both; between
+ * tokens it takes any byte up to 0x20 for whitespace) and the escape
  * \u0000: cJSON keeps strings NUL-terminated, so "a\u0000b" would come
  * out as "a" -- two different questions would share one exact-cache key
  * and a stored turn would differ from what was sent. */
@@ -358,6 +359,10 @@ static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 		} else if (c == '\0') {
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"invalid JSON: NUL byte at %zu", i);
+		} else if (c < 0x20 && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+			/* cJSON skips any byte up to 0x20 as whitespace; JSON allows four */
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"invalid JSON: control character at byte %zu", i);
 		}
 	}
 	return SG_OK;

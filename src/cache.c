@@ -242,10 +242,19 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 	return SG_OK;
 }
 
+static int count_members(const cJSON *obj, const char *key)
+{
+	int n = 0;
+	for (const cJSON *it = obj->child; it; it = it->next)
+		n += it->string && strcmp(it->string, key) == 0;
+	return n;
+}
+
 /* Set member key of obj to item (replacing the first one, or adding it). */
 static void set_member(cJSON *obj, const char *key, cJSON *item)
 {
-	if (cJSON_HasObjectItem(obj, key))
+	/* (cJSON_HasObjectItem would match "crEated" too) */
+	if (cJSON_GetObjectItemCaseSensitive(obj, key))
 		cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
 	else
 		cJSON_AddItemToObject(obj, key, item);
@@ -272,17 +281,23 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 		cJSON_Delete(doc);
 		return NULL;
 	}
+	/* a stored answer that names id or created twice keeps only the new one */
+	bool dup = count_members(doc, "id") > 1 || count_members(doc, "created") > 1;
+	while (dup && cJSON_GetObjectItemCaseSensitive(doc, "id"))
+		cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
+	while (dup && cJSON_GetObjectItemCaseSensitive(doc, "created"))
+		cJSON_DeleteItemFromObjectCaseSensitive(doc, "created");
 	set_member(doc, "id", nid);
 	set_member(doc, "created", ncreated);
 
 	/* The bytes sent are the stored bytes with the two values replaced
 	 * in place; only when that is not possible (a member name with an
-	 * escape) are they rendered from the tree. */
+	 * escape, a duplicate) are they rendered from the tree. */
 	size_t is = 0, ie = 0, cs = 0, ce = 0;
 	int hid = sg_json_member_span(answer, len, "id", &is, &ie);
 	int hcr = sg_json_member_span(answer, len, "created", &cs, &ce);
 	char *out = NULL;
-	if (hid < 0 || hcr < 0) {
+	if (dup || hid < 0 || hcr < 0) {
 		out = sg_json_render(doc);
 	} else {
 		struct span { size_t s, e; bool quoted; const char *v; } sp[2];

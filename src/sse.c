@@ -172,7 +172,7 @@ bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 		cJSON_Delete(a->usage);
 		a->usage = cJSON_Duplicate(usage, 1);
 	}
-	if (cJSON_HasObjectItem(ev, "error"))
+	if (cJSON_GetObjectItemCaseSensitive(ev, "error"))
 		a->bad_event = true;
 	const cJSON *choices = sg_json_arr(ev, "choices");
 	bool usage_only = usage && choices && cJSON_GetArraySize(choices) == 0;

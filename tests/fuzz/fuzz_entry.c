@@ -6,14 +6,36 @@
  * a vector blob (which may be of the wrong length).
  * Invariants: a decoded id is a valid id and the answer lies inside the
  * value; a decoded vector has exactly dim floats and dim in range; the
- * index accepts or refuses it cleanly and finds an accepted row again. */
+ * index accepts or refuses it cleanly and finds an accepted row again; an
+ * answer served as a hit is valid JSON, the same document as the tree the
+ * caller gets, with a fresh id. */
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
 
+#include "semgate/cache.h"
+#include "semgate/json.h"
 #include "semgate/vindex.h"
 #include "../../src/store_codec.h"
 #include "fuzz.h"
+
+/* A member name twice in one object, or a number that overflowed to
+ * infinity, at any depth: cJSON_Compare cannot tell such documents apart
+ * reliably (inf - inf is NaN). */
+static bool not_comparable(const cJSON *v)
+{
+	if (cJSON_IsNumber(v) && !isfinite(v->valuedouble))
+		return true;
+	for (const cJSON *a = v ? v->child : NULL; a; a = a->next) {
+		if (cJSON_IsObject(v))
+			for (const cJSON *b = a->next; b; b = b->next)
+				if (a->string && b->string && strcmp(a->string, b->string) == 0)
+					return true;
+		if (not_comparable(a))
+			return true;
+	}
+	return false;
+}
 
 static const char *field(const char **p, const char *end, size_t *len)
 {
@@ -36,6 +58,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(store_codec_id_ok(id, strlen(id)));
 		FUZZ_CHECK(ans > s && ans + alen == end);
 		FUZZ_CHECK(ans[-1] == '\n' && (size_t)(ans - 1 - s) == strlen(id));
+		/* serving it as a hit (cache_render_hit): the bytes sent and the
+		 * tree handed back are the same document, with a fresh id */
+		cJSON *doc = NULL, *sent = NULL;
+		char *out = cache_render_hit(ans, alen, &doc);
+		FUZZ_CHECK((out == NULL) == (doc == NULL));
+		if (out) {
+			FUZZ_CHECK(sg_json_parse(out, strlen(out), &sent, NULL) == SG_OK);
+			FUZZ_CHECK(not_comparable(doc) || cJSON_Compare(sent, doc, true));
+			const char *nid = sg_json_str(sent, "id");
+			FUZZ_CHECK(nid && strncmp(nid, "chatcmpl-sg", 11) == 0);
+			/* one id and one created, whatever was stored */
+			int ids = 0, createds = 0;
+			for (const cJSON *m = sent->child; m; m = m->next) {
+				ids += strcmp(m->string, "id") == 0;
+				createds += strcmp(m->string, "created") == 0;
+			}
+			FUZZ_CHECK(ids == 1 && createds == 1);
+			FUZZ_CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(sent, "created")));
+			cJSON_Delete(sent);
+			cJSON_Delete(doc);
+			free(out);
+		}
 	}
 
 	const char *p = s;

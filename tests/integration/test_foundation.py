@@ -95,6 +95,7 @@ def test_upstream_timeout_gives_504_within_the_timeout(make_gateway, redis_db, u
     (b'{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}', "UTF-8"),
     (b'{"model":"m","messages":[{"role":"user","content":"\\ud800"}]}', "JSON"),
     (b"[" * 1000 + b"]" * 1000, "nesting"),
+    (b'{"model":"m",\x0c"messages":[{"role":"user","content":"x"}]}', "control character"),
 ])
 def test_bad_chat_bodies_get_400_with_a_clear_message(gateway, upstream, body, needle):
     r = requests.post(gateway.url + "/v1/chat/completions", data=body,

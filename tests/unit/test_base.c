@@ -110,6 +110,14 @@ static void test_json_refuses_trailing_bytes_and_bad_input(void)
 	CHECK_INT(parse("{\"a\":\"x\ty\"}", &j, &e), SG_ERR_BAD_REQUEST);
 	CHECK_INT(sg_json_parse("{\"a\":1}\0x", 9, &j, &e), SG_ERR_BAD_REQUEST);
 	CHECK_INT(sg_json_parse("\"\xff\"", 3, &j, &e), SG_ERR_BAD_REQUEST);
+	/* between tokens only space, tab, CR and LF are whitespace (cJSON alone
+	 * would skip \x14 or \v too) */
+	CHECK_INT(parse("{\"a\":1,\x14\"b\":2}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "control character") != NULL);
+	CHECK_INT(parse("\v[1]", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(parse(" \t\r\n{ \"a\" :\n[ 1 ,\t2 ]\r\n} ", &j, &e), SG_OK);
+	cJSON_Delete(j);
+	j = NULL;
 	/* a valid surrogate pair is fine */
 	CHECK_INT(parse("\"\\ud83d\\ude00\"", &j, &e), SG_OK);
 	cJSON_Delete(j);

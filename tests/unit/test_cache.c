@@ -80,7 +80,9 @@ static void test_created_before_id_and_whitespace(void)
 static void test_absent_members_are_added(void)
 {
 	static const char *const cases[] = { "{}", " { } ", "{\"a\":1}", "{\"id\":\"x\"}",
-					     "{\"created\":5}", "{\"a\":{\"id\":1,\"created\":2}}" };
+					     "{\"created\":5}", "{\"a\":{\"id\":1,\"created\":2}}",
+					     /* other spellings are other members */
+					     "{\"ID\":\"x\",\"crEated\":1}" };
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		cJSON *doc, *sent;
 		char *out = render(cases[i], &doc, &sent);
@@ -105,6 +107,26 @@ static void test_escaped_member_names_fall_back_to_the_tree(void)
 	check_fresh(doc, sent);
 	CHECK(strstr(out, "old") == NULL);
 	CHECK_STR(sg_json_str(sent, "k"), "v");
+	release(out, doc, sent);
+}
+
+static void test_duplicate_ids_leave_only_the_new_one(void)
+{
+	const char *stored = "{\"id\":\"a\",\"created\":1,\"k\":1,\"id\":\"b\",\"created\":2}";
+	cJSON *doc, *sent;
+	char *out = render(stored, &doc, &sent);
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	check_fresh(doc, sent);
+	int ids = 0, createds = 0;
+	for (const cJSON *m = sent->child; m; m = m->next) {
+		ids += strcmp(m->string, "id") == 0;
+		createds += strcmp(m->string, "created") == 0;
+	}
+	CHECK_INT(ids, 1);
+	CHECK_INT(createds, 1);
+	CHECK(cJSON_GetObjectItemCaseSensitive(sent, "k") != NULL);
 	release(out, doc, sent);
 }
 
@@ -140,6 +162,7 @@ int main(void)
 	RUN(test_created_before_id_and_whitespace);
 	RUN(test_absent_members_are_added);
 	RUN(test_escaped_member_names_fall_back_to_the_tree);
+	RUN(test_duplicate_ids_leave_only_the_new_one);
 	RUN(test_non_objects_are_refused);
 	RUN(test_member_span);
 	return TEST_DONE();
