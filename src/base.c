@@ -512,7 +512,7 @@ int sg_json_member_span(const char *s, size_t len, const char *key, size_t *star
 	size_t klen = strlen(key);
 	size_t i = skip_ws(s, len, 0);
 	if (i >= len || s[i] != '{')
-		return 0;
+		return -1; /* e.g. a byte-order mark cJSON skips: not ours to splice */
 	i = skip_ws(s, len, i + 1);
 	while (i < len && s[i] == '"') {
 		bool escaped = false;

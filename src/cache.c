@@ -229,17 +229,21 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 	char hkey[512];
 	/* a newer answer under an exact key: this process's next lookup must
 	 * see it at once, not when Redis's invalidation arrives */
-	if (rc == SG_OK && exact && app->hot &&
+	if (rc != SG_ERR_NOMEM && exact && app->hot &&
 	    store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey)))
 		hot_invalidate(app->hot, hkey, strlen(hkey));
-	if (rc != SG_OK || !vec)
+	/* SG_ERR_REDIS: the EXEC may have run before the connection failed,
+	 * and this process skips its own add events, so it keeps a row; a
+	 * semantic match on a row whose entry is missing drops it */
+	if ((rc != SG_OK && rc != SG_ERR_REDIS) || !vec)
 		return rc;
 	char part[VINDEX_KEY_MAX];
 	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
 	struct sg_error ve = { 0 };
-	if (vindex_add(app->vindex, part, dim, id_out, vec, sg_wall_ms() + ttl_s * 1000, &ve) != SG_OK)
+	if (vindex_add(app->vindex, part, dim, id_out, vec, sg_wall_ms() + ttl_s * 1000, &ve) !=
+	    SG_OK && rc == SG_OK)
 		sg_log(SG_LOG_WARN, "entry %s stored without an index row: %s", id_out, ve.msg);
-	return SG_OK;
+	return rc;
 }
 
 static int count_members(const cJSON *obj, const char *key)

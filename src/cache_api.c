@@ -578,11 +578,20 @@ enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream
 		.metadata = rq->metadata,
 		.metadata_len = rq->metadata_len,
 	};
-	if ((rc = store_entry_put(s, tenant, &en, e)) != SG_OK) {
-		if (vec)
-			vindex_remove(app->vindex, id);
-		goto out;
+	rc = store_entry_put(s, tenant, &en, e);
+	char hkey[512];
+	/* the exact key now names this entry: no hot copy of what it held */
+	if (rc != SG_ERR_NOMEM &&
+	    store_exact_keyname(app->cfg, tenant, si.exact, hkey, sizeof(hkey)))
+		hot_invalidate(app->hot, hkey, strlen(hkey));
+	if (rc == SG_ERR_REDIS && vec) {
+		/* the EXEC may have run before the connection failed: keep a
+		 * row (this process skips its own add events); a lookup that
+		 * meets a row whose entry is missing drops it */
+		vindex_add(app->vindex, part, dim, id, vec, sg_wall_ms() + ttl * 1000, NULL);
 	}
+	if (rc != SG_OK)
+		goto out;
 	if (vec) {
 		struct sg_error ve = { 0 };
 		if (vindex_add(app->vindex, part, dim, id, vec, sg_wall_ms() + ttl * 1000, &ve) != SG_OK)

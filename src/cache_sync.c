@@ -23,6 +23,8 @@
 #define POLL_MS 100
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define BACKLOG_READ_MAX 1024   /* messages read in one go */
+#define BACKLOG_MAX 65536       /* queued entry events; past it, reading waits */
 
 struct cache_sync {
 	struct sg_app *app;
@@ -121,11 +123,76 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 	return true;
 }
 
+/* Entry events read but not yet applied: applying an add costs a Redis
+ * round trip, and invalidations must not wait behind those. */
+struct backlog {
+	struct store_sub_msg *m;
+	size_t head, n, cap;
+};
+
+static void backlog_clear(struct backlog *b)
+{
+	for (size_t i = b->head; i < b->n; i++)
+		store_sub_msg_finish(&b->m[i]);
+	b->head = b->n = 0;
+}
+
+static bool backlog_push(struct backlog *b, struct store_sub_msg *m)
+{
+	if (b->head > 0 && b->n == b->cap) { /* slide the live part down */
+		memmove(b->m, b->m + b->head, (b->n - b->head) * sizeof(*b->m));
+		b->n -= b->head;
+		b->head = 0;
+	}
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 64;
+		struct store_sub_msg *grown = realloc(b->m, cap * sizeof(*grown));
+		if (!grown)
+			return false;
+		b->m = grown;
+		b->cap = cap;
+	}
+	b->m[b->n++] = *m;
+	memset(m, 0, sizeof(*m));
+	return true;
+}
+
+/* Read what the subscriber has (waiting up to wait_ms for the first
+ * message), applying invalidations at once and queueing entry events.
+ * False when the connection was lost. */
+static bool take_messages(struct cache_sync *cs, struct store_sub *sub, struct store *s,
+			  struct backlog *b, int wait_ms)
+{
+	for (int k = 0; k < BACKLOG_READ_MAX && b->n - b->head < BACKLOG_MAX; k++) {
+		struct store_sub_msg m;
+		struct sg_error e = { 0 };
+		if (store_sub_next(sub, k == 0 ? wait_ms : 0, &m, &e) != SG_OK) {
+			hot_set_enabled(cs->app->hot, false);
+			sg_log(SG_LOG_WARN, "%s; will reconnect and resynchronise", e.msg);
+			return false;
+		}
+		bool any = m.payload || m.invalidate_all || m.nkeys;
+		if (m.invalidate_all)
+			hot_clear(cs->app->hot);
+		for (size_t i = 0; i < m.nkeys; i++)
+			hot_invalidate(cs->app->hot, m.keys[i], m.key_lens[i]);
+		if (m.payload && !backlog_push(b, &m)) {
+			/* out of memory: apply it now rather than drop it */
+			apply(cs, s, m.payload, m.len);
+		}
+		store_sub_msg_finish(&m);
+		if (!any)
+			break;
+	}
+	return true;
+}
+
 static void *run(void *arg)
 {
 	struct cache_sync *cs = arg;
 	struct store *s = store_create(cs->app->cfg);
 	struct store_sub *sub = store_sub_create(cs->app->cfg);
+	struct backlog b = { 0 };
 	int backoff = BACKOFF_MIN_MS;
 	bool warned = false;
 	if (!s || !sub) {
@@ -136,6 +203,8 @@ static void *run(void *arg)
 	}
 	while (!atomic_load(&cs->stop)) {
 		if (!store_sub_connected(sub)) {
+			/* the resync's scan covers whatever was still queued */
+			backlog_clear(&b);
 			bool ok = connect_and_sync(cs, sub, s, &warned);
 			first_done(cs);
 			if (!ok) {
@@ -145,22 +214,19 @@ static void *run(void *arg)
 			}
 			backoff = BACKOFF_MIN_MS;
 		}
-		struct store_sub_msg m;
-		struct sg_error e = { 0 };
-		if (store_sub_next(sub, POLL_MS, &m, &e) != SG_OK) {
-			hot_set_enabled(cs->app->hot, false);
-			sg_log(SG_LOG_WARN, "%s; will reconnect and resynchronise", e.msg);
+		if (!take_messages(cs, sub, s, &b, b.head < b.n ? 0 : POLL_MS))
 			continue;
+		if (b.head < b.n) {
+			struct store_sub_msg *m = &b.m[b.head++];
+			apply(cs, s, m->payload, m->len);
+			store_sub_msg_finish(m);
+			if (b.head == b.n)
+				b.head = b.n = 0;
 		}
-		if (m.payload)
-			apply(cs, s, m.payload, m.len);
-		if (m.invalidate_all)
-			hot_clear(cs->app->hot);
-		for (size_t i = 0; i < m.nkeys; i++)
-			hot_invalidate(cs->app->hot, m.keys[i], m.key_lens[i]);
-		store_sub_msg_finish(&m);
 	}
 out:
+	backlog_clear(&b);
+	free(b.m);
 	hot_set_enabled(cs->app->hot, false);
 	store_sub_destroy(sub);
 	store_destroy(s);

@@ -189,13 +189,23 @@ static bool keep_alive(const struct sg_req *req)
 	const struct mg_request_info *ri = mg_get_request_info(req->conn);
 	const char *h = http_header(req, "Connection");
 	if (h) {
-		for (const char *p = h; (p = strcasestr(p, "keep-alive")); p += 10) {
-			char after = p[10];
-			if ((p == h || p[-1] == ',' || p[-1] == ' ' || p[-1] == '\t') &&
-			    (after == '\0' || after == ',' || after == ' ' || after == '\t'))
-				return true;
+		/* comma-separated tokens, each trimmed: "foo keep-alive" is one
+		 * token that is not keep-alive (civetweb reads it so); civetweb
+		 * also closes after a request that asks for an Upgrade */
+		bool keep = false;
+		for (const char *p = h; *p;) {
+			p += strspn(p, " \t,");
+			size_t n = strcspn(p, ",");
+			size_t t = n;
+			while (t && (p[t - 1] == ' ' || p[t - 1] == '\t'))
+				t--;
+			if (t == 10 && strncasecmp(p, "keep-alive", 10) == 0)
+				keep = true;
+			else if (t == 7 && strncasecmp(p, "upgrade", 7) == 0)
+				return false;
+			p += n;
 		}
-		return false;
+		return keep;
 	}
 	return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
 }

@@ -101,9 +101,13 @@ int route_guard(struct sg_req *req)
 	if (status)
 		return status;
 	status = rate_limit(req);
-	/* the cache API reads and changes what chat lookups count: first let
-	 * the counts of every lookup answered so far reach Redis (tally.h) */
-	if (status == 0 && strncmp(req->route, "/v1/cache/", 10) == 0)
+	/* the cache API routes that read what chat lookups count (stats,
+	 * leaderboard, an entry's hits) or delete entries: first let the
+	 * counts of every lookup answered so far reach Redis (tally.h).
+	 * Sidecar lookups and stores need not wait. */
+	if (status == 0 && strncmp(req->route, "/v1/cache/", 10) == 0 &&
+	    strcmp(req->route, "/v1/cache/lookup") != 0 &&
+	    !(strcmp(req->route, "/v1/cache/entries") == 0 && strcmp(req->method, "POST") == 0))
 		tally_settle(req->app->tally);
 	return status;
 }

@@ -36,7 +36,9 @@ char *sg_json_render(const cJSON *item);
 /* In s[0..len), a JSON object already known to be valid, find the first
  * top-level member named key and give its value's span [*start, *end).
  * 1: found; 0: absent; -1: some member name holds an escape, so names
- * cannot be compared without decoding (the caller falls back to a tree). */
+ * cannot be compared without decoding, or the text does not start with
+ * '{' after whitespace (a byte-order mark): the caller falls back to a
+ * tree. */
 int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
 			size_t *end);
 

@@ -2,6 +2,7 @@
 from process memory without a Redis round trip, and every change of the
 exact key anywhere (another gateway, a direct DEL, FLUSHDB, expiry) takes
 the copy away; this process's own deletes and stores at once."""
+import json
 import time
 
 import requests
@@ -127,3 +128,25 @@ def test_zero_entries_turns_it_off(make_gateway, redis_db):
         assert outcome(g, "cold")[0] == "hit-exact"
     assert gets(redis_db) == before + 3
     assert metric(g, "semgate_hot_cache_hits_total") == 0
+
+
+def test_invalidations_do_not_wait_behind_a_backlog_of_entry_events(make_gateway, redis_db):
+    g = make_gateway()
+    outcome(g, "behind the backlog")
+    outcome(g, "behind the backlog")
+    assert metric(g, "semgate_hot_cache_keys") == 1
+    # another gateway's adds: each costs this one a Redis read of the entry
+    p = redis_db.pipeline(transaction=False)
+    for i in range(20000):
+        p.publish("sg:events", json.dumps({
+            "event": "add", "id": "%032x" % (i + 1), "tenant": "default",
+            "origin": "f" * 32, "scope": "0" * 64, "model": "local-hash-v1", "dim": 384}))
+    p.execute()
+    t0 = time.monotonic()
+    for k in redis_db.keys("sg:x:*"):
+        redis_db.delete(k)
+    wait_until(lambda: metric(g, "semgate_hot_cache_keys") == 0, timeout=10 * SLOW,
+               interval=0.005, what="the invalidation")
+    took = time.monotonic() - t0
+    # 20,000 reads take seconds; the invalidation is applied before them
+    assert took < 0.5 * SLOW, took

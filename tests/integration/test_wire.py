@@ -95,6 +95,31 @@ def test_http10_and_connection_close_get_close_and_the_socket_closes(gateway):
             assert f.read() == b""  # the gateway closed the connection
 
 
+def test_connection_tokens_are_read_as_civetweb_reads_them(gateway):
+    # "foo keep-alive" is one token, not keep-alive: civetweb closes, and
+    # the answer must say so; a list with keep-alive in it keeps the socket
+    s, f = connect(gateway)
+    with s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: foo keep-alive\r\n\r\n")
+        _, h, _ = read_response(f)
+        assert h["connection"] == "close"
+        assert f.read() == b""
+    s, f = connect(gateway)
+    with s:
+        for _ in range(2):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: x-foo ,  "
+                      b"Keep-Alive \r\n\r\n")
+            _, h, _ = read_response(f)
+            assert h["connection"] == "keep-alive"
+    # civetweb closes after a request asking for an Upgrade: say so
+    s, f = connect(gateway)
+    with s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, keep-alive\r\n\r\n")
+        _, h, _ = read_response(f)
+        assert h["connection"] == "close"
+        assert f.read() == b""
+
+
 def test_http10_keep_alive_when_asked(gateway):
     s, f = connect(gateway)
     with s:
