@@ -421,8 +421,21 @@ static char *entry_pattern(const struct store *s, const char *tenant)
 	return pattern;
 }
 
-static enum sg_err invalidate_scan(struct store *s, const char *tenant, struct del_ctx *dc,
-				   struct sg_error *e)
+/* One key of a SCAN batch that is an entry of the tenant being walked. */
+struct tenant_entry {
+	const char *key;          /* into the SCAN reply */
+	size_t len;
+	char id[STORE_ID_MAX + 1];
+};
+
+typedef enum sg_err (*tenant_batch_fn)(struct store *s, const char *tenant,
+				       const struct tenant_entry *en, size_t n, void *ud,
+				       struct sg_error *e);
+
+/* SCAN the tenant's entry keys (never KEYS) and hand each batch of them
+ * to fn; keys of another tenant that the glob also matched are left out. */
+static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
+				       tenant_batch_fn fn, void *ud, struct sg_error *e)
 {
 	char *pattern = entry_pattern(s, tenant);
 	if (!pattern)
@@ -435,30 +448,43 @@ static enum sg_err invalidate_scan(struct store *s, const char *tenant, struct d
 		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
 			break;
 		redisReply *k = r->element[1];
-		char (*idbuf)[65] = calloc(k->elements + 1, sizeof(*idbuf));
-		const char **ids = calloc(k->elements + 1, sizeof(char *));
-		size_t n = 0;
-		if (!idbuf || !ids) {
+		struct tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
+		if (!en) {
 			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		} else {
+			size_t n = 0;
 			for (size_t i = 0; i < k->elements; i++) {
 				char t[128];
 				redisReply *key = k->element[i];
 				if (key->type == REDIS_REPLY_STRING &&
 				    store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len,
-							  t, sizeof(t), idbuf[n], sizeof(idbuf[n])) &&
+							  t, sizeof(t), en[n].id, sizeof(en[n].id)) &&
 				    strcmp(t, tenant) == 0) {
-					ids[n] = idbuf[n];
+					en[n].key = key->str;
+					en[n].len = key->len;
 					n++;
 				}
 			}
-			rc = delete_ids(s, tenant, ids, n, dc, e);
+			rc = fn(s, tenant, en, n, ud, e);
 		}
-		free(ids);
-		free(idbuf);
+		free(en);
 		freeReplyObject(r);
 	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
 	free(pattern);
+	return rc;
+}
+
+static enum sg_err invalidate_batch(struct store *s, const char *tenant,
+				    const struct tenant_entry *en, size_t n, void *ud,
+				    struct sg_error *e)
+{
+	const char **ids = calloc(n + 1, sizeof(*ids));
+	if (!ids)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		ids[i] = en[i].id;
+	enum sg_err rc = delete_ids(s, tenant, ids, n, ud, e);
+	free(ids);
 	return rc;
 }
 
@@ -471,7 +497,7 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "give a namespace, a tag or both");
 	struct del_ctx dc = { .ns = ns, .event = "flush", .fn = fn, .ud = ud };
 	enum sg_err rc = tag ? invalidate_tag(s, tenant, tag, &dc, e) :
-			       invalidate_scan(s, tenant, &dc, e);
+			       scan_tenant_entries(s, tenant, invalidate_batch, &dc, e);
 	*deleted = dc.deleted;
 	return rc;
 }
@@ -588,70 +614,40 @@ static void stats_field(struct store_stats *st, const char *name, long long v)
 			*(long long *)((char *)st + fields[i].off) = v;
 }
 
-/* Count and size the tenant's entries, one SCAN batch at a time. */
-static enum sg_err stats_scan(struct store *s, const char *tenant, struct store_stats *st,
-			      struct sg_error *e)
+/* Count and size one SCAN batch of the tenant's entries (pipelined). */
+static enum sg_err stats_batch(struct store *s, const char *tenant,
+			       const struct tenant_entry *en, size_t n, void *ud,
+			       struct sg_error *e)
 {
-	char *pattern = entry_pattern(s, tenant);
-	if (!pattern)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	char cursor[32] = "0";
+	(void)tenant;
+	struct store_stats *st = ud;
 	enum sg_err rc = SG_OK;
-	do {
-		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
-		redisReply *r = NULL;
-		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
-			break;
-		redisReply *k = r->element[1];
-		size_t n = 0;
-		bool *mine = calloc(k->elements + 1, sizeof(bool));
-		if (!mine) {
-			freeReplyObject(r);
-			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-			break;
-		}
-		for (size_t i = 0; i < k->elements; i++) {
-			char t[128], id[STORE_ID_MAX + 1];
-			redisReply *key = k->element[i];
-			if (key->type != REDIS_REPLY_STRING ||
-			    !store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len,
-						   t, sizeof(t), id, sizeof(id)) ||
-			    strcmp(t, tenant) != 0)
-				continue;
-			mine[i] = true;
-			n++;
-			redisAppendCommand(s->c, "HGET %b dim", key->str, key->len);
-			redisAppendCommand(s->c, "HSTRLEN %b query", key->str, key->len);
-			redisAppendCommand(s->c, "HSTRLEN %b answer", key->str, key->len);
-			redisAppendCommand(s->c, "HSTRLEN %b metadata", key->str, key->len);
-			redisAppendCommand(s->c, "HSTRLEN %b vector", key->str, key->len);
-		}
-		for (size_t i = 0; i < k->elements && rc == SG_OK; i++) {
-			if (!mine[i])
-				continue;
-			redisReply *rep[5] = { 0 };
-			for (int j = 0; j < 5 && rc == SG_OK; j++)
-				if (!(rep[j] = store_read_reply(s, e)))
-					rc = SG_ERR_REDIS;
-			if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
-				/* gone between SCAN and HGET: not counted */
-				st->entries++;
-				long long vb = reply_ll(rep[4]);
-				if (reply_ll(rep[0]) > 0 && vb > 0) {
-					st->indexed++;
-					st->vector_bytes += vb;
-				}
-				st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) +
-					     reply_ll(rep[3]) + vb;
+	for (size_t i = 0; i < n; i++) {
+		redisAppendCommand(s->c, "HGET %b dim", en[i].key, en[i].len);
+		redisAppendCommand(s->c, "HSTRLEN %b query", en[i].key, en[i].len);
+		redisAppendCommand(s->c, "HSTRLEN %b answer", en[i].key, en[i].len);
+		redisAppendCommand(s->c, "HSTRLEN %b metadata", en[i].key, en[i].len);
+		redisAppendCommand(s->c, "HSTRLEN %b vector", en[i].key, en[i].len);
+	}
+	for (size_t i = 0; i < n && rc == SG_OK; i++) {
+		redisReply *rep[5] = { 0 };
+		for (int j = 0; j < 5 && rc == SG_OK; j++)
+			if (!(rep[j] = store_read_reply(s, e)))
+				rc = SG_ERR_REDIS;
+		if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
+			/* gone between SCAN and HGET: not counted */
+			st->entries++;
+			long long vb = reply_ll(rep[4]);
+			if (reply_ll(rep[0]) > 0 && vb > 0) {
+				st->indexed++;
+				st->vector_bytes += vb;
 			}
-			for (int j = 0; j < 5; j++)
-				if (rep[j])
-					freeReplyObject(rep[j]);
+			st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) + reply_ll(rep[3]) + vb;
 		}
-		free(mine);
-		freeReplyObject(r);
-	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
-	free(pattern);
+		for (int j = 0; j < 5; j++)
+			if (rep[j])
+				freeReplyObject(rep[j]);
+	}
 	return rc;
 }
 
@@ -677,7 +673,7 @@ enum sg_err store_stats_read(struct store *s, const char *tenant,
 	}
 	freeReplyObject(r);
 	if (rc == SG_OK)
-		rc = stats_scan(s, tenant, out, e);
+		rc = scan_tenant_entries(s, tenant, stats_batch, out, e);
 	return rc;
 }
 
