@@ -163,6 +163,33 @@ redisReply *store_run(struct store *s, int argc, const char **argv,
 	return r;
 }
 
+bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char *ttl_cmd,
+			const char *key, redisReply **reply, redisReply **ttl,
+			struct sg_error *e)
+{
+	*reply = *ttl = NULL;
+	if (store_conn(s, e) != SG_OK)
+		return false;
+	const char *targv[] = { ttl_cmd, key };
+	if (redisAppendCommandArgv(s->c, argc, argv, NULL) != REDIS_OK ||
+	    redisAppendCommandArgv(s->c, 2, targv, NULL) != REDIS_OK) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis command");
+		store_drop(s);
+		return false;
+	}
+	double t0 = sg_now_ms();
+	*reply = store_read_reply(s, e);
+	*ttl = *reply ? store_read_reply(s, e) : NULL;
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
+	if (!*ttl) {
+		if (*reply)
+			freeReplyObject(*reply);
+		*reply = NULL;
+		return false;
+	}
+	return true;
+}
+
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
 	return sg_error_set(e, SG_ERR_REDIS, "redis error: %.200s", r->str);
@@ -220,17 +247,11 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 	char *key = store_key(s, "chat", tenant, conv);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	enum sg_err rc = store_conn(s, e);
-	if (rc != SG_OK)
-		goto out;
-	redisAppendCommand(s->c, "LRANGE %s 0 -1", key);
-	redisAppendCommand(s->c, "TTL %s", key);
-	double t0 = sg_now_ms();
-	redisReply *r1 = store_read_reply(s, e);
-	redisReply *r2 = r1 ? store_read_reply(s, e) : NULL;
-	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
-	if (!r1 || !r2) {
-		rc = SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	const char *argv[] = { "LRANGE", key, "0", "-1" };
+	redisReply *r1, *r2;
+	if (!store_run_with_ttl(s, 4, argv, "TTL", key, &r1, &r2, e)) {
+		rc = e && e->code ? e->code : SG_ERR_REDIS;
 	} else if (r1->type == REDIS_REPLY_ERROR) {
 		rc = store_reply_error(r1, e);
 	} else if (r2->type != REDIS_REPLY_INTEGER) {
@@ -243,7 +264,6 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 		freeReplyObject(r1);
 	if (r2)
 		freeReplyObject(r2);
-out:
 	free(key);
 	return rc;
 }

@@ -150,19 +150,10 @@ static redisReply *get_with_pttl(struct store *s, const char *key, long long *pt
 				 struct sg_error *e)
 {
 	*pttl_ms = -2;
-	if (store_conn(s, e) != SG_OK)
+	const char *argv[] = { "GET", key };
+	redisReply *r, *t;
+	if (!store_run_with_ttl(s, 2, argv, "PTTL", key, &r, &t, e))
 		return NULL;
-	redisAppendCommand(s->c, "GET %s", key);
-	redisAppendCommand(s->c, "PTTL %s", key);
-	double t0 = sg_now_ms();
-	redisReply *r = store_read_reply(s, e);
-	redisReply *t = r ? store_read_reply(s, e) : NULL;
-	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
-	if (!t) {
-		if (r)
-			freeReplyObject(r);
-		return NULL;
-	}
 	if (t->type == REDIS_REPLY_INTEGER)
 		*pttl_ms = t->integer;
 	freeReplyObject(t);

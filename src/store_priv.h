@@ -32,6 +32,13 @@ enum sg_err store_conn(struct store *s, struct sg_error *e);
 redisReply *store_read_reply(struct store *s, struct sg_error *e);
 
 /* Run one command given as argv; the reply belongs to the caller. */
+/* Run argv and "<ttl_cmd> <key>" (TTL or PTTL) in one round trip. True
+ * with both replies (caller frees them); false with e set and nothing to
+ * free when the connection failed. */
+bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char *ttl_cmd,
+			const char *key, redisReply **reply, redisReply **ttl,
+			struct sg_error *e);
+
 redisReply *store_run(struct store *s, int argc, const char **argv,
 		     const size_t *lens, struct sg_error *e);
 
