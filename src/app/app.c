@@ -4,12 +4,12 @@
 
 #include <string.h>
 
-#include "semgate/app.h"
-#include "semgate/auth.h"
-#include "semgate/log.h"
-#include "semgate/prompts.h"
-#include "semgate/store.h"
-#include "semgate/vindex.h"
+#include "semgate/app/app.h"
+#include "semgate/http/auth.h"
+#include "semgate/core/log.h"
+#include "semgate/core/prompts.h"
+#include "semgate/store/store.h"
+#include "semgate/vindex/vindex.h"
 
 enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 		     struct sg_error *e)

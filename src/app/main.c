@@ -5,19 +5,19 @@
 #include <string.h>
 #include <time.h>
 
-#include "semgate/app.h"
-#include "semgate/cache.h"
-#include "semgate/cache_sync.h"
-#include "semgate/clock.h"
-#include "semgate/config.h"
-#include "semgate/hotcache.h"
-#include "semgate/http.h"
-#include "semgate/log.h"
-#include "semgate/routes.h"
-#include "semgate/store.h"
-#include "semgate/tally.h"
-#include "semgate/vindex.h"
-#include "semgate/upstream.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/cache.h"
+#include "semgate/cache/sync.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/config.h"
+#include "semgate/cache/hotcache.h"
+#include "semgate/http/http.h"
+#include "semgate/core/log.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/store.h"
+#include "semgate/cache/tally.h"
+#include "semgate/vindex/vindex.h"
+#include "semgate/upstream/upstream.h"
 
 #ifndef SEMGATE_VERSION
 #define SEMGATE_VERSION "0.1.0"

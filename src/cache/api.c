@@ -14,15 +14,15 @@
 
 #include <openssl/evp.h>
 
-#include "semgate/app.h"
-#include "semgate/cache.h"
-#include "semgate/cache_api.h"
-#include "semgate/hotcache.h"
-#include "semgate/clock.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/store.h"
-#include "semgate/vindex.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/cache.h"
+#include "semgate/cache/api.h"
+#include "semgate/cache/hotcache.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/store/store.h"
+#include "semgate/vindex/vindex.h"
 
 /* ---- names ---- */
 

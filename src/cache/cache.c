@@ -8,16 +8,16 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "semgate/app.h"
-#include "semgate/cache.h"
-#include "semgate/clock.h"
-#include "semgate/embed.h"
-#include "semgate/hotcache.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
-#include "semgate/store.h"
-#include "semgate/vindex.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/cache.h"
+#include "semgate/core/clock.h"
+#include "semgate/embed/embed.h"
+#include "semgate/cache/hotcache.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
+#include "semgate/store/store.h"
+#include "semgate/vindex/vindex.h"
 
 void cache_result_finish(struct cache_result *r)
 {

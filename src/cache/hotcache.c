@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/clock.h"
-#include "semgate/hotcache.h"
+#include "semgate/core/clock.h"
+#include "semgate/cache/hotcache.h"
 
 #define NLOCKS 64
 

@@ -8,8 +8,8 @@
 
 #include <openssl/evp.h>
 
-#include "semgate/json.h"
-#include "semgate/scope.h"
+#include "semgate/core/json.h"
+#include "semgate/cache/scope.h"
 
 /* ---- validation ---- */
 

@@ -10,15 +10,15 @@
 #include <string.h>
 #include <time.h>
 
-#include "semgate/app.h"
-#include "semgate/cache.h"
-#include "semgate/cache_sync.h"
-#include "semgate/clock.h"
-#include "semgate/hotcache.h"
-#include "semgate/log.h"
-#include "semgate/store.h"
-#include "semgate/store_ops.h"
-#include "semgate/vindex.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/cache.h"
+#include "semgate/cache/sync.h"
+#include "semgate/core/clock.h"
+#include "semgate/cache/hotcache.h"
+#include "semgate/core/log.h"
+#include "semgate/store/store.h"
+#include "semgate/store/ops.h"
+#include "semgate/vindex/vindex.h"
 
 #define POLL_MS 100
 #define BACKOFF_MIN_MS 100

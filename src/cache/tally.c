@@ -8,11 +8,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "semgate/config.h"
-#include "semgate/log.h"
-#include "semgate/store.h"
-#include "semgate/store_ops.h"
-#include "semgate/tally.h"
+#include "semgate/core/config.h"
+#include "semgate/core/log.h"
+#include "semgate/store/store.h"
+#include "semgate/store/ops.h"
+#include "semgate/cache/tally.h"
 
 #define TALLY_CAP 4096
 /* How long the writer lets lookups gather after the first one arrives:

@@ -14,11 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "semgate/buf.h"
-#include "semgate/clock.h"
-#include "semgate/err.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/err.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
 
 /* ---- clocks ---- */
 

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/config.h"
-#include "semgate/log.h"
+#include "semgate/core/config.h"
+#include "semgate/core/log.h"
 
 enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL,
 		CFG_OPTURL, CFG_RATIO, CFG_PRICE };

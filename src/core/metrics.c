@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "semgate/metrics.h"
+#include "semgate/core/metrics.h"
 
 /* Upper bounds in seconds; one set for every latency histogram, from
  * Redis round trips (sub-ms) to long LLM streams. */

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/buf.h"
-#include "semgate/json.h"
-#include "semgate/prompts.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/json.h"
+#include "semgate/core/prompts.h"
 
 struct prompt {
 	char name[65];

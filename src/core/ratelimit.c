@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/ratelimit.h"
+#include "semgate/core/ratelimit.h"
 
 /* Digits only (strtoll alone would take signs, blanks and hex). */
 static bool parse_count(const char *s, const char *end, long long max, long long *out)

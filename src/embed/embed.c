@@ -8,11 +8,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "semgate/clock.h"
-#include "semgate/embed.h"
-#include "semgate/embed_local.h"
-#include "semgate/json.h"
-#include "semgate/metrics.h"
+#include "semgate/core/clock.h"
+#include "semgate/embed/embed.h"
+#include "semgate/embed/local.h"
+#include "semgate/core/json.h"
+#include "semgate/core/metrics.h"
 
 #define EMBED_DIM_MAX 8192
 

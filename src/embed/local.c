@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "semgate/embed_local.h"
+#include "semgate/embed/local.h"
 
 #define FNV_BASIS 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL

@@ -12,8 +12,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "semgate/auth.h"
-#include "semgate/log.h"
+#include "semgate/http/auth.h"
+#include "semgate/core/log.h"
 
 struct auth_entry {
 	unsigned char digest[32];

@@ -21,10 +21,10 @@
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 
-#include "semgate/http.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
+#include "semgate/http/http.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
 
 struct sg_http {
 	struct mg_context *ctx;

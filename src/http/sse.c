@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/sse.h"
+#include "semgate/core/json.h"
+#include "semgate/http/sse.h"
 
 void sse_parser_init(struct sse_parser *p, size_t cap)
 {

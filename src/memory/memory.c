@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/memory.h"
-#include "semgate/store.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/memory/memory.h"
+#include "semgate/store/store.h"
 
 bool memory_id_valid(const char *id)
 {

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/app.h"
-#include "semgate/cache_api.h"
-#include "semgate/json.h"
-#include "semgate/routes.h"
-#include "semgate/store_ops.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/api.h"
+#include "semgate/core/json.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/ops.h"
 
 static int no_memory(struct sg_req *req)
 {

@@ -10,20 +10,20 @@
 #include <string.h>
 #include <strings.h>
 
-#include "semgate/app.h"
-#include "semgate/cache.h"
-#include "semgate/cache_api.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/memory.h"
-#include "semgate/metrics.h"
-#include "semgate/prompts.h"
-#include "semgate/routes.h"
-#include "semgate/scope.h"
-#include "semgate/sse.h"
-#include "semgate/store.h"
-#include "semgate/tally.h"
-#include "semgate/upstream.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/cache.h"
+#include "semgate/cache/api.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/memory/memory.h"
+#include "semgate/core/metrics.h"
+#include "semgate/core/prompts.h"
+#include "semgate/routes/routes.h"
+#include "semgate/cache/scope.h"
+#include "semgate/http/sse.h"
+#include "semgate/store/store.h"
+#include "semgate/cache/tally.h"
+#include "semgate/upstream/upstream.h"
 
 struct chat {
 	struct sg_req *req;

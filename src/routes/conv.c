@@ -5,12 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/app.h"
-#include "semgate/json.h"
-#include "semgate/memory.h"
-#include "semgate/routes.h"
-#include "semgate/scope.h"
-#include "semgate/store.h"
+#include "semgate/app/app.h"
+#include "semgate/core/json.h"
+#include "semgate/memory/memory.h"
+#include "semgate/routes/routes.h"
+#include "semgate/cache/scope.h"
+#include "semgate/store/store.h"
 
 static const char *conv_id(struct sg_req *req)
 {

@@ -13,14 +13,14 @@
 
 #include <openssl/evp.h>
 
-#include "semgate/app.h"
-#include "semgate/auth.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
-#include "semgate/routes.h"
-#include "semgate/store.h"
-#include "semgate/upstream.h"
+#include "semgate/app/app.h"
+#include "semgate/http/auth.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/store.h"
+#include "semgate/upstream/upstream.h"
 
 #define EMB_MAX_INPUTS 2048
 #define EMB_MODEL_MAX 256

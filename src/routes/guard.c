@@ -7,15 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/app.h"
-#include "semgate/auth.h"
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
-#include "semgate/ratelimit.h"
-#include "semgate/routes.h"
-#include "semgate/store.h"
-#include "semgate/tally.h"
+#include "semgate/app/app.h"
+#include "semgate/http/auth.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
+#include "semgate/core/ratelimit.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/store.h"
+#include "semgate/cache/tally.h"
 
 static int send_with_headers(struct sg_req *req, int status, const char *type,
 			     const char *code, const char *msg, const char *const *hdrs)

@@ -3,14 +3,14 @@
  * timings only, never a tenant, key or request text. */
 #include <stdlib.h>
 
-#include "semgate/app.h"
-#include "semgate/hotcache.h"
-#include "semgate/json.h"
-#include "semgate/metrics.h"
-#include "semgate/routes.h"
-#include "semgate/store.h"
-#include "semgate/tally.h"
-#include "semgate/vindex.h"
+#include "semgate/app/app.h"
+#include "semgate/cache/hotcache.h"
+#include "semgate/core/json.h"
+#include "semgate/core/metrics.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/store.h"
+#include "semgate/cache/tally.h"
+#include "semgate/vindex/vindex.h"
 
 int route_metrics(struct sg_req *req)
 {

@@ -1,8 +1,8 @@
 /* Operational routes: liveness and readiness. They never touch request
  * bodies and never call the upstream. */
-#include "semgate/app.h"
-#include "semgate/routes.h"
-#include "semgate/store.h"
+#include "semgate/app/app.h"
+#include "semgate/routes/routes.h"
+#include "semgate/store/store.h"
 
 int route_healthz(struct sg_req *req)
 {

@@ -1,5 +1,5 @@
 /* The route table: every endpoint the gateway serves, in one place. */
-#include "semgate/routes.h"
+#include "semgate/routes/routes.h"
 
 static const struct sg_route routes[] = {
 	{ "POST", "/v1/chat/completions", route_chat_completions },

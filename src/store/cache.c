@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/clock.h"
-#include "semgate/metrics.h"
-#include "semgate/store.h"
-#include "store_codec.h"
-#include "store_priv.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/metrics.h"
+#include "semgate/store/store.h"
+#include "codec.h"
+#include "priv.h"
 
 /* ---- cache entries ---- */
 

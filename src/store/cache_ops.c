@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/store_ops.h"
-#include "store_codec.h"
-#include "store_priv.h"
+#include "semgate/store/ops.h"
+#include "codec.h"
+#include "priv.h"
 
 /* Most entries deleted in one MULTI/EXEC. */
 #define DELETE_BATCH 256

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store_codec.h"
+#include "codec.h"
 
 bool store_codec_id_ok(const char *id, size_t len)
 {

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/store.h"
-#include "store_priv.h"
+#include "semgate/store/store.h"
+#include "priv.h"
 
 static char *emb_key(const struct store *s, const char *tenant, const char *model,
 		     const char *sha)

@@ -16,10 +16,10 @@
 
 #include <cjson/cJSON.h>
 
-#include "semgate/json.h"
-#include "semgate/log.h"
-#include "semgate/store_ops.h"
-#include "store_priv.h"
+#include "semgate/core/json.h"
+#include "semgate/core/log.h"
+#include "semgate/store/ops.h"
+#include "priv.h"
 
 const char store_lua_expire_max[] =
 	"local t = redis.call('TTL', KEYS[1]) "

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "semgate/store.h"
-#include "store_priv.h"
+#include "semgate/store/store.h"
+#include "priv.h"
 
 /* KEYS[1] window; ARGV[1] window ms, ARGV[2] limit, ARGV[3] unique member.
  * TIME is Redis's clock, so gateways with skewed clocks share one window;

@@ -6,8 +6,8 @@
 
 #include <hiredis/hiredis.h>
 
-#include "semgate/err.h"
-#include "semgate/store.h"
+#include "semgate/core/err.h"
+#include "semgate/store/store.h"
 
 #define RECONNECT_BACKOFF_MS 100.0
 

@@ -10,11 +10,11 @@
 #include <sys/time.h>
 
 
-#include "semgate/clock.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
-#include "semgate/store.h"
-#include "store_priv.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
+#include "semgate/store/store.h"
+#include "priv.h"
 
 static atomic_ullong g_reconnects;
 

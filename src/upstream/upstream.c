@@ -10,10 +10,10 @@
 
 #include <curl/curl.h>
 
-#include "semgate/clock.h"
-#include "semgate/log.h"
-#include "semgate/metrics.h"
-#include "semgate/upstream.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/log.h"
+#include "semgate/core/metrics.h"
+#include "semgate/upstream/upstream.h"
 
 struct upstream {
 	CURL *h;

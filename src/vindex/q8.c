@@ -38,8 +38,8 @@
 #define VQ_X86 0
 #endif
 
-#include "semgate/vindex.h"
-#include "vindex_priv.h"
+#include "semgate/vindex/vindex.h"
+#include "priv.h"
 
 /* Codes of the longest row, on the stack while it is encoded. */
 #define VQ_CODES_MAX VINDEX_DIM_MAX

@@ -16,9 +16,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "semgate/err.h"
-#include "semgate/vindex.h"
-#include "vindex_priv.h"
+#include "semgate/core/err.h"
+#include "semgate/vindex/vindex.h"
+#include "priv.h"
 
 #define INITIAL_ROWS 8
 /* Never shrink a partition's arrays below this many rows. */

@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "semgate/vindex.h"
+#include "semgate/vindex/vindex.h"
 
 #define DIM 384
 #define PLANE 192  /* bytes per row of each code plane at DIM */

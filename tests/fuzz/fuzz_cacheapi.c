@@ -12,8 +12,8 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/cache_api.h"
-#include "semgate/json.h"
+#include "semgate/cache/api.h"
+#include "semgate/core/json.h"
 #include "fuzz.h"
 
 static bool blank(const char *s)

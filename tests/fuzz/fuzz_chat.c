@@ -9,8 +9,8 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/scope.h"
+#include "semgate/core/json.h"
+#include "semgate/cache/scope.h"
 #include "fuzz.h"
 
 static char *canonical(const cJSON *v)

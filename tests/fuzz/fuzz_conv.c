@@ -9,9 +9,9 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/memory.h"
-#include "semgate/scope.h"
+#include "semgate/core/json.h"
+#include "semgate/memory/memory.h"
+#include "semgate/cache/scope.h"
 #include "fuzz.h"
 
 static bool id_reference(const char *s, size_t len)

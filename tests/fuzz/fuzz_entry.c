@@ -1,5 +1,5 @@
 /* Fuzz the decoding of cache entries read back from Redis, as the exact
- * lookup and the index rebuild at start do it (src/store_codec.c), and feed
+ * lookup and the index rebuild at start do it (src/store/codec.c), and feed
  * what decodes into a vector index the way cache_rebuild does.
  * The whole input is tried as an exact-key value "<id>\n<answer>"; then it
  * is split at its first two NUL bytes into an entry key, a "dim" field and
@@ -13,10 +13,10 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/cache.h"
-#include "semgate/json.h"
-#include "semgate/vindex.h"
-#include "../../src/store_codec.h"
+#include "semgate/cache/cache.h"
+#include "semgate/core/json.h"
+#include "semgate/vindex/vindex.h"
+#include "../../src/store/codec.h"
 #include "fuzz.h"
 
 /* A member name twice in one object, or a number that overflowed to

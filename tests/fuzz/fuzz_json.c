@@ -8,9 +8,9 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/cache.h"
-#include "semgate/json.h"
-#include "semgate/scope.h"
+#include "semgate/cache/cache.h"
+#include "semgate/core/json.h"
+#include "semgate/cache/scope.h"
 #include "fuzz.h"
 
 /* Unicode 15, table 3-7: the well-formed UTF-8 byte sequences. */

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "semgate/auth.h"
+#include "semgate/http/auth.h"
 #include "fuzz.h"
 
 /* No whitespace-, ',' or ':'-separated field of 16+ bytes of the input may

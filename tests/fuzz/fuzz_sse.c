@@ -9,8 +9,8 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/sse.h"
+#include "semgate/core/json.h"
+#include "semgate/http/sse.h"
 #include "fuzz.h"
 
 #define BIG_CAP ((size_t)1 << 20)

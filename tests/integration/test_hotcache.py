@@ -1,4 +1,4 @@
-"""The hot exact cache (src/hotcache.c): repeated questions are answered
+"""The hot exact cache (src/cache/hotcache.c): repeated questions are answered
 from process memory without a Redis round trip, and every change of the
 exact key anywhere (another gateway, a direct DEL, FLUSHDB, expiry) takes
 the copy away; this process's own deletes and stores at once."""

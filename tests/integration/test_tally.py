@@ -1,4 +1,4 @@
-"""Hit and miss accounting written behind the answer (src/tally.c): every
+"""Hit and miss accounting written behind the answer (src/cache/tally.c): every
 lookup is counted exactly once, the cache API never reads counts older
 than the answers already sent, a stopping gateway writes what is queued,
 and Redis going away drops counts without stalling anyone."""

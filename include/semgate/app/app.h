@@ -4,10 +4,10 @@
 #ifndef SEMGATE_APP_H
 #define SEMGATE_APP_H
 
-#include "semgate/config.h"
-#include "semgate/embed.h"
-#include "semgate/ratelimit.h"
-#include "semgate/upstream.h"
+#include "semgate/core/config.h"
+#include "semgate/embed/embed.h"
+#include "semgate/core/ratelimit.h"
+#include "semgate/upstream/upstream.h"
 
 struct auth_keys;
 struct store;

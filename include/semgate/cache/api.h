@@ -10,9 +10,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
-#include "semgate/err.h"
-#include "semgate/scope.h"
-#include "semgate/store_ops.h"
+#include "semgate/core/err.h"
+#include "semgate/cache/scope.h"
+#include "semgate/store/ops.h"
 
 struct sg_app;
 struct store;

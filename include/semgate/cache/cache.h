@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
-#include "semgate/err.h"
-#include "semgate/scope.h"
+#include "semgate/core/err.h"
+#include "semgate/cache/scope.h"
 
 struct sg_app;
 struct store;

@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
-#include "semgate/buf.h"
-#include "semgate/err.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/err.h"
 
 #define SG_SCOPE_MAX_MESSAGES 4096
 #define SG_SCOPE_MAX_N 128

@@ -7,7 +7,7 @@
 #ifndef SEMGATE_CACHE_SYNC_H
 #define SEMGATE_CACHE_SYNC_H
 
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 struct sg_app;
 struct cache_sync;

@@ -9,7 +9,7 @@
 #define SEMGATE_TALLY_H
 
 #include <stdbool.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 struct sg_config;
 struct tally;

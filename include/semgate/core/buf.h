@@ -4,7 +4,7 @@
 #define SEMGATE_BUF_H
 
 #include <stddef.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 struct sg_buf {
 	char *data;   /* always NUL-terminated when non-NULL */

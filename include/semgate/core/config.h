@@ -6,7 +6,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 struct sg_config {
 	/* server */

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 #define SG_JSON_MAX_DEPTH 64
 

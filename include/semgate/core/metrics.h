@@ -8,8 +8,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "semgate/buf.h"
-#include "semgate/err.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/err.h"
 
 /* Counters, declared once: X(id, family, labels, help). Entries of one
  * family are adjacent and share its help text (printed once). labels is the

@@ -5,7 +5,7 @@
 #define SEMGATE_PROMPTS_H
 
 #include <stdbool.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 #define SG_PROMPT_MAX_BYTES (64 * 1024)
 

@@ -4,7 +4,7 @@
 #ifndef SEMGATE_RATELIMIT_H
 #define SEMGATE_RATELIMIT_H
 
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 #define SG_RATE_MAX_REQUESTS 1000000000LL
 #define SG_RATE_MAX_WINDOW_S 86400LL

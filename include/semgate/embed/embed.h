@@ -7,9 +7,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "semgate/config.h"
-#include "semgate/err.h"
-#include "semgate/upstream.h"
+#include "semgate/core/config.h"
+#include "semgate/core/err.h"
+#include "semgate/upstream/upstream.h"
 
 struct embedder {
 	bool local;                    /* no SEMGATE_EMBED_URL: built-in provider */

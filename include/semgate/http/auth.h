@@ -8,8 +8,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "semgate/config.h"
-#include "semgate/err.h"
+#include "semgate/core/config.h"
+#include "semgate/core/err.h"
 
 #define SG_AUTH_KEY_MAX 1024     /* longest key accepted, in bytes */
 #define SG_AUTH_TENANT_MAX 64

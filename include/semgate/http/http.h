@@ -6,9 +6,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "semgate/buf.h"
-#include "semgate/clock.h"
-#include "semgate/err.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/clock.h"
+#include "semgate/core/err.h"
 
 struct sg_app;
 struct sg_worker;

@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
-#include "semgate/buf.h"
-#include "semgate/err.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/err.h"
 
 /* Called once per complete event. raw/raw_len: the event's bytes as
  * received, without the blank line that ended it; data/data_len: the

@@ -8,7 +8,7 @@
 
 #include <stdbool.h>
 #include <cjson/cJSON.h>
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 struct store;
 

@@ -4,7 +4,7 @@
 #define SEMGATE_ROUTES_H
 
 #include <stddef.h>
-#include "semgate/http.h"
+#include "semgate/http/http.h"
 
 int route_chat_completions(struct sg_req *req);
 int route_healthz(struct sg_req *req);

@@ -9,9 +9,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "semgate/config.h"
-#include "semgate/err.h"
-#include "semgate/store.h"
+#include "semgate/core/config.h"
+#include "semgate/core/err.h"
+#include "semgate/store/store.h"
 
 /* ---- reading one entry ---- */
 

@@ -7,8 +7,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "semgate/config.h"
-#include "semgate/err.h"
+#include "semgate/core/config.h"
+#include "semgate/core/err.h"
 
 struct store;
 

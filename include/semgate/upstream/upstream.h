@@ -6,8 +6,8 @@
 #define SEMGATE_UPSTREAM_H
 
 #include <stddef.h>
-#include "semgate/buf.h"
-#include "semgate/err.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/err.h"
 
 /* Which latency histogram a call is recorded in (metrics.h). */
 enum upstream_kind {

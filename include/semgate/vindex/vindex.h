@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "semgate/err.h"
+#include "semgate/core/err.h"
 
 /* Limits. A partition key is an opaque NUL-terminated byte string of
  * 1..VINDEX_KEY_MAX bytes (the caller builds it from tenant, scope hash and

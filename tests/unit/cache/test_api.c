@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/cache_api.h"
-#include "semgate/json.h"
-#include "semgate/scope.h"
-#include "semgate/store_ops.h"
+#include "semgate/cache/api.h"
+#include "semgate/core/json.h"
+#include "semgate/cache/scope.h"
+#include "semgate/store/ops.h"
 #include "sg_test.h"
 
 /* The request borrows from the parsed body: keep the last one alive. */

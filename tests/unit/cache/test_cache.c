@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "semgate/cache.h"
-#include "semgate/json.h"
+#include "semgate/cache/cache.h"
+#include "semgate/core/json.h"
 #include "sg_test.h"
 
 /* Render, check the result parses, and return it with its tree. */

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "semgate/hotcache.h"
+#include "semgate/cache/hotcache.h"
 #include "sg_test.h"
 
 static bool get(struct hotcache *hc, const char *key, char id[65], char **ans)

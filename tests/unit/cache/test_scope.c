@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/scope.h"
+#include "semgate/core/json.h"
+#include "semgate/cache/scope.h"
 #include "sg_test.h"
 
 #define BASE_MSGS "[{\"role\":\"system\",\"content\":\"Be brief.\"}," \

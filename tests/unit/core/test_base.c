@@ -2,8 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/buf.h"
-#include "semgate/json.h"
+#include "semgate/core/buf.h"
+#include "semgate/core/json.h"
 #include "sg_test.h"
 
 static void test_buf_refuses_to_grow_past_its_cap(void)

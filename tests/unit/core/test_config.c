@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/config.h"
+#include "semgate/core/config.h"
 #include "sg_test.h"
 
 static enum sg_err load(struct sg_config *cfg, char **argv, char **envp, struct sg_error *e)

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/metrics.h"
+#include "semgate/core/metrics.h"
 #include "sg_test.h"
 
 static char *render(const struct metrics_extra *x)

@@ -1,7 +1,7 @@
 /* Unit tests for SEMGATE_RATE_LIMIT parsing and Retry-After arithmetic. */
 #include <string.h>
 
-#include "semgate/ratelimit.h"
+#include "semgate/core/ratelimit.h"
 #include "sg_test.h"
 
 static void test_valid_specs(void)

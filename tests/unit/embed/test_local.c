@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/embed_local.h"
+#include "semgate/embed/local.h"
 #include "sg_test.h"
 
 static double dot(const float *a, const float *b, int dim)

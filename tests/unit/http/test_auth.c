@@ -5,8 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "semgate/auth.h"
-#include "semgate/config.h"
+#include "semgate/http/auth.h"
+#include "semgate/core/config.h"
 #include "sg_test.h"
 
 static struct auth_keys *parse_list(const char *spec, enum sg_err want, struct sg_error *e)

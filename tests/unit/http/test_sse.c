@@ -2,8 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/json.h"
-#include "semgate/sse.h"
+#include "semgate/core/json.h"
+#include "semgate/http/sse.h"
 #include "sg_test.h"
 
 struct events {

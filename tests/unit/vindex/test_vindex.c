@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "semgate/vindex.h"
+#include "semgate/vindex/vindex.h"
 #include "sg_test.h"
 
 /* ---- deterministic data ---- */
