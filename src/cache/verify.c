@@ -98,6 +98,7 @@ const char *verify_reason_name(enum verify_reason r)
 	case SG_VERIFY_ORDER: return "order";
 	case SG_VERIFY_OPPOSITE: return "opposite";
 	case SG_VERIFY_CONTENT: return "content";
+	case SG_VERIFY_FEEDBACK: return "feedback";
 	case SG_VERIFY_REASON_COUNT: break;
 	}
 	return "unknown";

@@ -31,6 +31,10 @@ enum verify_reason {
 	SG_VERIFY_ORDER,    /* "order": the same entities or roles swapped */
 	SG_VERIFY_OPPOSITE, /* "opposite": an opposed word pair (first/last) */
 	SG_VERIFY_CONTENT,  /* "content": a content word with no counterpart */
+	SG_VERIFY_FEEDBACK, /* "feedback": a "wrong" verdict on this entry for
+	                     * this question, or below the entry's own raised
+	                     * threshold; decided by the cache, never by
+	                     * verify_pair() */
 	SG_VERIFY_REASON_COUNT,
 };
 
