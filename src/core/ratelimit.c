@@ -1,5 +1,5 @@
 /* SEMGATE_RATE_LIMIT parsing and Retry-After arithmetic. Pure: no I/O, no
- * state; the sliding window itself is in store_limits.c. */
+ * state; the sliding window itself is in src/store/limits.c. */
 #include <ctype.h>
 #include <stdbool.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* Cache entries in Redis: entry hashes {prefix}e:{tenant}:{id}, exact keys
  * {prefix}x:{tenant}:{sha}, and the scan that rebuilds the vector index.
- * Part of the store module: key names are built only here and in store*.c. */
+ * Part of the store module: key names are built only in src/store/. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* Decoding of values read back from Redis (see store_codec.h). Pure and
+/* Decoding of values read back from Redis (see codec.h). Pure and
  * thread-safe; every length comes from the caller, nothing is assumed to
  * be NUL-terminated, and no field is trusted to have the shape we wrote. */
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* The embeddings cache in Redis: {prefix}emb:{tenant}:{model}:{sha}, each
  * a raw little-endian float32 vector with a TTL. Part of the store module
- * (key names are built only in store*.c); one round trip per batch. */
+ * (key names are built only in src/store/); one round trip per batch. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* The per-tenant rate-limit window in Redis: {prefix}rl:{tenant}, a sorted
  * set of admitted requests scored by Redis's own clock in ms. Part of the
- * store module (key names are built only in store*.c). One EVAL per
+ * store module (key names are built only in src/store/). One EVAL per
  * request, so the check and the add are one atomic step even with many
  * gateway processes sharing the window. */
 #include <stdint.h>

@@ -1,5 +1,5 @@
-/* Private to the store module (store*.c): the connection, the helpers that
- * run commands on it, and the key builder. Nothing outside src/store*.c
+/* Private to the store module (src/store/): the connection, the helpers that
+ * run commands on it, and the key builder. Nothing outside src/store/
  * includes this file, so hiredis and key names stay inside the module. */
 #ifndef SEMGATE_STORE_PRIV_H
 #define SEMGATE_STORE_PRIV_H
@@ -49,7 +49,7 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
 
-/* ---- {prefix}events (store_events.c) ---- */
+/* ---- {prefix}events (events.c) ---- */
 
 /* The pub/sub channel name, malloc'd; NULL on out of memory. */
 char *store_events_channel(const struct sg_config *cfg);

@@ -1,6 +1,6 @@
 /* Internal interface between vindex.c (partitions, locks, threads, public
- * API) and vindex_q8.c (the int8 compact copy: row and query encoding, scan
- * kernels, exact re-rank). Nothing outside src/vindex*.c includes it. */
+ * API) and q8.c (the int8 compact copy: row and query encoding, scan
+ * kernels, exact re-rank). Nothing outside src/vindex/ includes it. */
 #ifndef SEMGATE_VINDEX_PRIV_H
 #define SEMGATE_VINDEX_PRIV_H
 
@@ -11,6 +11,11 @@
 /* Code arrays and the query's codes are aligned to this (one AVX-512
  * register); a plane row is a multiple of it. */
 #define VQ_ALIGN 64
+
+/* The longest row the kernels encode. q8.c is the lower of the two files:
+ * it includes only this header, never vindex.h; vindex.c checks that its
+ * public VINDEX_DIM_MAX fits. */
+#define VQ_DIM_MAX 8192
 
 enum vq_kernel {
 	VQ_SCALAR,

@@ -38,12 +38,9 @@
 #define VQ_X86 0
 #endif
 
-#include "semgate/vindex/vindex.h"
 #include "priv.h"
 
-/* Codes of the longest row, on the stack while it is encoded. */
-#define VQ_CODES_MAX VINDEX_DIM_MAX
-_Static_assert(VINDEX_DIM_MAX % 128 == 0, "a row's codes fill whole plane groups");
+_Static_assert(VQ_DIM_MAX % 128 == 0, "a row's codes fill whole plane groups");
 
 /* Round to a float not below v. */
 static float f_up(double v)
@@ -101,7 +98,7 @@ static double quantise(const float *v, int dim, int8_t *codes, float *scale)
 void vq_encode(const float *r, int dim, uint8_t *hi, uint8_t *lo, float *scale,
                float *err, float *lam)
 {
-	int8_t codes[VQ_CODES_MAX];
+	int8_t codes[VQ_DIM_MAX]; /* the longest row's codes */
 	size_t plane = vq_plane(dim);
 	*err = f_up(quantise(r, dim, codes, scale));
 	double l2 = 0;

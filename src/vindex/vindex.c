@@ -1,7 +1,7 @@
 /* Vector index: per-partition row-major float32 matrices of L2-normalised
  * rows (the truth) with an int8 compact copy, ids and expiry times beside
  * them; partitions, the id map, locking and the search threads live here,
- * the compact copy's arithmetic in vindex_q8.c. Owns only its own memory:
+ * the compact copy's arithmetic in q8.c. Owns only its own memory:
  * it never talks to Redis, never logs request data and never changes
  * OpenBLAS' settings. */
 #include <float.h>
@@ -19,6 +19,8 @@
 #include "semgate/core/err.h"
 #include "semgate/vindex/vindex.h"
 #include "priv.h"
+
+_Static_assert(VINDEX_DIM_MAX <= VQ_DIM_MAX, "the int8 kernels encode rows of every allowed dimension");
 
 #define INITIAL_ROWS 8
 /* Never shrink a partition's arrays below this many rows. */
@@ -58,7 +60,7 @@ struct part {
 	float *mat;            /* n x dim, row-major, rows of unit norm */
 	int64_t *exp;          /* expiry per row, ms since epoch, 0 = never */
 	char (*ids)[VINDEX_ID_MAX + 1];
-	/* The compact copy, row for row with mat (vindex_q8.c). */
+	/* The compact copy, row for row with mat (q8.c). */
 	size_t plane;          /* bytes per row of each code plane; fixed */
 	uint8_t *hi, *lo;      /* n x plane each, VQ_ALIGN-aligned */
 	float *qscale;         /* per row: mat row ~ qscale * codes */

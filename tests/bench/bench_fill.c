@@ -4,7 +4,7 @@
  * answer, tokens), so it lands in the same index partition, but gets a new
  * id, a random L2-normalised vector, its own query text and its own exact
  * key, all with the template's TTL. Key names are derived from the template
- * keys, never spelled out here, so this tool follows store_cache.c's layout.
+ * keys, never spelled out here, so this tool follows src/store/cache.c's layout.
  * It only writes keys it creates; it never modifies or deletes the template. */
 #include <errno.h>
 #include <math.h>

@@ -1,4 +1,4 @@
-/* Fuzz the sidecar cache API request parsing (cache_api.h): the JSON body of
+/* Fuzz the sidecar cache API request parsing (cache/api.h): the JSON body of
  * lookup / store / invalidate (the first input byte picks the operation,
  * the rest is the body), the "limit=N" query string of /v1/cache/top, and
  * the sidecar scope.

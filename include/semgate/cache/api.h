@@ -1,7 +1,7 @@
 /* The cache as a service (RAG sidecar): request validation, sidecar scopes,
  * lookup / store / delete / invalidate of plain-text entries, hit and miss
  * accounting shared with the chat route, and the JSON shapes of entries and
- * stats. Works through store.h, store_ops.h, vindex.h and embed.h only.
+ * stats. Works through store/store.h, store/ops.h, vindex/vindex.h and embed/embed.h only.
  * Sidecar entries live in partitions of their own: a text answer is never
  * served as a chat completion, nor a completion as a text answer. */
 #ifndef SEMGATE_CACHE_API_H

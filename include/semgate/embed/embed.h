@@ -1,6 +1,6 @@
 /* Embedding providers: "openai" (any OpenAI-compatible /embeddings API,
  * through the upstream HTTP client) and "local" (built in, offline, lexical
- * feature hashing — see embed_local.h). An embedder is read-only after
+ * feature hashing — see embed/local.h). An embedder is read-only after
  * embedder_init and may be shared by every thread. */
 #ifndef SEMGATE_EMBED_H
 #define SEMGATE_EMBED_H

@@ -14,7 +14,7 @@ int route_conv_append(struct sg_req *req);
 int route_conv_delete(struct sg_req *req);
 int route_embeddings(struct sg_req *req);
 int route_metrics(struct sg_req *req);
-/* the cache API (route_cache.c) */
+/* the cache API (routes/cache.c) */
 int route_cache_lookup(struct sg_req *req);
 int route_cache_store(struct sg_req *req);
 int route_cache_entry_get(struct sg_req *req);

@@ -1,8 +1,8 @@
-/* The store module's cache-administration API (store_cache_ops.c and
- * store_events.c): reading and deleting entries, invalidation by namespace
+/* The store module's cache-administration API (src/store/cache_ops.c and
+ * src/store/events.c): reading and deleting entries, invalidation by namespace
  * and tag, hit/miss accounting, the leaderboard, per-tenant stats, and the
  * {prefix}events pub/sub channel that keeps several gateway processes'
- * vector indexes in step. Every key name is still built in src/store*.c.
+ * vector indexes in step. Every key name is still built in src/store/.
  * A struct store is owned by one thread; a struct store_sub likewise. */
 #ifndef SEMGATE_STORE_OPS_H
 #define SEMGATE_STORE_OPS_H

@@ -70,7 +70,7 @@ struct store_entry {
 	long long created;         /* unix seconds */
 	long long tokens;          /* total tokens the answer cost */
 	long long ttl_s;
-	/* Sidecar entries (route_cache.c); zero for chat entries. */
+	/* Sidecar entries (routes/cache.c); zero for chat entries. */
 	const char *kind;          /* NULL/"chat": completion JSON; "text": plain answer */
 	const char *const *tags;   /* ntags tags, each [A-Za-z0-9._:-]{1,128} */
 	size_t ntags;
@@ -124,7 +124,7 @@ typedef void (*store_entry_fn)(void *ud, const char *tenant, const char *id,
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
 			       size_t *scanned, struct sg_error *e);
 
-/* ---- rate limit window: {prefix}rl:{tenant} (store_limits.c) ---- */
+/* ---- rate limit window: {prefix}rl:{tenant} (src/store/limits.c) ---- */
 
 /* One request against the tenant's sliding window of window_ms, in one
  * atomic script on Redis's clock: drop members older than the window;
@@ -137,7 +137,7 @@ enum sg_err store_rate_limit(struct store *s, const char *tenant, long long max,
 			     long long window_ms, bool *allowed, long long *remaining,
 			     long long *retry_ms, struct sg_error *e);
 
-/* ---- embeddings cache: {prefix}emb:{tenant}:{model}:{sha} (store_emb.c) ---- */
+/* ---- embeddings cache: {prefix}emb:{tenant}:{model}:{sha} (src/store/emb.c) ---- */
 
 /* MGET the n keys named by hex digests sha[i]. blobs[i] gets a malloc'd
  * copy of the value (caller frees) or NULL when absent, lens[i] its length.

@@ -1,4 +1,4 @@
-/* Unit tests for embed_local.h: normalisation, determinism, and that the
+/* Unit tests for embed/local.h: normalisation, determinism, and that the
  * lexical similarity it promises holds. */
 #include <stdint.h>
 #include <stdlib.h>
