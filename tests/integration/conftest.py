@@ -190,6 +190,23 @@ def mock_upstream(tmpdir_session):
     m.stop()
 
 
+@pytest.fixture(scope="session")
+def openai_node():
+    """tests/node with the official `openai` npm package installed (npm ci from
+    its lock file, once per session), for every test that drives the gateway
+    with the real client. Installing is a step of the suite, so a test that
+    needs it never skips for want of it."""
+    import shutil
+    node_dir = os.path.join(ROOT, "tests", "node")
+    assert shutil.which("node") and shutil.which("npm"), \
+        "node and npm are needed (scripts/deps installs them)"
+    if not os.path.isdir(os.path.join(node_dir, "node_modules", "openai")):
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=node_dir,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+    return node_dir
+
+
 @pytest.fixture
 def redis_db(redis_server):
     """A running Redis, emptied before the test."""

@@ -5,14 +5,13 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 
 import pytest
 import requests
 
-from conftest import ROOT, user, wait_until
+from conftest import user, wait_until
 
 MODEL = "text-embedding-test"
 
@@ -252,11 +251,9 @@ def test_redis_down_passes_through_uncached(gateway, upstream, redis_server):
                what="the cache to be used again")
 
 
-def test_official_openai_node_client_gets_the_same_vectors(make_gateway, redis_db, upstream):
-    node_dir = os.path.join(ROOT, "tests", "node")
-    if not (shutil.which("node") and os.path.isdir(os.path.join(node_dir, "node_modules",
-                                                                 "openai"))):
-        pytest.skip("node and the openai npm package are needed")
+def test_official_openai_node_client_gets_the_same_vectors(make_gateway, redis_db, upstream,
+                                                           openai_node):
+    node_dir = openai_node
     g = make_gateway(SEMGATE_API_KEYS="sk-node-1:nodeTenant")
     script = (
         "import OpenAI from 'openai';"
