@@ -940,6 +940,24 @@ static const char *kernel_name(enum vq_kernel k)
 	return "?";
 }
 
+/* The partition a search of dimension dim reads, referenced (*p stays
+ * NULL when there is none: no error), or the dimension mismatch. */
+static enum sg_err part_for_search(struct vindex *vi, const char *partition, size_t keylen,
+                                   int dim, struct part **out, struct sg_error *e)
+{
+	struct part *p = part_acquire(vi, partition, keylen);
+	*out = NULL;
+	if (!p)
+		return SG_OK;
+	if (p->dim != dim) {
+		enum sg_err rc = dim_mismatch(e, dim, p->dim);
+		part_unref(p);
+		return rc;
+	}
+	*out = p;
+	return SG_OK;
+}
+
 /* Every search: nq queries (validated, normalised into scratch, quantised)
  * against one partition; best[i] gets query i's best live row if its
  * similarity is >= min_sim. */
@@ -971,14 +989,9 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
 		                    "query %zu is zero or has a non-finite component", i);
 	}
-	struct part *p = part_acquire(vi, partition, keylen);
-	if (!p)
-		return SG_OK;
-	if (p->dim != dim) {
-		rc = dim_mismatch(e, dim, p->dim);
-		part_unref(p);
+	struct part *p = NULL;
+	if ((rc = part_for_search(vi, partition, keylen, dim, &p, e)) != SG_OK || !p)
 		return rc;
-	}
 	pthread_rwlock_rdlock(&p->lock);
 	size_t n = p->n, qbytes = vq_query_bytes(dim);
 	size_t nt = n >= vi->split_min_rows && n >= 16 ? 2 : 1;
@@ -1117,6 +1130,85 @@ enum sg_err vindex_search_batch(struct vindex *vi, const char *partition, int di
 		                    "batch of %d queries is outside 1..%d", nq,
 		                    VINDEX_BATCH_MAX);
 	return search(vi, partition, dim, queries, nq, -INFINITY, now_ms, best, e);
+}
+
+/* Insert (row, d) into top[0..*have-1], kept best first with ties in row
+ * order; rows arrive in ascending order, so an equal score goes after. */
+static void top_insert(size_t *rows, double *sims, int *have, int k, size_t row, double d)
+{
+	if (*have == k && !(d > sims[k - 1]))
+		return;
+	int i = *have < k ? (*have)++ : k - 1;
+	for (; i > 0 && d > sims[i - 1]; i--) {
+		rows[i] = rows[i - 1];
+		sims[i] = sims[i - 1];
+	}
+	rows[i] = row;
+	sims[i] = d;
+}
+
+enum sg_err vindex_search_top(struct vindex *vi, const char *partition, int dim,
+                              const float *query, float min_similarity, int k,
+                              int64_t now_ms, struct vindex_hit *hits, int *n,
+                              struct sg_error *e)
+{
+	size_t keylen = 0, d = (size_t)dim;
+	enum sg_err rc;
+
+	memset(&last_stats, 0, sizeof last_stats);
+	if (!hits || !n)
+		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
+	*n = 0;
+	if (!vi)
+		return sg_error_set(e, SG_ERR_INTERNAL, "vector index is missing");
+	if (k < 1 || k > VINDEX_TOPK_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "top %d rows is outside 1..%d", k,
+		                    VINDEX_TOPK_MAX);
+	if (isnan(min_similarity))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "minimum similarity is not a number");
+	if ((rc = check_key(partition, &keylen, e)) != SG_OK || (rc = check_dim(dim, e)) != SG_OK)
+		return rc;
+	if (!query)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "query vector is missing");
+	double norm = norm_of(query, dim);
+	if (norm == 0)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "query vector is zero or has a non-finite component");
+	struct part *p = NULL;
+	if ((rc = part_for_search(vi, partition, keylen, dim, &p, e)) != SG_OK || !p)
+		return rc;
+	float *xn = scratch_get(d * sizeof(float));
+	if (!xn) {
+		part_unref(p);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
+	}
+	double inv = 1.0 / norm;
+	for (size_t j = 0; j < d; j++)
+		xn[j] = (float)(query[j] * inv);
+
+	size_t rows[VINDEX_TOPK_MAX];
+	double sims[VINDEX_TOPK_MAX];
+	int have = 0;
+	pthread_rwlock_rdlock(&p->lock);
+	for (size_t r = 0; r < p->n; r++) {
+		if (!live(p->exp[r], now_ms))
+			continue;
+		double s = vq_dot_exact(xn, p->mat + r * d, dim);
+		last_stats.reranked++;
+		/* the same clamp and rounding as the hit reports */
+		float f = (float)(s > 1.0 ? 1.0 : s < -1.0 ? -1.0 : s);
+		if (f >= min_similarity)
+			top_insert(rows, sims, &have, k, r, s);
+	}
+	for (int i = 0; i < have; i++)
+		hit_set(&hits[i], p->ids[rows[i]], sims[i]);
+	*n = have;
+	last_stats.rows = p->n;
+	last_stats.threads = 1;
+	last_stats.kernel = "exact";
+	pthread_rwlock_unlock(&p->lock);
+	part_unref(p);
+	return SG_OK;
 }
 
 void vindex_last_stats(struct vindex_stats *out)

@@ -23,6 +23,8 @@
 #define VINDEX_DIM_MAX 8192
 /* Most queries one vindex_search_batch() call accepts. */
 #define VINDEX_BATCH_MAX 256
+/* Most rows one vindex_search_top() call returns. */
+#define VINDEX_TOPK_MAX 16
 
 /* Memory per entry of dimension d, with S = d rounded up to 128:
  *   4d    float32 row (the truth)
@@ -163,6 +165,21 @@ enum sg_err vindex_search_min(struct vindex *vi, const char *partition, int dim,
 enum sg_err vindex_search_batch(struct vindex *vi, const char *partition, int dim,
                                 const float *queries, int nq, int64_t now_ms,
                                 struct vindex_hit *best, struct sg_error *e);
+
+/* The k (1..VINDEX_TOPK_MAX) live rows most similar to query whose
+ * similarity is >= min_similarity, best first, into hits[0..*n-1] (*n <= k;
+ * caller-owned, hits beyond *n are not written). Scores and ties are those of
+ * vindex_search(): hits[0] is what vindex_search_min() returns, and row
+ * order among equal scores is storage order. It computes the exact score of
+ * every live row of the partition (no int8 pruning), so it costs a full
+ * float32 pass: use it when the best row alone is not enough (the cache's
+ * verifier refused it), not for every lookup. Returns as
+ * vindex_search_min(), plus SG_ERR_BAD_REQUEST for k outside
+ * 1..VINDEX_TOPK_MAX; *n is 0 after any error. */
+enum sg_err vindex_search_top(struct vindex *vi, const char *partition, int dim,
+                              const float *query, float min_similarity, int k,
+                              int64_t now_ms, struct vindex_hit *hits, int *n,
+                              struct sg_error *e);
 
 /* Remove every row whose expiry is non-zero and <= now_ms, in every
  * partition; drop partitions left empty. Returns the number of rows

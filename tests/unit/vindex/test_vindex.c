@@ -1655,6 +1655,118 @@ static void test_tuning_refuses_bad_values_and_stats_reset(void)
 	vindex_destroy(vi);
 }
 
+/* ---- top k ---- */
+
+/* vindex_search_top against a brute-force ranking of the reference: the
+ * same ids in the same order with the same similarities, for every k, on
+ * random rows with exact duplicates (ties), expired rows and a minimum. */
+static void test_top_k_equals_brute_force_ranking(void)
+{
+	const int dim = 24;
+	const size_t n = 600;
+	uint64_t seed = 0x70bc0ffeeULL;
+	struct vindex *vi = vindex_create();
+	struct ref r;
+	ref_init(&r, dim, n);
+	float *data = rand_vecs(&seed, n, dim);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		/* every 7th row repeats an earlier one: equal scores */
+		const float *v = data + (i % 7 == 6 ? i - 3 : i) * (size_t)dim;
+		make_id(id, sizeof id, "t", i);
+		ref_add(vi, &r, id, v, i % 11 == 5 ? 1000 : 0);
+	}
+	float *qn = malloc((size_t)dim * sizeof *qn);
+	for (int qi = 0; qi < 12; qi++) {
+		/* queries near a stored row, so several rows score high */
+		size_t src = (size_t)(rng_next(&seed) % n);
+		float q[24];
+		for (int j = 0; j < dim; j++)
+			q[j] = 2.0f * data[src * (size_t)dim + j] + 0.6f * rng_float(&seed);
+		memcpy(qn, q, sizeof q);
+		vindex_normalize(qn, dim);
+		/* brute force: every live row's score, sorted best first, ties by row */
+		size_t order[600];
+		double sc[600];
+		size_t m = 0;
+		for (size_t i = 0; i < r.n; i++) {
+			if (r.exp[i] != 0 && r.exp[i] <= 2000)
+				continue;
+			double d = ref_dot(qn, r.rows + i * (size_t)dim, dim);
+			size_t at = m++;
+			while (at > 0 && d > sc[at - 1]) {
+				sc[at] = sc[at - 1];
+				order[at] = order[at - 1];
+				at--;
+			}
+			sc[at] = d;
+			order[at] = i;
+		}
+		const float mins[] = { -1.0f, 0.0f, ref_sim(sc[2]), ref_sim(sc[0]) };
+		for (size_t mi = 0; mi < sizeof mins / sizeof mins[0]; mi++) {
+			for (int k = 1; k <= VINDEX_TOPK_MAX; k++) {
+				struct vindex_hit hits[VINDEX_TOPK_MAX];
+				int got = -1;
+				CHECK_INT(vindex_search_top(vi, "p", dim, q, mins[mi], k, 2000, hits,
+				                            &got, NULL),
+				          SG_OK);
+				int want = 0;
+				while (want < k && (size_t)want < m && ref_sim(sc[want]) >= mins[mi])
+					want++;
+				CHECK_INT(got, want);
+				for (int i = 0; i < got && i < want; i++) {
+					CHECK(hits[i].found);
+					CHECK_STR(hits[i].id, r.ids[order[i]]);
+					CHECK(hits[i].similarity == ref_sim(sc[i]));
+				}
+				if (k == 1) {
+					struct vindex_hit one;
+					CHECK_INT(vindex_search_min(vi, "p", dim, q, mins[mi], 2000, &one,
+					                            NULL),
+					          SG_OK);
+					CHECK(one.found == (got == 1));
+					if (got == 1)
+						CHECK_STR(one.id, hits[0].id);
+				}
+			}
+		}
+	}
+	free(qn);
+	free(data);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+static void test_top_k_refuses_bad_arguments_and_misses_cleanly(void)
+{
+	struct vindex *vi = vindex_create();
+	float v[3] = { 1, 2, 3 }, zero[3] = { 0 };
+	struct vindex_hit hits[VINDEX_TOPK_MAX];
+	struct sg_error e = { 0 };
+	int n = -1;
+	CHECK_INT(vindex_add(vi, "p", 3, "a", v, 0, NULL), SG_OK);
+	CHECK_INT(vindex_search_top(vi, "p", 3, v, -1.0f, 0, 0, hits, &n, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(n, 0);
+	CHECK(strstr(e.msg, "outside 1..16") != NULL);
+	CHECK_INT(vindex_search_top(vi, "p", 3, v, -1.0f, VINDEX_TOPK_MAX + 1, 0, hits, &n, NULL),
+	          SG_ERR_BAD_REQUEST);
+	CHECK_INT(vindex_search_top(vi, "p", 3, v, NAN, 4, 0, hits, &n, NULL), SG_ERR_BAD_REQUEST);
+	CHECK_INT(vindex_search_top(vi, "p", 3, zero, -1.0f, 4, 0, hits, &n, NULL),
+	          SG_ERR_BAD_REQUEST);
+	CHECK_INT(vindex_search_top(vi, "p", 2, v, -1.0f, 4, 0, hits, &n, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "dimension 2") != NULL);
+	CHECK_INT(vindex_search_top(vi, "p", 3, v, -1.0f, 4, 0, NULL, &n, NULL), SG_ERR_INTERNAL);
+	/* a missing partition is no error and no row */
+	n = -1;
+	CHECK_INT(vindex_search_top(vi, "other", 3, v, -1.0f, 4, 0, hits, &n, NULL), SG_OK);
+	CHECK_INT(n, 0);
+	/* fewer rows than k: all of them */
+	CHECK_INT(vindex_search_top(vi, "p", 3, v, -1.0f, 4, 0, hits, &n, NULL), SG_OK);
+	CHECK_INT(n, 1);
+	CHECK_STR(hits[0].id, "a");
+	vindex_destroy(vi);
+}
+
 int main(void)
 {
 	RUN(test_create_destroy_accept_null_and_empty_index_is_empty);
@@ -1686,5 +1798,7 @@ int main(void)
 	RUN(test_candidate_overflow_keeps_answers_exact);
 	RUN(test_pruning_leaves_few_rows_to_rerank);
 	RUN(test_tuning_refuses_bad_values_and_stats_reset);
+	RUN(test_top_k_equals_brute_force_ranking);
+	RUN(test_top_k_refuses_bad_arguments_and_misses_cleanly);
 	return TEST_DONE();
 }
