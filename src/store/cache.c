@@ -269,11 +269,8 @@ enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
 			redisAppendCommand(s->c, "PTTL %b", k->str, k->len);
 		}
 		for (size_t i = 0; i < keys->elements && rc == SG_OK; i++) {
-			redisReply *h = store_read_reply(s, e);
-			redisReply *t = h ? store_read_reply(s, e) : NULL;
-			if (!h || !t) {
-				if (h)
-					freeReplyObject(h);
+			redisReply *h, *t;
+			if (!store_read_two(s, &h, &t, e)) {
 				rc = SG_ERR_REDIS;
 				break;
 			}

@@ -120,63 +120,95 @@ void store_entry_view_finish(struct store_entry_view *v)
 	memset(v, 0, sizeof(*v));
 }
 
+/* Fill out from the replies of the HMGET and TTL that store_entry_read_many
+ * sends per entry. */
+static enum sg_err view_from_replies(redisReply *h, const redisReply *t, const char *id,
+				     struct store_entry_view *out, bool *found,
+				     struct sg_error *e)
+{
+	if (h->type == REDIS_REPLY_ERROR)
+		return store_reply_error(h, e);
+	if (h->type != REDIS_REPLY_ARRAY || h->elements != 12 ||
+	    h->element[0]->type != REDIS_REPLY_STRING ||
+	    h->element[1]->type != REDIS_REPLY_STRING)
+		return SG_OK; /* gone (or not an entry) */
+	redisReply **f = h->element;
+	snprintf(out->id, sizeof(out->id), "%s", id);
+	out->query = dup_reply(f[0], &out->query_len);
+	out->answer = dup_reply(f[1], &out->answer_len);
+	out->ns = dup_reply(f[2], NULL);
+	out->scope = dup_reply(f[3], NULL);
+	out->kind = f[4]->type == REDIS_REPLY_STRING ? dup_reply(f[4], NULL) : strdup("chat");
+	out->tags = dup_reply(f[5], NULL);
+	if (f[6]->type == REDIS_REPLY_STRING)
+		out->metadata = dup_reply(f[6], &out->metadata_len);
+	out->created = reply_ll(f[7]);
+	out->hits = reply_ll(f[8]);
+	out->tokens = reply_ll(f[9]);
+	out->model = dup_reply(f[10], NULL);
+	out->dim = (int)reply_ll(f[11]);
+	out->ttl_s = reply_ll(t);
+	if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
+	    !out->tags || !out->model || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
+		store_entry_view_finish(out);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	*found = true;
+	return SG_OK;
+}
+
+enum sg_err store_entry_read_many(struct store *s, const char *tenant, const char *const *ids,
+				  size_t n, struct store_entry_view *out, bool *found,
+				  struct sg_error *e)
+{
+	for (size_t i = 0; i < n; i++) {
+		memset(&out[i], 0, sizeof(out[i]));
+		found[i] = false;
+	}
+	if (n == 0)
+		return SG_OK;
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK)
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		char *key = store_key(s, "e", tenant, ids[i]);
+		if (!key) {
+			/* the commands already appended are never read: drop them
+			 * with the connection rather than leave replies behind */
+			store_drop(s);
+			return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		}
+		redisAppendCommand(s->c, "HMGET %s query answer namespace scope kind tags metadata "
+				   "created hits tokens model dim", key);
+		redisAppendCommand(s->c, "TTL %s", key);
+		free(key);
+	}
+	/* every reply is read even after a failure, so the connection stays
+	 * in step */
+	for (size_t i = 0; i < n; i++) {
+		redisReply *h, *t;
+		if (!store_read_two(s, &h, &t, e)) {
+			rc = SG_ERR_REDIS;
+			break;
+		}
+		if (rc == SG_OK)
+			rc = view_from_replies(h, t, ids[i], &out[i], &found[i], e);
+		freeReplyObject(h);
+		freeReplyObject(t);
+	}
+	if (rc != SG_OK)
+		for (size_t i = 0; i < n; i++) {
+			store_entry_view_finish(&out[i]);
+			found[i] = false;
+		}
+	return rc;
+}
+
 enum sg_err store_entry_read(struct store *s, const char *tenant, const char *id,
 			     struct store_entry_view *out, bool *found,
 			     struct sg_error *e)
 {
-	memset(out, 0, sizeof(*out));
-	*found = false;
-	char *key = store_key(s, "e", tenant, id);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	enum sg_err rc = store_conn(s, e);
-	if (rc != SG_OK) {
-		free(key);
-		return rc;
-	}
-	redisAppendCommand(s->c, "HMGET %s query answer namespace scope kind tags metadata "
-			   "created hits tokens model dim", key);
-	redisAppendCommand(s->c, "TTL %s", key);
-	free(key);
-	redisReply *h = store_read_reply(s, e);
-	redisReply *t = h ? store_read_reply(s, e) : NULL;
-	if (!h || !t) {
-		if (h)
-			freeReplyObject(h);
-		return SG_ERR_REDIS;
-	}
-	if (h->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(h, e);
-	} else if (h->type == REDIS_REPLY_ARRAY && h->elements == 12 &&
-		   h->element[0]->type == REDIS_REPLY_STRING &&
-		   h->element[1]->type == REDIS_REPLY_STRING) {
-		redisReply **f = h->element;
-		snprintf(out->id, sizeof(out->id), "%s", id);
-		out->query = dup_reply(f[0], &out->query_len);
-		out->answer = dup_reply(f[1], &out->answer_len);
-		out->ns = dup_reply(f[2], NULL);
-		out->scope = dup_reply(f[3], NULL);
-		out->kind = f[4]->type == REDIS_REPLY_STRING ? dup_reply(f[4], NULL) : strdup("chat");
-		out->tags = dup_reply(f[5], NULL);
-		if (f[6]->type == REDIS_REPLY_STRING)
-			out->metadata = dup_reply(f[6], &out->metadata_len);
-		out->created = reply_ll(f[7]);
-		out->hits = reply_ll(f[8]);
-		out->tokens = reply_ll(f[9]);
-		out->model = dup_reply(f[10], NULL);
-		out->dim = (int)reply_ll(f[11]);
-		out->ttl_s = reply_ll(t);
-		if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
-		    !out->tags || !out->model || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
-			store_entry_view_finish(out);
-			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		} else {
-			*found = true;
-		}
-	}
-	freeReplyObject(h);
-	freeReplyObject(t);
-	return rc;
+	return store_entry_read_many(s, tenant, &id, 1, out, found, e);
 }
 
 enum sg_err store_entry_vector(struct store *s, const char *tenant, const char *id,
@@ -195,11 +227,8 @@ enum sg_err store_entry_vector(struct store *s, const char *tenant, const char *
 	redisAppendCommand(s->c, "HMGET %s vector dim model scope", key);
 	redisAppendCommand(s->c, "PTTL %s", key);
 	free(key);
-	redisReply *h = store_read_reply(s, e);
-	redisReply *t = h ? store_read_reply(s, e) : NULL;
-	if (!h || !t) {
-		if (h)
-			freeReplyObject(h);
+	redisReply *h, *t;
+	if (!store_read_two(s, &h, &t, e)) {
 		return SG_ERR_REDIS;
 	}
 	float *vec = NULL;

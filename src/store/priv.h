@@ -30,6 +30,9 @@ enum sg_err store_conn(struct store *s, struct sg_error *e);
 
 /* Read one pipelined reply; NULL (connection dropped, e set) when lost. */
 redisReply *store_read_reply(struct store *s, struct sg_error *e);
+/* The next two pipelined replies (a command and its TTL) into *a and *b.
+ * false when the connection failed (e filled; neither is left to free). */
+bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_error *e);
 
 /* Run one command given as argv; the reply belongs to the caller. */
 /* Run argv and "<ttl_cmd> <key>" (TTL or PTTL) in one round trip. True

@@ -146,6 +146,18 @@ redisReply *store_read_reply(struct store *s, struct sg_error *e)
 	return r;
 }
 
+bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_error *e)
+{
+	*a = store_read_reply(s, e);
+	*b = *a ? store_read_reply(s, e) : NULL;
+	if (*a && *b)
+		return true;
+	if (*a)
+		freeReplyObject(*a);
+	*a = NULL;
+	return false;
+}
+
 /* Run one command given as argv; the reply belongs to the caller. */
 redisReply *store_run(struct store *s, int argc, const char **argv,
 			    const size_t *lens, struct sg_error *e)

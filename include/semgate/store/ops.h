@@ -46,6 +46,13 @@ enum sg_err store_entry_read(struct store *s, const char *tenant, const char *id
 			     struct store_entry_view *out, bool *found,
 			     struct sg_error *e);
 
+/* store_entry_read() for n entries of one tenant in one round trip (one
+ * pipeline): out[i] and found[i] for ids[i] (borrowed). On an error every
+ * view is released and every found[i] is false. */
+enum sg_err store_entry_read_many(struct store *s, const char *tenant, const char *const *ids,
+				  size_t n, struct store_entry_view *out, bool *found,
+				  struct sg_error *e);
+
 /* Load one entry's vector (HMGET + PTTL) and hand it to fn as the start-up
  * scan does. *found false when the entry is gone or has no valid vector. */
 enum sg_err store_entry_vector(struct store *s, const char *tenant, const char *id,
