@@ -12,7 +12,7 @@
 #include "semgate/core/log.h"
 
 enum cfg_type { CFG_STR, CFG_OPTSTR, CFG_SECRET, CFG_INT, CFG_LOGLEVEL, CFG_URL,
-		CFG_OPTURL, CFG_RATIO, CFG_PRICE };
+		CFG_OPTURL, CFG_RATIO, CFG_PRICE, CFG_CHOICE };
 
 struct cfg_row {
 	const char *env;
@@ -22,10 +22,14 @@ struct cfg_row {
 	long long min, max;
 	size_t off;
 	const char *help;
+	const char *choices; /* CFG_CHOICE: the allowed values, "a|b|c" */
 };
 
 #define OFF(f) offsetof(struct sg_config, f)
 
+/* Only CFG_CHOICE rows name .choices; the others leave it NULL. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_HOST", "--host", CFG_STR, "127.0.0.1", 0, 0, OFF(host),
 	  "address to listen on" },
@@ -83,9 +87,15 @@ static const struct cfg_row config_rows[] = {
 	  OFF(hot_cache_entries),
 	  "exact answers (up to 16 KiB each) kept in process memory, invalidated by Redis "
 	  "key tracking (0: off)" },
-	{ "SEMGATE_SEMANTIC_THRESHOLD", "--semantic-threshold", CFG_RATIO, "0.95", 0, 1,
+	{ "SEMGATE_SEMANTIC_THRESHOLD", "--semantic-threshold", CFG_RATIO, "0.85", 0, 1,
 	  OFF(semantic_threshold),
 	  "cosine similarity needed for a semantic hit, in (0, 1] (per request: X-Semgate-Threshold)" },
+	{ "SEMGATE_VERIFY", "--verify", CFG_CHOICE, "strict", 0, 0, OFF(verify),
+	  "hit verifier: strict (every rule), basic (numbers, negation, opposed words) or off "
+	  "(per request: X-Semgate-Verify)", .choices = "strict|basic|off" },
+	{ "SEMGATE_VERIFY_CANDIDATES", "--verify-candidates", CFG_INT, "4", 1, 16,
+	  OFF(verify_candidates),
+	  "semantic candidates above the threshold the verifier may try, best first" },
 	{ "SEMGATE_EMBED_URL", "--embed-url", CFG_OPTURL, "", 0, 0, OFF(embed_url),
 	  "base URL of an OpenAI-compatible embeddings API (empty: built-in local embedder)" },
 	{ "SEMGATE_EMBED_MODEL", "--embed-model", CFG_STR, "text-embedding-3-small", 0, 0,
@@ -108,6 +118,7 @@ static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_RATE_LIMIT", "--rate-limit", CFG_OPTSTR, "", 0, 0, OFF(rate_limit),
 	  "requests per tenant per window, as N/Ws (e.g. 100/60s; empty: no limit)" },
 };
+#pragma GCC diagnostic pop
 
 #define N_ROWS (sizeof(config_rows) / sizeof(config_rows[0]))
 
@@ -130,11 +141,26 @@ static bool is_string_type(enum cfg_type t)
 	case CFG_LOGLEVEL:
 	case CFG_URL:
 	case CFG_OPTURL:
+	case CFG_CHOICE:
 		return true;
 	case CFG_INT:
 	case CFG_RATIO:
 	case CFG_PRICE:
 		return false;
+	}
+	return false;
+}
+
+/* True when val is one of the '|'-separated words of choices. */
+static bool choice_valid(const char *choices, const char *val)
+{
+	size_t n = strlen(val);
+	for (const char *p = choices; n && *p;) {
+		const char *end = strchr(p, '|');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (len == n && strncmp(p, val, n) == 0)
+			return true;
+		p += len + (end != NULL);
 	}
 	return false;
 }
@@ -208,6 +234,11 @@ static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"%s: must not be empty", source);
 		}
+		break;
+	case CFG_CHOICE:
+		if (!choice_valid(r->choices, val))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not one of %s", source, shown, r->choices);
 		break;
 	case CFG_OPTSTR:
 	case CFG_SECRET:
@@ -324,6 +355,8 @@ void config_print_help(FILE *out, const char *argv0)
 			snprintf(range, sizeof(range), ", in (0, 1]");
 		else if (r->type == CFG_PRICE)
 			snprintf(range, sizeof(range), ", 0..%lld", r->max);
+		else if (r->type == CFG_CHOICE)
+			snprintf(range, sizeof(range), ", one of %s", r->choices);
 		fprintf(out, "  %-32s %s\n  %-32s   %s (default: %s%s)\n",
 			r->flag, r->env, "", r->help,
 			r->def[0] ? r->def : "empty", range);

@@ -88,18 +88,45 @@ void metrics_inflight(int delta)
 	atomic_fetch_add_explicit(&g_inflight, delta, memory_order_relaxed);
 }
 
+/* Add one to the counter of names[i] that equals name, if any. */
+static void count_by_name(const char *name, const char *const *names, const enum sg_counter *ids,
+			  size_t n)
+{
+	for (size_t i = 0; name && i < n; i++)
+		if (strcmp(name, names[i]) == 0) {
+			metrics_inc(ids[i]);
+			return;
+		}
+}
+
+#define COUNT_BY_NAME(name, names, ids) \
+	count_by_name(name, names, ids, sizeof(ids) / sizeof(ids[0]))
+
 void metrics_cache_outcome(const char *outcome)
 {
-	if (!outcome)
-		return;
-	if (strcmp(outcome, "hit-exact") == 0)
-		metrics_inc(SG_C_CACHE_HIT_EXACT);
-	else if (strcmp(outcome, "hit-semantic") == 0)
-		metrics_inc(SG_C_CACHE_HIT_SEMANTIC);
-	else if (strcmp(outcome, "miss") == 0)
-		metrics_inc(SG_C_CACHE_MISS);
-	else if (strcmp(outcome, "bypass") == 0)
-		metrics_inc(SG_C_CACHE_BYPASS);
+	static const char *const names[] = { "hit-exact", "hit-semantic", "miss", "bypass" };
+	static const enum sg_counter ids[] = { SG_C_CACHE_HIT_EXACT, SG_C_CACHE_HIT_SEMANTIC,
+					       SG_C_CACHE_MISS, SG_C_CACHE_BYPASS };
+	COUNT_BY_NAME(outcome, names, ids);
+}
+
+void metrics_lookup_outcome(const char *outcome)
+{
+	static const char *const names[] = { "hit-exact", "hit-semantic", "miss" };
+	static const enum sg_counter ids[] = { SG_C_LOOKUP_HIT_EXACT, SG_C_LOOKUP_HIT_SEMANTIC,
+					       SG_C_LOOKUP_MISS };
+	COUNT_BY_NAME(outcome, names, ids);
+}
+
+void metrics_verify_rejection(const char *reason)
+{
+	static const char *const names[] = { "number", "entity", "negation", "order",
+					     "opposite", "content", "feedback" };
+	static const enum sg_counter ids[] = { SG_C_VERIFY_NUMBER, SG_C_VERIFY_ENTITY,
+					       SG_C_VERIFY_NEGATION, SG_C_VERIFY_ORDER,
+					       SG_C_VERIFY_OPPOSITE, SG_C_VERIFY_CONTENT,
+					       SG_C_VERIFY_FEEDBACK };
+	COUNT_BY_NAME(reason, names, ids);
 }
 
 /* ---- requests by (method, route): one slot per pair seen ---- */

@@ -40,6 +40,8 @@ struct sg_config {
 	long long cache_ttl;
 	long long hot_cache_entries;
 	double semantic_threshold;
+	char *verify;            /* "strict", "basic" or "off" */
+	long long verify_candidates;
 	char *embed_url;
 	char *embed_model;
 	char *embed_api_key;

@@ -20,6 +20,18 @@
 	X(CACHE_HIT_SEMANTIC, "semgate_cache_requests_total", "outcome=\"hit-semantic\"", "") \
 	X(CACHE_MISS, "semgate_cache_requests_total", "outcome=\"miss\"", "") \
 	X(CACHE_BYPASS, "semgate_cache_requests_total", "outcome=\"bypass\"", "") \
+	X(LOOKUP_HIT_EXACT, "semgate_cache_lookups_total", "outcome=\"hit-exact\"", \
+	  "Sidecar lookups (POST /v1/cache/lookup) answered, by outcome.") \
+	X(LOOKUP_HIT_SEMANTIC, "semgate_cache_lookups_total", "outcome=\"hit-semantic\"", "") \
+	X(LOOKUP_MISS, "semgate_cache_lookups_total", "outcome=\"miss\"", "") \
+	X(VERIFY_NUMBER, "semgate_verify_rejections_total", "reason=\"number\"", \
+	  "Requests whose best semantic candidate the hit verifier refused, by the rule that refused it.") \
+	X(VERIFY_ENTITY, "semgate_verify_rejections_total", "reason=\"entity\"", "") \
+	X(VERIFY_NEGATION, "semgate_verify_rejections_total", "reason=\"negation\"", "") \
+	X(VERIFY_ORDER, "semgate_verify_rejections_total", "reason=\"order\"", "") \
+	X(VERIFY_OPPOSITE, "semgate_verify_rejections_total", "reason=\"opposite\"", "") \
+	X(VERIFY_CONTENT, "semgate_verify_rejections_total", "reason=\"content\"", "") \
+	X(VERIFY_FEEDBACK, "semgate_verify_rejections_total", "reason=\"feedback\"", "") \
 	X(TOKENS_SAVED_PROMPT, "semgate_tokens_saved_total", "kind=\"prompt\"", \
 	  "Tokens the cached answers served had cost upstream, from their usage.") \
 	X(TOKENS_SAVED_COMPLETION, "semgate_tokens_saved_total", "kind=\"completion\"", "") \
@@ -81,6 +93,14 @@ void metrics_inflight(int delta);
 /* Count a chat completion's cache outcome ("hit-exact", "hit-semantic",
  * "miss" or "bypass"; anything else is ignored). */
 void metrics_cache_outcome(const char *outcome);
+
+/* The same for a sidecar lookup ("hit-exact", "hit-semantic", "miss"). */
+void metrics_lookup_outcome(const char *outcome);
+
+/* Count a verifier rejection by its reason's name ("number", "entity",
+ * "negation", "order", "opposite", "content", "feedback"; anything else is
+ * ignored). */
+void metrics_verify_rejection(const char *reason);
 
 /* Per-request totals on the calling thread: begin resets them; req_ms
  * returns the summed ms of h observed since, and *n the count. A civetweb

@@ -57,6 +57,30 @@ static void test_counters_add_and_render_with_fixed_labels(void)
 	free(t);
 }
 
+static void test_lookup_outcomes_and_verify_rejections_by_name(void)
+{
+	metrics_lookup_outcome("hit-semantic");
+	metrics_lookup_outcome("miss");
+	metrics_lookup_outcome("miss");
+	metrics_lookup_outcome("bypass"); /* not a lookup outcome: ignored */
+	metrics_verify_rejection("number");
+	metrics_verify_rejection("entity");
+	metrics_verify_rejection("entity");
+	metrics_verify_rejection("pass");
+	metrics_verify_rejection(NULL);
+	struct metrics_extra x = { 0 };
+	char *t = render(&x);
+	CHECK(has_line(t, "semgate_cache_lookups_total{outcome=\"hit-exact\"} 0"));
+	CHECK(has_line(t, "semgate_cache_lookups_total{outcome=\"hit-semantic\"} 1"));
+	CHECK(has_line(t, "semgate_cache_lookups_total{outcome=\"miss\"} 2"));
+	CHECK(has_line(t, "semgate_verify_rejections_total{reason=\"number\"} 1"));
+	CHECK(has_line(t, "semgate_verify_rejections_total{reason=\"entity\"} 2"));
+	CHECK(has_line(t, "semgate_verify_rejections_total{reason=\"content\"} 0"));
+	CHECK_INT(count_of(t, "# TYPE semgate_verify_rejections_total counter\n"), 1);
+	CHECK_INT(count_of(t, "# TYPE semgate_cache_lookups_total counter\n"), 1);
+	free(t);
+}
+
 static void test_requests_by_route_method_and_status(void)
 {
 	metrics_request("POST", "/v1/x", 200, 3.0);
@@ -136,6 +160,7 @@ static void test_cost_saved_uses_both_prices(void)
 int main(void)
 {
 	RUN(test_counters_add_and_render_with_fixed_labels);
+	RUN(test_lookup_outcomes_and_verify_rejections_by_name);
 	RUN(test_requests_by_route_method_and_status);
 	RUN(test_many_routes_overflow_into_one_other_slot);
 	RUN(test_histograms_and_per_request_totals);
