@@ -429,6 +429,13 @@ static enum sg_err read_text(struct store *s, const char *tenant, const char *id
 	return SG_OK;
 }
 
+/* The caller's own vector was refused by the index (ve says why). */
+static enum sg_err vector_misfit(struct sg_error *e, const struct sg_error *ve)
+{
+	return sg_error_set(e, SG_ERR_BAD_REQUEST, "'vector' does not fit the partition of "
+			    "this namespace and scope: %s", ve->msg);
+}
+
 enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstream *up,
 			     const char *tenant, const struct cache_api_req *rq,
 			     struct cache_api_result *out, struct sg_error *e)
@@ -473,34 +480,41 @@ enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstrea
 	}
 	char part[VINDEX_KEY_MAX];
 	cache_partition_key(part, sizeof(part), tenant, si.scope, model);
-	for (int attempt = 0; attempt < 3; attempt++) {
-		struct vindex_hit best;
-		struct sg_error ve = { 0 };
-		enum sg_err src = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ve);
-		if (src == SG_ERR_BAD_REQUEST && rq->vector) {
-			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'vector' does not fit the "
-					  "partition of this namespace and scope: %s", ve.msg);
-			goto out;
-		}
-		if (src != SG_OK) {
-			sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ve.msg);
-			break;
-		}
-		if (!best.found)
-			break;
-		out->best = best.similarity;
-		if ((double)best.similarity < threshold)
-			break;
-		if ((rc = read_text(s, tenant, best.id, &out->entry, &ok, e)) != SG_OK)
-			goto out;
-		if (ok) {
-			out->hit = true;
-			goto count;
-		}
-		/* expired, deleted or not ours: forget it and look again */
-		vindex_remove(app->vindex, best.id);
-		out->best = -2.0;
+	struct cache_match_req mr = {
+		.tenant = tenant,
+		.part = part,
+		.vec = vec,
+		.dim = dim,
+		.threshold = threshold,
+		.kind = "text",
+		.verify = rq->verify,
+		.query = rq->query,
+		.query_len = rq->query_len,
+		.candidates = (int)app->cfg->verify_candidates,
+	};
+	struct cache_match m;
+	struct sg_error ve = { 0 };
+	enum sg_err mrc = cache_match_find(app, s, &mr, &m, &ve);
+	if (mrc == SG_ERR_BAD_REQUEST && rq->vector) {
+		rc = vector_misfit(e, &ve);
+		goto out;
 	}
+	if (mrc == SG_ERR_BAD_REQUEST) {
+		sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ve.msg);
+	} else if (mrc != SG_OK) {
+		rc = sg_error_set(e, mrc, "%s", ve.msg);
+		goto out;
+	} else {
+		out->best = m.best;
+		out->hit = m.hit;
+		out->rejected = m.rejected;
+		memcpy(out->rejected_id, m.rejected_id, sizeof(out->rejected_id));
+		if (m.hit) {
+			out->entry = m.entry;
+			memset(&m.entry, 0, sizeof(m.entry));
+		}
+	}
+	cache_match_finish(&m);
 count:
 	if (out->hit)
 		cache_api_record_hit(app, s, tenant, out->entry.id, !out->exact, 0, 0);
@@ -548,8 +562,7 @@ enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream
 		struct sg_error ve = { 0 };
 		enum sg_err arc = vindex_add(app->vindex, part, dim, id, vec, 1, &ve);
 		if (arc == SG_ERR_BAD_REQUEST && rq->vector) {
-			rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'vector' does not fit the "
-					  "partition of this namespace and scope: %s", ve.msg);
+			rc = vector_misfit(e, &ve);
 			goto out;
 		}
 		if (arc != SG_OK) {

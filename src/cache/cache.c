@@ -16,6 +16,7 @@
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
+#include "semgate/store/ops.h"
 #include "semgate/store/store.h"
 #include "semgate/vindex/vindex.h"
 
@@ -60,8 +61,8 @@ void cache_partition_key(char *out, size_t cap, const char *tenant, const char *
 
 enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
 			 const char *tenant, const struct scope_info *si,
-			 bool semantic, double threshold, struct cache_result *out,
-			 struct sg_error *e)
+			 bool semantic, double threshold, enum verify_mode verify,
+			 struct cache_result *out, struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
 	out->similarity = -2.0;
@@ -105,49 +106,163 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	cache_embed_query(app, up, si, out);
 	if (!out->vec)
 		return SG_OK;
-	float *vec = out->vec;
-	int dim = out->dim;
-	struct sg_error ee = { 0 };
 	char part[VINDEX_KEY_MAX];
 	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
+	struct cache_match_req mr = {
+		.tenant = tenant,
+		.part = part,
+		.vec = out->vec,
+		.dim = out->dim,
+		.threshold = threshold,
+		.kind = "chat",
+		.verify = verify,
+		.query = si->query,
+		.query_len = si->query_len,
+		.candidates = (int)app->cfg->verify_candidates,
+	};
+	struct cache_match m;
+	rc = cache_match_find(app, s, &mr, &m, e);
+	if (rc == SG_ERR_BAD_REQUEST) {
+		/* a dimension change of the embedding model: a miss, and the
+		 * new vector cannot be stored in this partition either */
+		sg_log(SG_LOG_WARN, "semantic lookup refused: %s", e->msg);
+		free(out->vec);
+		out->vec = NULL;
+		return SG_OK;
+	}
+	if (rc != SG_OK)
+		return rc;
+	out->similarity = m.best;
+	out->rejected = m.rejected;
+	memcpy(out->rejected_id, m.rejected_id, sizeof(out->rejected_id));
+	if (m.hit) {
+		out->hit = true;
+		out->semantic = true;
+		memcpy(out->id, m.entry.id, sizeof(out->id));
+		out->answer = m.entry.answer;
+		out->answer_len = m.entry.answer_len;
+		out->tokens = m.entry.tokens;
+		m.entry.answer = NULL;
+	}
+	cache_match_finish(&m);
+	return SG_OK;
+}
+
+void cache_match_finish(struct cache_match *m)
+{
+	if (m)
+		store_entry_view_finish(&m->entry);
+}
+
+/* The verdict on candidate v for rq: PASS, a verifier rule, or (for an
+ * entry of the wrong kind) SG_VERIFY_REASON_COUNT, which is no verdict. */
+static enum verify_reason judge(const struct cache_match_req *rq,
+				const struct store_entry_view *v)
+{
+	if (strcmp(v->kind, rq->kind) != 0)
+		return SG_VERIFY_REASON_COUNT; /* never a text entry as a completion */
+	return verify_pair(rq->verify, rq->query, rq->query_len, v->query, v->query_len);
+}
+
+/* Record candidate v's verdict r in out; true when it is served (v moved
+ * into out->entry). */
+static bool take(struct cache_match *out, enum verify_reason r, struct store_entry_view *v)
+{
+	if (r == SG_VERIFY_PASS) {
+		out->hit = true;
+		out->entry = *v;
+		memset(v, 0, sizeof(*v));
+		return true;
+	}
+	if (r != SG_VERIFY_REASON_COUNT && out->rejected == SG_VERIFY_PASS) {
+		out->rejected = r;
+		memcpy(out->rejected_id, v->id, sizeof(out->rejected_id));
+	}
+	return false;
+}
+
+/* The best row was refused: try the next ones at or above the threshold,
+ * read in one round trip, best first. */
+static enum sg_err match_more(struct sg_app *app, struct store *s,
+			      const struct cache_match_req *rq, const char *first,
+			      struct cache_match *out, struct sg_error *e)
+{
+	struct vindex_hit hits[VINDEX_TOPK_MAX];
+	int n = 0;
+	struct sg_error ve = { 0 };
+	double t0 = sg_now_ms();
+	enum sg_err rc = vindex_search_top(app->vindex, rq->part, rq->dim, rq->vec,
+					   (float)rq->threshold, rq->candidates, sg_wall_ms(),
+					   hits, &n, &ve);
+	metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
+	if (rc != SG_OK)
+		return SG_OK; /* keep the miss the first search gave */
+	const char *ids[VINDEX_TOPK_MAX];
+	double sims[VINDEX_TOPK_MAX];
+	size_t m = 0;
+	for (int i = 0; i < n; i++)
+		if ((double)hits[i].similarity >= rq->threshold && strcmp(hits[i].id, first) != 0) {
+			sims[m] = hits[i].similarity;
+			ids[m++] = hits[i].id;
+		}
+	struct store_entry_view views[VINDEX_TOPK_MAX];
+	bool found[VINDEX_TOPK_MAX];
+	if ((rc = store_entry_read_many(s, rq->tenant, ids, m, views, found, e)) != SG_OK)
+		return rc;
+	for (size_t i = 0; i < m; i++) {
+		if (!found[i])
+			vindex_remove(app->vindex, ids[i]); /* expired or deleted */
+		else if (!out->hit && take(out, judge(rq, &views[i]), &views[i]))
+			out->best = sims[i];
+		store_entry_view_finish(&views[i]);
+	}
+	return SG_OK;
+}
+
+enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct cache_match_req *rq,
+			     struct cache_match *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	out->best = -2.0;
+	/* The best row alone first: a miss costs one search, as without the
+	 * verifier, and a hit that passes one search and one read. */
 	for (int attempt = 0; attempt < 3; attempt++) {
 		struct vindex_hit best;
 		double t0 = sg_now_ms();
-		enum sg_err src = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), &best, &ee);
+		enum sg_err rc = vindex_search(app->vindex, rq->part, rq->dim, rq->vec, sg_wall_ms(),
+					       &best, e);
 		metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
-		if (src != SG_OK) {
-			/* a dimension change of the embedding model: a miss, and the
-			 * new vector cannot be stored in this partition either */
-			sg_log(SG_LOG_WARN, "semantic lookup refused: %s", ee.msg);
-			free(out->vec);
-			out->vec = NULL;
-			return SG_OK;
-		}
-		if (!best.found)
-			return SG_OK;
-		out->similarity = best.similarity;
-		if ((double)best.similarity < threshold)
-			return SG_OK;
-		rc = store_entry_answer(s, tenant, best.id, &a, &found, e);
 		if (rc != SG_OK)
 			return rc;
-		if (found && strcmp(a.kind, "chat") != 0) {
-			store_answer_finish(&a);
-			return SG_OK; /* never a text entry as a completion */
-		}
-		if (found) {
-			out->hit = true;
-			out->semantic = true;
-			memcpy(out->id, a.id, sizeof(out->id));
-			out->answer = a.answer;
-			out->answer_len = a.answer_len;
-			out->tokens = a.tokens;
+		if (!best.found)
 			return SG_OK;
+		out->best = best.similarity;
+		if ((double)best.similarity < rq->threshold)
+			return SG_OK;
+		struct store_entry_view v;
+		bool found = false;
+		if ((rc = store_entry_read(s, rq->tenant, best.id, &v, &found, e)) != SG_OK)
+			return rc;
+		if (!found) {
+			/* expired or deleted in Redis: forget it and look again */
+			vindex_remove(app->vindex, best.id);
+			out->best = -2.0;
+			continue;
 		}
-		/* expired or deleted in Redis: forget it and look again */
-		vindex_remove(app->vindex, best.id);
-		out->similarity = -2.0;
+		enum verify_reason r = judge(rq, &v);
+		bool served = take(out, r, &v);
+		store_entry_view_finish(&v);
+		if (served || r == SG_VERIFY_REASON_COUNT || rq->candidates < 2)
+			break;
+		if ((rc = match_more(app, s, rq, best.id, out, e)) != SG_OK) {
+			store_entry_view_finish(&out->entry);
+			out->hit = false;
+			return rc;
+		}
+		break;
 	}
+	if (out->rejected != SG_VERIFY_PASS)
+		metrics_verify_rejection(verify_reason_name(out->rejected));
 	return SG_OK;
 }
 

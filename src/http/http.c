@@ -437,6 +437,11 @@ static void access_log(const struct sg_req *req, double ms)
 	}
 	if (rc == SG_OK && req->similarity >= -1.0)
 		rc = sg_buf_printf(&b, ",\"similarity\":%.9g", req->similarity);
+	if (rc == SG_OK && req->verify) {
+		rc = sg_buf_puts(&b, ",\"verify\":");
+		if (rc == SG_OK)
+			rc = buf_json_string(&b, req->verify);
+	}
 	if (rc == SG_OK)
 		rc = sg_buf_printf(&b, ",\"ms\":%.3f", ms);
 	if (rc == SG_OK && req->upstream_ms >= 0)

@@ -10,6 +10,7 @@
 #include "semgate/app/app.h"
 #include "semgate/cache/api.h"
 #include "semgate/core/json.h"
+#include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/ops.h"
 
@@ -59,9 +60,21 @@ int route_cache_lookup(struct sg_req *req)
 {
 	cJSON *doc;
 	struct cache_api_req rq;
+	enum verify_mode verify = SG_VERIFY_STRICT;
+	const char *cv = req->app->cfg->verify;
+	if (!verify_mode_parse(cv, strlen(cv), &verify))
+		verify = SG_VERIFY_STRICT; /* config.c checked it already */
+	const char *vh = http_header(req, "X-Semgate-Verify");
+	if (vh && !verify_mode_parse(vh, strlen(vh), &verify)) {
+		struct sg_error he = { 0 };
+		sg_error_set(&he, SG_ERR_BAD_REQUEST,
+			     "X-Semgate-Verify must be one of off, basic, strict");
+		return http_send_sg_error(req, &he);
+	}
 	int status = read_request(req, CACHE_API_LOOKUP, &doc, &rq);
 	if (status)
 		return status;
+	rq.verify = verify;
 	struct store *s = worker_store(req->worker);
 	struct upstream *up = worker_upstream(req->worker);
 	struct sg_error e = { 0 };
@@ -75,8 +88,11 @@ int route_cache_lookup(struct sg_req *req)
 		goto out;
 	}
 	req->cache_outcome = res.hit ? (res.exact ? "hit-exact" : "hit-semantic") : "miss";
+	metrics_lookup_outcome(req->cache_outcome);
 	if (res.best >= -1.0)
 		req->similarity = res.best;
+	if (!res.hit && res.rejected != SG_VERIFY_PASS)
+		req->verify = verify_reason_name(res.rejected);
 	cJSON *o = cJSON_CreateObject();
 	bool ok = o != NULL;
 	if (ok && res.hit) {
@@ -103,6 +119,11 @@ int route_cache_lookup(struct sg_req *req)
 		      cJSON_AddNumberToObject(o, "best_similarity", round6(res.best)) != NULL :
 		      cJSON_AddNullToObject(o, "best_similarity") != NULL) &&
 		     (!res.embed_failed || cJSON_AddBoolToObject(o, "embedding_failed", 1));
+		if (ok && req->verify) {
+			cJSON *v = cJSON_AddObjectToObject(o, "verify");
+			ok = v && cJSON_AddStringToObject(v, "rejected", req->verify) &&
+			     cJSON_AddStringToObject(v, "candidate", res.rejected_id);
+		}
 	}
 	if (!ok) {
 		cJSON_Delete(o);

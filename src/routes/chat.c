@@ -38,6 +38,7 @@ struct chat {
 	bool no_cache;          /* Cache-Control: no-cache: skip lookup, still store */
 	bool no_store;          /* Cache-Control: no-store: neither */
 	double threshold;
+	enum verify_mode verify; /* SEMGATE_VERIFY or X-Semgate-Verify */
 	long long ttl;
 	const char *ns;         /* X-Semgate-Namespace or "" */
 	/* cache state */
@@ -49,6 +50,7 @@ struct chat {
 	char hdr_len[24];
 	char hdr_sim[24];
 	char hdr_tokens[24];
+	char hdr_verify[32];
 	const char *hdrs[20];
 	int nh;
 };
@@ -124,6 +126,12 @@ static enum sg_err read_headers(struct chat *c, struct sg_error *e)
 				"X-Semgate-Threshold must be a number in (0, 1]");
 		c->threshold = v;
 	}
+	if (!verify_mode_parse(cfg->verify, strlen(cfg->verify), &c->verify))
+		c->verify = SG_VERIFY_STRICT; /* config.c checked it already */
+	const char *vh = http_header(req, "X-Semgate-Verify");
+	if (vh && !verify_mode_parse(vh, strlen(vh), &c->verify))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+			"X-Semgate-Verify must be one of off, basic, strict");
 	const char *ttl = http_header(req, "X-Semgate-TTL");
 	if (ttl) {
 		char *end = NULL;
@@ -285,6 +293,12 @@ static void add_cache_headers(struct chat *c)
 	}
 	if (c->entry[0])
 		add_hdr(c, "X-Semgate-Entry", c->entry);
+	if (!c->cr.hit && c->cr.rejected != SG_VERIFY_PASS) {
+		const char *why = verify_reason_name(c->cr.rejected);
+		snprintf(c->hdr_verify, sizeof(c->hdr_verify), "rejected=%s", why);
+		add_hdr(c, "X-Semgate-Verify", c->hdr_verify);
+		c->req->verify = why;
+	}
 }
 
 /* Send a cached completion as chat.completion.chunk events. */
@@ -344,7 +358,7 @@ static bool try_cache(struct chat *c, int *status)
 		return false;
 	}
 	if (cache_lookup(req->app, s, up, req->tenant, &c->si, c->si.semantic_ok && up,
-			 c->threshold, &c->cr, &e) != SG_OK) {
+			 c->threshold, c->verify, &c->cr, &e) != SG_OK) {
 		sg_log(SG_LOG_DEBUG, "cache bypassed: %s", e.msg);
 		return false;
 	}

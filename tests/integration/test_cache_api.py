@@ -79,20 +79,22 @@ def test_store_then_exact_lookup_hits_without_an_embedding_call(gateway, upstrea
 
 
 def test_semantic_lookup_uses_the_threshold_and_reports_the_best_similarity(gateway, upstream):
+    # the threshold alone (default 0.85); the verifier has its own tests
+    off = {"X-Semgate-Verify": "off"}
     eid = store(gateway, query="How do I reset my password?", answer="Use the reset link.",
                 metadata={"source": "faq.md", "chunk": 7})
     upstream.set_similarity("password reset please", "How do I reset my password?", 0.97)
-    upstream.set_similarity("forgot pw", "How do I reset my password?", 0.90)
-    hit = lookup(gateway, query="password reset please")
+    upstream.set_similarity("forgot pw", "How do I reset my password?", 0.80)
+    hit = lookup(gateway, query="password reset please", headers=off)
     assert hit["hit"] is True and hit["match"] == "semantic" and hit["id"] == eid
     assert abs(hit["similarity"] - 0.97) < 1e-4
     assert hit["query"] == "How do I reset my password?"
     assert hit["answer"] == "Use the reset link."
     assert hit["metadata"] == {"source": "faq.md", "chunk": 7}
-    miss = lookup(gateway, query="forgot pw")
-    assert miss["hit"] is False and abs(miss["best_similarity"] - 0.90) < 1e-4
+    miss = lookup(gateway, query="forgot pw", headers=off)
+    assert miss["hit"] is False and abs(miss["best_similarity"] - 0.80) < 1e-4
     assert set(miss) == {"hit", "best_similarity"}
-    hit = lookup(gateway, query="forgot pw", threshold=0.85)
+    hit = lookup(gateway, query="forgot pw", threshold=0.75, headers=off)
     assert hit["hit"] is True and hit["id"] == eid
 
 
@@ -178,15 +180,16 @@ def test_storing_with_a_caller_vector_makes_no_embedding_call(gateway, upstream,
     assert upstream.stats()["embedding_requests"] == 0
     h = redis_db.hgetall(f"sg:e:default:{eid}")
     assert h[b"model"] == b"external" and h[b"dim"] == b"4" and len(h[b"vector"]) == 16
-    hit = lookup(gateway, query="another wording", vector=[0.9, 0.1, 0, 0])
+    off = {"X-Semgate-Verify": "off"}  # the texts differ on purpose
+    hit = lookup(gateway, query="another wording", vector=[0.9, 0.1, 0, 0], headers=off)
     assert hit["hit"] is True and hit["id"] == eid and hit["match"] == "semantic"
     assert abs(hit["similarity"] - 0.9 / math.sqrt(0.82)) < 1e-4
-    miss = lookup(gateway, query="another wording", vector=[0, 1, 0, 0])
+    miss = lookup(gateway, query="another wording", vector=[0, 1, 0, 0], headers=off)
     assert miss["hit"] is False and abs(miss["best_similarity"]) < 1e-6
     assert upstream.stats()["embedding_requests"] == 0
     # a text-only lookup uses the embedder's partition, never the caller's vectors
     upstream.set_similarity("another wording", "vec question", 0.999)
-    assert lookup(gateway, query="another wording")["hit"] is False
+    assert lookup(gateway, query="another wording", headers=off)["hit"] is False
     # but the same question in the same scope is an exact hit whatever embedded it
     assert lookup(gateway, query="vec question")["id"] == eid
 

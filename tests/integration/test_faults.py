@@ -423,8 +423,8 @@ def test_kill_9_under_memory_load_keeps_whole_turns_and_rebuilds_the_index(make_
     assert total >= 36
 
     g.start()  # same port, same Redis
-    upstream.set_similarity("Capital of Portugal, please?", seed, 0.99)
-    r = g.chat(user("Capital of Portugal, please?"))
+    upstream.set_similarity("What is the capital of Portugal, please?", seed, 0.99)
+    r = g.chat(user("What is the capital of Portugal, please?"))
     assert r.headers["X-Semgate-Cache"] == "hit-semantic", r.headers
     assert_layout(redis_db)
 

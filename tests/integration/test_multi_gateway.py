@@ -149,7 +149,8 @@ def test_concurrent_stores_on_both_gateways_all_become_hits_everywhere(pair, ups
     assert len(set(ids.values())) == 40
     for g in (a, b):
         for (sign, i), eid in ids.items():
-            wait_until(lambda: lookup(g, query="?", vector=[1, i, sign],
+            # the stored question itself: the hit verifier compares texts
+            wait_until(lambda: lookup(g, query=f"q {sign} {i}", vector=[1, i, sign],
                                       threshold=0.99999).get("id") == eid,
                        timeout=1.0, what="every entry on both gateways")
 

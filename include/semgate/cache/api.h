@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include "semgate/core/err.h"
 #include "semgate/cache/scope.h"
+#include "semgate/cache/verify.h"
 #include "semgate/store/ops.h"
 
 struct sg_app;
@@ -62,6 +63,9 @@ struct cache_api_req {
 	size_t metadata_len;
 	float *vector;         /* L2-normalised copy, or NULL */
 	int dim;
+	/* lookup: the verifier's mode (the route sets it from X-Semgate-Verify
+	 * or SEMGATE_VERIFY; cache_api_parse leaves SG_VERIFY_OFF) */
+	enum verify_mode verify;
 };
 void cache_api_req_finish(struct cache_api_req *r);
 
@@ -90,6 +94,8 @@ struct cache_api_result {
 	bool embed_failed;       /* no vector: exact lookup only */
 	double best;             /* best similarity seen; < -1 when none */
 	struct store_entry_view entry; /* on a hit */
+	enum verify_reason rejected;   /* on a miss: why the verifier refused */
+	char rejected_id[65];    /* the candidate it refused, "" when none */
 };
 void cache_api_result_finish(struct cache_api_result *r);
 

@@ -10,6 +10,8 @@
 #include <cjson/cJSON.h>
 #include "semgate/core/err.h"
 #include "semgate/cache/scope.h"
+#include "semgate/cache/verify.h"
+#include "semgate/store/ops.h"
 
 struct sg_app;
 struct store;
@@ -26,17 +28,55 @@ struct cache_result {
 	double similarity;       /* best similarity seen; < -1 when none */
 	float *vec;              /* the query's normalised vector (owned), or NULL */
 	int dim;
+	enum verify_reason rejected; /* the verifier refused the best candidate */
+	char rejected_id[65];    /* that candidate, "" when none was refused */
 };
 void cache_result_finish(struct cache_result *r);
 
 /* Look up a request: the exact key first, then (when semantic is true) the
- * index partition of the scope. On a semantic miss out->vec keeps the
- * query's vector for cache_store. SG_ERR_REDIS when Redis fails (the
- * caller bypasses the cache); an embedding failure is not an error. */
+ * index partition of the scope, through cache_match_find() with the verifier in
+ * mode verify. On a semantic miss out->vec keeps the query's vector for
+ * cache_store. SG_ERR_REDIS when Redis fails (the caller bypasses the
+ * cache); an embedding failure is not an error. */
 enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
 			 const char *tenant, const struct scope_info *si,
-			 bool semantic, double threshold, struct cache_result *out,
-			 struct sg_error *e);
+			 bool semantic, double threshold, enum verify_mode verify,
+			 struct cache_result *out, struct sg_error *e);
+
+/* One semantic lookup in a partition, for the chat route and the sidecar.
+ * All pointers are borrowed. */
+struct cache_match_req {
+	const char *tenant;
+	const char *part;        /* from cache_partition_key() */
+	const float *vec;        /* the query's vector */
+	int dim;
+	double threshold;        /* a candidate's similarity must reach it */
+	const char *kind;        /* "chat" or "text": other entries are skipped */
+	enum verify_mode verify;
+	const char *query;       /* the question's text, for the verifier */
+	size_t query_len;
+	int candidates;          /* most candidates verified, 1..VINDEX_TOPK_MAX */
+};
+
+struct cache_match {
+	bool hit;
+	double best;             /* best similarity seen; < -1 when none */
+	struct store_entry_view entry; /* the entry to serve, when hit (owned) */
+	enum verify_reason rejected;   /* why the best candidate was refused */
+	char rejected_id[65];    /* which it was; "" when none was refused */
+};
+void cache_match_finish(struct cache_match *m);
+
+/* Find the entry to serve for rq: the best row of the partition; when it
+ * reaches the threshold its entry is read and verified (verify.h); when the
+ * verifier refuses it, up to rq->candidates rows at or above the threshold
+ * are read in one round trip and the first that passes, best first, is
+ * served. Rows whose entry is gone from Redis are dropped from the index.
+ * A miss is SG_OK with out->hit false. SG_ERR_BAD_REQUEST (e filled) when
+ * the index refuses the vector (dimension of another partition);
+ * SG_ERR_REDIS when Redis fails. A refusal is counted in the metrics. */
+enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct cache_match_req *rq,
+				     struct cache_match *out, struct sg_error *e);
 
 /* Embed the query only (no lookup), for requests that skip the lookup but
  * still store (Cache-Control: no-cache). On failure out->vec stays NULL. */

@@ -32,6 +32,7 @@ struct sg_req {
 	/* filled by handlers for the access log */
 	const char *cache_outcome;   /* static string or NULL */
 	double similarity;           /* < -1 when not computed */
+	const char *verify;          /* verifier's rejection reason (static) or NULL */
 	double upstream_ms;          /* < 0 when no upstream call */
 	int status;                  /* status sent, 0 before */
 	bool streaming;              /* a chunked response has begun */
