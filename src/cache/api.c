@@ -66,12 +66,12 @@ void cache_api_req_finish(struct cache_api_req *r)
 
 enum field {
 	F_QUERY, F_ANSWER, F_NAMESPACE, F_SCOPE, F_THRESHOLD, F_TTL, F_TAGS,
-	F_METADATA, F_VECTOR, F_TAG, F_COUNT
+	F_METADATA, F_VECTOR, F_TAG, F_ID, F_VERDICT, F_COUNT
 };
 
 static const char *const field_names[F_COUNT] = {
 	"query", "answer", "namespace", "scope", "threshold", "ttl", "tags",
-	"metadata", "vector", "tag",
+	"metadata", "vector", "tag", "id", "verdict",
 };
 
 static unsigned fields_of(enum cache_api_op op)
@@ -85,6 +85,8 @@ static unsigned fields_of(enum cache_api_op op)
 		       B(F_TAGS) | B(F_METADATA) | B(F_VECTOR);
 	case CACHE_API_INVALIDATE:
 		return B(F_NAMESPACE) | B(F_TAG);
+	case CACHE_API_FEEDBACK:
+		return B(F_ID) | B(F_QUERY) | B(F_VERDICT);
 	}
 	return 0;
 #undef B
@@ -227,6 +229,20 @@ static enum sg_err parse_field(enum field f, const cJSON *it, struct cache_api_r
 	}
 	case F_VECTOR:
 		return parse_vector(it, out, e);
+	case F_ID:
+		if (!cJSON_IsString(it) || !cache_api_id_valid(it->valuestring))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'id' must be an entry id matching [A-Za-z0-9._:-]{1,%d}", VINDEX_ID_MAX);
+		out->id = it->valuestring;
+		return SG_OK;
+	case F_VERDICT:
+		if (!cJSON_IsString(it) || (strcmp(it->valuestring, "wrong") != 0 &&
+					    strcmp(it->valuestring, "right") != 0))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'verdict' must be \"wrong\" or \"right\"");
+		out->wrong = strcmp(it->valuestring, "wrong") == 0;
+		out->has_verdict = true;
+		return SG_OK;
 	case F_COUNT:
 		break;
 	}
@@ -264,6 +280,12 @@ enum sg_err cache_api_parse(enum cache_api_op op, const cJSON *body,
 		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'query' is required");
 	if (rc == SG_OK && op == CACHE_API_STORE && !out->answer)
 		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'answer' is required");
+	if (rc == SG_OK && op == CACHE_API_FEEDBACK && !out->query)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'query' is required");
+	if (rc == SG_OK && op == CACHE_API_FEEDBACK && !out->id)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'id' is required");
+	if (rc == SG_OK && op == CACHE_API_FEEDBACK && !out->has_verdict)
+		rc = sg_error_set(e, SG_ERR_BAD_REQUEST, "'verdict' is required");
 	if (rc == SG_OK && op == CACHE_API_INVALIDATE && !out->has_ns && !out->tag)
 		rc = sg_error_set(e, SG_ERR_BAD_REQUEST,
 				  "give 'namespace', 'tag' or both");
@@ -635,6 +657,49 @@ enum sg_err cache_api_delete(struct sg_app *app, struct store *s, const char *te
 	 * this process never serves the entry after answering the delete
 	 * (Redis's invalidation would drop them a moment later) */
 	hot_clear(app->hot);
+	return rc;
+}
+
+/* The threshold just above question q's similarity to entry v (0 when it
+ * cannot be known: no vector, another embedding model, no embedder). */
+static double raised_threshold(struct sg_app *app, struct upstream *up,
+			       const struct store_entry_view *v, const char *q, size_t qlen)
+{
+	if (v->dim <= 0 || strcmp(v->model, app->embedder.model) != 0)
+		return 0;
+	struct scope_info si = { .query = (char *)q, .query_len = qlen };
+	struct cache_result cr = { 0 };
+	cache_embed_query(app, up, &si, &cr);
+	float sim = 0;
+	bool found = false;
+	struct sg_error ve = { 0 };
+	if (cr.vec && vindex_score(app->vindex, v->id, cr.dim, cr.vec, &sim, &found, &ve) != SG_OK)
+		found = false;
+	cache_result_finish(&cr);
+	return found ? (double)nextafterf(sim, 2.0f) : 0;
+}
+
+enum sg_err cache_api_feedback(struct sg_app *app, struct store *s, struct upstream *up,
+			       const char *tenant, const struct cache_api_req *rq,
+			       struct cache_feedback_result *out, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	struct store_entry_view v;
+	enum sg_err rc = store_entry_read(s, tenant, rq->id, &v, &out->found, e);
+	if (rc != SG_OK || !out->found)
+		return rc;
+	char qk[17], own[17];
+	cache_question_key(rq->query, rq->query_len, qk);
+	cache_question_key(v.query, v.query_len, own);
+	double min_sim = rq->wrong ? raised_threshold(app, up, &v, rq->query, rq->query_len) : 0;
+	rc = store_entry_feedback(s, tenant, rq->id, rq->wrong, qk, min_sim, &out->wrong,
+				  &out->right, &out->threshold, &out->found, e);
+	if (rc == SG_OK && out->found && rq->wrong &&
+	    (out->wrong >= CACHE_FEEDBACK_DELETE_AFTER || strcmp(qk, own) == 0)) {
+		/* wrong for its own question, or wrong too often: gone */
+		rc = cache_api_delete(app, s, tenant, rq->id, &out->deleted, e);
+	}
+	store_entry_view_finish(&v);
 	return rc;
 }
 

@@ -8,6 +8,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "semgate/app/app.h"
 #include "semgate/cache/cache.h"
 #include "semgate/core/clock.h"
@@ -154,13 +156,62 @@ void cache_match_finish(struct cache_match *m)
 		store_entry_view_finish(&m->entry);
 }
 
-/* The verdict on candidate v for rq: PASS, a verifier rule, or (for an
- * entry of the wrong kind) SG_VERIFY_REASON_COUNT, which is no verdict. */
+void cache_question_key(const char *q, size_t len, char out[17])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+	/* ASCII lowercased, runs of white space as one space, none at the ends */
+	bool space = false, any = false;
+	for (size_t i = 0; ok && i < len; i++) {
+		unsigned char c = (unsigned char)q[i];
+		if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+			space = any;
+			continue;
+		}
+		char b[2] = { ' ', (char)(c >= 'A' && c <= 'Z' ? c + 32 : c) };
+		ok = EVP_DigestUpdate(ctx, space ? b : b + 1, space ? 2 : 1) == 1;
+		space = false;
+		any = true;
+	}
+	ok = ok && EVP_DigestFinal_ex(ctx, md, &n) == 1 && n >= 8;
+	EVP_MD_CTX_free(ctx);
+	for (int i = 0; i < 8; i++) {
+		out[2 * i] = ok ? hex[md[i] >> 4] : '0';
+		out[2 * i + 1] = ok ? hex[md[i] & 15] : '0';
+	}
+	out[16] = '\0';
+}
+
+/* Has feedback refused question key k for entry v? */
+static bool refused(const struct store_entry_view *v, const char k[17])
+{
+	for (const char *p = v->refused; p && (p = strstr(p, k)); p += 16)
+		if ((p == v->refused || p[-1] == ' ') && (p[16] == ' ' || p[16] == '\0'))
+			return true;
+	return false;
+}
+
+/* The verdict on candidate v, sim similar to rq's question: PASS, a
+ * verifier rule, FEEDBACK (an operator said this entry is wrong for this
+ * question, or sim is below the entry's own raised threshold; in every
+ * verifier mode), or (for an entry of the wrong kind)
+ * SG_VERIFY_REASON_COUNT, which is no verdict. */
 static enum verify_reason judge(const struct cache_match_req *rq,
-				const struct store_entry_view *v)
+				const struct store_entry_view *v, double sim)
 {
 	if (strcmp(v->kind, rq->kind) != 0)
 		return SG_VERIFY_REASON_COUNT; /* never a text entry as a completion */
+	if (v->min_sim > 0 && sim < v->min_sim)
+		return SG_VERIFY_FEEDBACK;
+	if (v->refused && v->refused[0]) {
+		char k[17];
+		cache_question_key(rq->query, rq->query_len, k);
+		if (refused(v, k))
+			return SG_VERIFY_FEEDBACK;
+	}
 	return verify_pair(rq->verify, rq->query, rq->query_len, v->query, v->query_len);
 }
 
@@ -212,7 +263,7 @@ static enum sg_err match_more(struct sg_app *app, struct store *s,
 	for (size_t i = 0; i < m; i++) {
 		if (!found[i])
 			vindex_remove(app->vindex, ids[i]); /* expired or deleted */
-		else if (!out->hit && take(out, judge(rq, &views[i]), &views[i]))
+		else if (!out->hit && take(out, judge(rq, &views[i], sims[i]), &views[i]))
 			out->best = sims[i];
 		store_entry_view_finish(&views[i]);
 	}
@@ -249,7 +300,7 @@ enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct c
 			out->best = -2.0;
 			continue;
 		}
-		enum verify_reason r = judge(rq, &v);
+		enum verify_reason r = judge(rq, &v, best.similarity);
 		bool served = take(out, r, &v);
 		store_entry_view_finish(&v);
 		if (served || r == SG_VERIFY_REASON_COUNT || rq->candidates < 2)

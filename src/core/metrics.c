@@ -118,6 +118,11 @@ void metrics_lookup_outcome(const char *outcome)
 	COUNT_BY_NAME(outcome, names, ids);
 }
 
+void metrics_feedback(bool wrong)
+{
+	metrics_inc(wrong ? SG_C_FEEDBACK_WRONG : SG_C_FEEDBACK_RIGHT);
+}
+
 void metrics_verify_rejection(const char *reason)
 {
 	static const char *const names[] = { "number", "entity", "negation", "order",

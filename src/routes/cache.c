@@ -31,10 +31,11 @@ static int send_obj(struct sg_req *req, int status, cJSON *o)
 	return rc;
 }
 
-/* Read and validate the body for op. On failure the error was sent and
- * the status is returned; on success 0, with *doc and *rq to release. */
+/* Read and validate the body for op, and find this worker's Redis
+ * connection. On failure the error was sent and its status is returned; on
+ * success 0, with *doc and *rq to release (done_request) and *s set. */
 static int read_request(struct sg_req *req, enum cache_api_op op, cJSON **doc,
-			struct cache_api_req *rq)
+			struct cache_api_req *rq, struct store **s)
 {
 	struct sg_error e = { 0 };
 	*doc = NULL;
@@ -43,12 +44,43 @@ static int read_request(struct sg_req *req, enum cache_api_op op, cJSON **doc,
 		return http_send_sg_error(req, &e);
 	if (sg_json_parse(req->body.data, req->body.len, doc, &e) != SG_OK)
 		return http_send_sg_error(req, &e);
-	if (cache_api_parse(op, *doc, rq, &e) != SG_OK) {
+	int status = 0;
+	if (cache_api_parse(op, *doc, rq, &e) != SG_OK)
+		status = http_send_sg_error(req, &e);
+	else if (!(*s = worker_store(req->worker)))
+		status = no_memory(req);
+	if (status) {
+		cache_api_req_finish(rq);
 		cJSON_Delete(*doc);
 		*doc = NULL;
-		return http_send_sg_error(req, &e);
 	}
+	return status;
+}
+
+static int done_request(int status, cJSON *doc, struct cache_api_req *rq)
+{
+	cache_api_req_finish(rq);
+	cJSON_Delete(doc);
+	return status;
+}
+
+/* The {id} of an entry route and this worker's Redis connection; 0, or
+ * the status of the error sent. */
+static int entry_route(struct sg_req *req, const char **id, struct store **s)
+{
+	*id = cache_api_id_valid(req->params[0]) ? req->params[0] : NULL;
+	if (!*id)
+		return http_send_error(req, 400, "invalid_request_error", "invalid_entry_id",
+				       "entry id must match [A-Za-z0-9._:-]{1,64}");
+	if (!(*s = worker_store(req->worker)))
+		return no_memory(req);
 	return 0;
+}
+
+static int not_found(struct sg_req *req)
+{
+	return http_send_error(req, 404, "not_found_error", "entry_not_found",
+			       "no such cache entry");
 }
 
 static double round6(double x)
@@ -71,18 +103,14 @@ int route_cache_lookup(struct sg_req *req)
 			     "X-Semgate-Verify must be one of off, basic, strict");
 		return http_send_sg_error(req, &he);
 	}
-	int status = read_request(req, CACHE_API_LOOKUP, &doc, &rq);
+	struct store *s;
+	int status = read_request(req, CACHE_API_LOOKUP, &doc, &rq, &s);
 	if (status)
 		return status;
 	rq.verify = verify;
-	struct store *s = worker_store(req->worker);
 	struct upstream *up = worker_upstream(req->worker);
 	struct sg_error e = { 0 };
 	struct cache_api_result res;
-	if (!s) {
-		status = no_memory(req);
-		goto out;
-	}
 	if (cache_api_lookup(req->app, s, up, req->tenant, &rq, &res, &e) != SG_OK) {
 		status = http_send_sg_error(req, &e);
 		goto out;
@@ -132,26 +160,22 @@ int route_cache_lookup(struct sg_req *req)
 	status = send_obj(req, 200, o);
 	cache_api_result_finish(&res);
 out:
-	cache_api_req_finish(&rq);
-	cJSON_Delete(doc);
-	return status;
+	return done_request(status, doc, &rq);
 }
 
 int route_cache_store(struct sg_req *req)
 {
 	cJSON *doc;
 	struct cache_api_req rq;
-	int status = read_request(req, CACHE_API_STORE, &doc, &rq);
+	struct store *s;
+	int status = read_request(req, CACHE_API_STORE, &doc, &rq, &s);
 	if (status)
 		return status;
-	struct store *s = worker_store(req->worker);
 	struct upstream *up = worker_upstream(req->worker);
 	struct sg_error e = { 0 };
 	char id[65];
 	bool indexed = false;
-	if (!s) {
-		status = no_memory(req);
-	} else if (cache_api_store(req->app, s, up, req->tenant, &rq, id, &indexed, &e) != SG_OK) {
+	if (cache_api_store(req->app, s, up, req->tenant, &rq, id, &indexed, &e) != SG_OK) {
 		status = http_send_sg_error(req, &e);
 	} else {
 		cJSON *o = cJSON_CreateObject();
@@ -162,36 +186,16 @@ int route_cache_store(struct sg_req *req)
 		}
 		status = send_obj(req, 201, o);
 	}
-	cache_api_req_finish(&rq);
-	cJSON_Delete(doc);
-	return status;
-}
-
-static const char *entry_id(struct sg_req *req)
-{
-	return cache_api_id_valid(req->params[0]) ? req->params[0] : NULL;
-}
-
-static int bad_id(struct sg_req *req)
-{
-	return http_send_error(req, 400, "invalid_request_error", "invalid_entry_id",
-			       "entry id must match [A-Za-z0-9._:-]{1,64}");
-}
-
-static int not_found(struct sg_req *req)
-{
-	return http_send_error(req, 404, "not_found_error", "entry_not_found",
-			       "no such cache entry");
+	return done_request(status, doc, &rq);
 }
 
 int route_cache_entry_get(struct sg_req *req)
 {
-	const char *id = entry_id(req);
-	if (!id)
-		return bad_id(req);
-	struct store *s = worker_store(req->worker);
-	if (!s)
-		return no_memory(req);
+	const char *id;
+	struct store *s;
+	int status = entry_route(req, &id, &s);
+	if (status)
+		return status;
 	struct sg_error e = { 0 };
 	struct store_entry_view v;
 	bool found = false;
@@ -199,19 +203,18 @@ int route_cache_entry_get(struct sg_req *req)
 		return http_send_sg_error(req, &e);
 	if (!found)
 		return not_found(req);
-	int status = send_obj(req, 200, cache_api_entry_json(&v));
+	status = send_obj(req, 200, cache_api_entry_json(&v));
 	store_entry_view_finish(&v);
 	return status;
 }
 
 int route_cache_entry_delete(struct sg_req *req)
 {
-	const char *id = entry_id(req);
-	if (!id)
-		return bad_id(req);
-	struct store *s = worker_store(req->worker);
-	if (!s)
-		return no_memory(req);
+	const char *id;
+	struct store *s;
+	int status = entry_route(req, &id, &s);
+	if (status)
+		return status;
 	struct sg_error e = { 0 };
 	bool found = false;
 	if (cache_api_delete(req->app, s, req->tenant, id, &found, &e) != SG_OK)
@@ -225,15 +228,13 @@ int route_cache_invalidate(struct sg_req *req)
 {
 	cJSON *doc;
 	struct cache_api_req rq;
-	int status = read_request(req, CACHE_API_INVALIDATE, &doc, &rq);
+	struct store *s;
+	int status = read_request(req, CACHE_API_INVALIDATE, &doc, &rq, &s);
 	if (status)
 		return status;
-	struct store *s = worker_store(req->worker);
 	struct sg_error e = { 0 };
 	long long deleted = 0;
-	if (!s) {
-		status = no_memory(req);
-	} else if (cache_api_invalidate(req->app, s, req->tenant, rq.has_ns ? rq.ns : NULL,
+	if (cache_api_invalidate(req->app, s, req->tenant, rq.has_ns ? rq.ns : NULL,
 					rq.tag, &deleted, &e) != SG_OK) {
 		status = http_send_sg_error(req, &e);
 	} else {
@@ -241,9 +242,42 @@ int route_cache_invalidate(struct sg_req *req)
 		snprintf(json, sizeof(json), "{\"deleted\":%lld}", deleted);
 		status = http_send_json(req, 200, json, NULL);
 	}
-	cache_api_req_finish(&rq);
-	cJSON_Delete(doc);
-	return status;
+	return done_request(status, doc, &rq);
+}
+
+int route_cache_feedback(struct sg_req *req)
+{
+	cJSON *doc;
+	struct cache_api_req rq;
+	struct store *s;
+	int status = read_request(req, CACHE_API_FEEDBACK, &doc, &rq, &s);
+	if (status)
+		return status;
+	struct sg_error e = { 0 };
+	struct cache_feedback_result fr;
+	if (cache_api_feedback(req->app, s, worker_upstream(req->worker), req->tenant, &rq,
+				      &fr, &e) != SG_OK) {
+		status = http_send_sg_error(req, &e);
+	} else if (!fr.found) {
+		status = not_found(req);
+	} else {
+		metrics_feedback(rq.wrong);
+		cJSON *o = cJSON_CreateObject();
+		bool ok = o && cJSON_AddStringToObject(o, "id", rq.id) &&
+			  cJSON_AddStringToObject(o, "verdict", rq.wrong ? "wrong" : "right") &&
+			  cJSON_AddNumberToObject(o, "wrong", (double)fr.wrong) &&
+			  cJSON_AddNumberToObject(o, "right", (double)fr.right) &&
+			  cJSON_AddBoolToObject(o, "deleted", fr.deleted) &&
+			  (fr.threshold > 0 ?
+			   cJSON_AddNumberToObject(o, "threshold", fr.threshold) != NULL :
+			   cJSON_AddNullToObject(o, "threshold") != NULL);
+		if (!ok) {
+			cJSON_Delete(o);
+			o = NULL;
+		}
+		status = send_obj(req, 200, o);
+	}
+	return done_request(status, doc, &rq);
 }
 
 int route_cache_stats(struct sg_req *req)

@@ -14,6 +14,7 @@ static const struct sg_route routes[] = {
 	{ "GET", "/v1/cache/entries/{id}", route_cache_entry_get },
 	{ "DELETE", "/v1/cache/entries/{id}", route_cache_entry_delete },
 	{ "POST", "/v1/cache/invalidate", route_cache_invalidate },
+	{ "POST", "/v1/cache/feedback", route_cache_feedback },
 	{ "GET", "/v1/cache/stats", route_cache_stats },
 	{ "GET", "/v1/cache/top", route_cache_top },
 	{ "GET", "/metrics", route_metrics },

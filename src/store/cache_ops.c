@@ -117,6 +117,7 @@ void store_entry_view_finish(struct store_entry_view *v)
 	free(v->kind);
 	free(v->tags);
 	free(v->model);
+	free(v->refused);
 	memset(v, 0, sizeof(*v));
 }
 
@@ -128,7 +129,7 @@ static enum sg_err view_from_replies(redisReply *h, const redisReply *t, const c
 {
 	if (h->type == REDIS_REPLY_ERROR)
 		return store_reply_error(h, e);
-	if (h->type != REDIS_REPLY_ARRAY || h->elements != 12 ||
+	if (h->type != REDIS_REPLY_ARRAY || h->elements != 14 ||
 	    h->element[0]->type != REDIS_REPLY_STRING ||
 	    h->element[1]->type != REDIS_REPLY_STRING)
 		return SG_OK; /* gone (or not an entry) */
@@ -147,9 +148,13 @@ static enum sg_err view_from_replies(redisReply *h, const redisReply *t, const c
 	out->tokens = reply_ll(f[9]);
 	out->model = dup_reply(f[10], NULL);
 	out->dim = (int)reply_ll(f[11]);
+	out->min_sim = f[12]->type == REDIS_REPLY_STRING ? strtod(f[12]->str, NULL) : 0.0;
+	if (!(out->min_sim > 0.0 && out->min_sim <= 2.0))
+		out->min_sim = 0.0;
+	out->refused = f[13]->type == REDIS_REPLY_STRING ? dup_reply(f[13], NULL) : strdup("");
 	out->ttl_s = reply_ll(t);
 	if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
-	    !out->tags || !out->model || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
+	    !out->tags || !out->model || !out->refused || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
 		store_entry_view_finish(out);
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	}
@@ -179,7 +184,7 @@ enum sg_err store_entry_read_many(struct store *s, const char *tenant, const cha
 			return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		}
 		redisAppendCommand(s->c, "HMGET %s query answer namespace scope kind tags metadata "
-				   "created hits tokens model dim", key);
+				   "created hits tokens model dim min_sim refused", key);
 		redisAppendCommand(s->c, "TTL %s", key);
 		free(key);
 	}
@@ -201,6 +206,60 @@ enum sg_err store_entry_read_many(struct store *s, const char *tenant, const cha
 			store_entry_view_finish(&out[i]);
 			found[i] = false;
 		}
+	return rc;
+}
+
+/* KEYS[1] entry; ARGV: verdict ("wrong"/"right"), question key, min_sim
+ * ("0": unchanged), most refused keys kept. Returns nil when there is no
+ * entry, else {wrong, right, min_sim}. */
+static const char lua_feedback[] =
+	"if redis.call('EXISTS', KEYS[1]) == 0 then return false end "
+	"if ARGV[1] == 'wrong' then "
+	"  redis.call('HINCRBY', KEYS[1], 'wrong', 1) "
+	"  local r = redis.call('HGET', KEYS[1], 'refused') or '' "
+	"  local keep = {} "
+	"  for k in string.gmatch(r, '%S+') do if k ~= ARGV[2] then keep[#keep + 1] = k end end "
+	"  keep[#keep + 1] = ARGV[2] "
+	"  while #keep > tonumber(ARGV[4]) do table.remove(keep, 1) end "
+	"  redis.call('HSET', KEYS[1], 'refused', table.concat(keep, ' ')) "
+	"  local m = tonumber(redis.call('HGET', KEYS[1], 'min_sim') or '0') or 0 "
+	"  if tonumber(ARGV[3]) > m then redis.call('HSET', KEYS[1], 'min_sim', ARGV[3]) end "
+	"else redis.call('HINCRBY', KEYS[1], 'right', 1) end "
+	"return {tonumber(redis.call('HGET', KEYS[1], 'wrong') or '0'), "
+	"        tonumber(redis.call('HGET', KEYS[1], 'right') or '0'), "
+	"        redis.call('HGET', KEYS[1], 'min_sim') or '0'}";
+
+enum sg_err store_entry_feedback(struct store *s, const char *tenant, const char *id,
+				 bool wrong, const char *qkey, double min_sim,
+				 long long *wrong_n, long long *right_n, double *min_sim_out,
+				 bool *found, struct sg_error *e)
+{
+	*found = false;
+	*wrong_n = *right_n = 0;
+	*min_sim_out = 0;
+	char *key = store_key(s, "e", tenant, id);
+	if (!key)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	char ms[32], most[16];
+	snprintf(ms, sizeof(ms), "%.9g", min_sim > 0 ? min_sim : 0.0);
+	snprintf(most, sizeof(most), "%d", STORE_REFUSED_MAX);
+	const char *argv[] = { "EVAL", lua_feedback, "1", key, wrong ? "wrong" : "right",
+			       qkey, ms, most };
+	redisReply *r = store_run(s, 8, argv, NULL, e);
+	free(key);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(r, e);
+	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+		*found = true;
+		*wrong_n = reply_ll(r->element[0]);
+		*right_n = reply_ll(r->element[1]);
+		if (r->element[2]->type == REDIS_REPLY_STRING)
+			*min_sim_out = strtod(r->element[2]->str, NULL);
+	}
+	freeReplyObject(r);
 	return rc;
 }
 

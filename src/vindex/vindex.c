@@ -1211,6 +1211,48 @@ enum sg_err vindex_search_top(struct vindex *vi, const char *partition, int dim,
 	return SG_OK;
 }
 
+enum sg_err vindex_score(struct vindex *vi, const char *id, int dim, const float *query,
+                         float *similarity, bool *found, struct sg_error *e)
+{
+	size_t idlen = 0;
+	enum sg_err rc;
+	*found = false;
+	*similarity = -1.0f;
+	if (!vi || !query)
+		return sg_error_set(e, SG_ERR_INTERNAL, "vector index or query is missing");
+	if (!id_valid(id, &idlen))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "invalid entry id");
+	if ((rc = check_dim(dim, e)) != SG_OK)
+		return rc;
+	double norm = norm_of(query, dim);
+	if (norm == 0)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+		                    "query vector is zero or has a non-finite component");
+	float *xn = scratch_get((size_t)dim * sizeof(float));
+	if (!xn)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory for search scratch");
+	for (int j = 0; j < dim; j++)
+		xn[j] = (float)(query[j] * (1.0 / norm));
+	/* only writers change the id map and rows: holding the writers'
+	 * mutex, both can be read */
+	pthread_mutex_lock(&vi->wlock);
+	size_t slot = idmap_find(vi, id, id_hash(id));
+	if (slot != SIZE_MAX) {
+		const struct part *p = vi->slots[slot].p;
+		size_t row = vi->slots[slot].row;
+		if (p->dim != dim) {
+			rc = dim_mismatch(e, dim, p->dim);
+		} else {
+			struct vindex_hit h;
+			hit_set(&h, p->ids[row], vq_dot_exact(xn, p->mat + row * (size_t)dim, dim));
+			*similarity = h.similarity;
+			*found = true;
+		}
+	}
+	pthread_mutex_unlock(&vi->wlock);
+	return rc;
+}
+
 void vindex_last_stats(struct vindex_stats *out)
 {
 	if (out)

@@ -42,6 +42,7 @@ enum cache_api_op {
 	CACHE_API_LOOKUP,     /* query, namespace, scope, threshold, vector */
 	CACHE_API_STORE,      /* query, answer, namespace, scope, ttl, tags, metadata, vector */
 	CACHE_API_INVALIDATE, /* namespace, tag (at least one) */
+	CACHE_API_FEEDBACK,   /* id, query, verdict (all required) */
 };
 
 /* A validated request. String pointers borrow from the parsed body, which
@@ -55,6 +56,7 @@ struct cache_api_req {
 	const char *scope;     /* "" when not given */
 	const char *tag;       /* invalidate: NULL when not given */
 	bool has_ns;           /* namespace given (invalidate) */
+	bool has_verdict;      /* feedback: verdict given */
 	double threshold;      /* 0 when not given */
 	long long ttl;         /* 0 when not given */
 	const char *tags[CACHE_API_TAGS_MAX]; /* distinct, in request order */
@@ -66,6 +68,8 @@ struct cache_api_req {
 	/* lookup: the verifier's mode (the route sets it from X-Semgate-Verify
 	 * or SEMGATE_VERIFY; cache_api_parse leaves SG_VERIFY_OFF) */
 	enum verify_mode verify;
+	const char *id;        /* feedback: the entry */
+	bool wrong;            /* feedback: verdict "wrong" (else "right") */
 };
 void cache_api_req_finish(struct cache_api_req *r);
 
@@ -117,6 +121,27 @@ enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstrea
 enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream *up,
 			    const char *tenant, const struct cache_api_req *rq,
 			    char id_out[65], bool *indexed, struct sg_error *e);
+
+/* Verdicts before an entry is deleted: the third "wrong" deletes it. */
+#define CACHE_FEEDBACK_DELETE_AFTER 3
+
+struct cache_feedback_result {
+	bool found;              /* false: the tenant has no such entry */
+	bool deleted;            /* the verdict deleted the entry */
+	long long wrong, right;  /* verdicts so far */
+	double threshold;        /* the entry's own threshold now; 0: none */
+};
+
+/* Record a verdict on one of the tenant's entries (POST /v1/cache/feedback).
+ * "wrong": the entry never again answers that question (its key joins the
+ * entry's refused list; cache_match_find checks it), its own threshold rises
+ * just above that question's similarity to it (when the question can be
+ * embedded in the entry's model), and the CACHE_FEEDBACK_DELETE_AFTER-th
+ * "wrong", or a "wrong" for the entry's own question, deletes it. "right"
+ * is counted. SG_ERR_REDIS when Redis fails. */
+enum sg_err cache_api_feedback(struct sg_app *app, struct store *s, struct upstream *up,
+			       const char *tenant, const struct cache_api_req *rq,
+			       struct cache_feedback_result *out, struct sg_error *e);
 
 /* Delete one entry of the tenant (any kind) and its index row. *found
  * false when the tenant has no such entry. */

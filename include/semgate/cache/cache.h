@@ -67,6 +67,11 @@ struct cache_match {
 };
 void cache_match_finish(struct cache_match *m);
 
+/* The key feedback refuses a question by: 16 hex digits of SHA-256 over its
+ * text with ASCII lowercased and white space collapsed, so "How  do I?" and
+ * "how do i?" are one question. */
+void cache_question_key(const char *q, size_t len, char out[17]);
+
 /* Find the entry to serve for rq: the best row of the partition; when it
  * reaches the threshold its entry is read and verified (verify.h); when the
  * verifier refuses it, up to rq->candidates rows at or above the threshold

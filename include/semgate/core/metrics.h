@@ -6,6 +6,7 @@
 #ifndef SEMGATE_METRICS_H
 #define SEMGATE_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "semgate/core/buf.h"
@@ -32,6 +33,9 @@
 	X(VERIFY_OPPOSITE, "semgate_verify_rejections_total", "reason=\"opposite\"", "") \
 	X(VERIFY_CONTENT, "semgate_verify_rejections_total", "reason=\"content\"", "") \
 	X(VERIFY_FEEDBACK, "semgate_verify_rejections_total", "reason=\"feedback\"", "") \
+	X(FEEDBACK_WRONG, "semgate_feedback_total", "verdict=\"wrong\"", \
+	  "Verdicts received by POST /v1/cache/feedback.") \
+	X(FEEDBACK_RIGHT, "semgate_feedback_total", "verdict=\"right\"", "") \
 	X(TOKENS_SAVED_PROMPT, "semgate_tokens_saved_total", "kind=\"prompt\"", \
 	  "Tokens the cached answers served had cost upstream, from their usage.") \
 	X(TOKENS_SAVED_COMPLETION, "semgate_tokens_saved_total", "kind=\"completion\"", "") \
@@ -101,6 +105,9 @@ void metrics_lookup_outcome(const char *outcome);
  * "negation", "order", "opposite", "content", "feedback"; anything else is
  * ignored). */
 void metrics_verify_rejection(const char *reason);
+
+/* Count a feedback verdict. */
+void metrics_feedback(bool wrong);
 
 /* Per-request totals on the calling thread: begin resets them; req_ms
  * returns the summed ms of h observed since, and *n the count. A civetweb

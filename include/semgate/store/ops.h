@@ -37,8 +37,28 @@ struct store_entry_view {
 	long long hits;
 	long long tokens;
 	long long ttl_s;      /* remaining TTL in seconds, -1 none */
+	/* feedback (store_entry_feedback): the entry's own raised threshold
+	 * (0: none) and the keys of questions it must never answer, each 16
+	 * hex digits, space-separated ("" for none) */
+	double min_sim;
+	char *refused;
 };
 void store_entry_view_finish(struct store_entry_view *v);
+
+/* Most question keys one entry keeps in its refused list (oldest dropped). */
+#define STORE_REFUSED_MAX 16
+
+/* Record a feedback verdict on entry {prefix}e:{tenant}:{id}, atomically
+ * (one script): a "wrong" verdict counts in the entry's "wrong" field, adds
+ * qkey (16 hex digits) to its refused list and raises its min_sim to
+ * min_sim when that is higher (min_sim <= 0: unchanged); a "right" one
+ * counts in "right". *found false (nothing written) when there is no such
+ * entry; otherwise *wrong_n, *right_n are the counts after this verdict and
+ * *min_sim_out the entry's threshold after it (0: none). */
+enum sg_err store_entry_feedback(struct store *s, const char *tenant, const char *id,
+				 bool wrong, const char *qkey, double min_sim,
+				 long long *wrong_n, long long *right_n, double *min_sim_out,
+				 bool *found, struct sg_error *e);
 
 /* HMGET the entry {prefix}e:{tenant}:{id} and its TTL. *found false (and
  * SG_OK) when there is no such entry. */

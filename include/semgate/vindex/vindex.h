@@ -181,6 +181,14 @@ enum sg_err vindex_search_top(struct vindex *vi, const char *partition, int dim,
                               int64_t now_ms, struct vindex_hit *hits, int *n,
                               struct sg_error *e);
 
+/* The similarity (as vindex_search defines it) of query (dim floats,
+ * borrowed, need not be normalised) with the row stored under id, whatever
+ * its partition or expiry. *found false (and SG_OK) when id is not in the
+ * index. SG_ERR_BAD_REQUEST for a bad id, a zero or non-finite query, or a
+ * dim other than the row's. */
+enum sg_err vindex_score(struct vindex *vi, const char *id, int dim, const float *query,
+                         float *similarity, bool *found, struct sg_error *e);
+
 /* Remove every row whose expiry is non-zero and <= now_ms, in every
  * partition; drop partitions left empty. Returns the number of rows
  * removed. */

@@ -174,8 +174,25 @@ static void test_member_span(void)
 	CHECK_INT(sg_json_member_span("[1]", 3, "id", &b, &e), -1); /* not an object */
 }
 
+static void test_question_key_ignores_case_and_spacing_only(void)
+{
+	char a[17], b[17], c[17], d[17];
+	const char *qa = "How do I  renew\tmy passport?", *qb = "  how do i renew my PASSPORT?\n";
+	const char *qc = "How do I renew my passport";
+	cache_question_key(qa, strlen(qa), a);
+	cache_question_key(qb, strlen(qb), b);
+	cache_question_key(qc, strlen(qc), c);
+	cache_question_key("", 0, d);
+	CHECK_STR(a, b);
+	CHECK(strcmp(a, c) != 0); /* punctuation counts */
+	CHECK_INT(strlen(a), 16);
+	CHECK(strspn(a, "0123456789abcdef") == 16);
+	CHECK(strcmp(d, a) != 0);
+}
+
 int main(void)
 {
+	RUN(test_question_key_ignores_case_and_spacing_only);
 	RUN(test_id_and_created_are_replaced_in_place);
 	RUN(test_created_before_id_and_whitespace);
 	RUN(test_absent_members_are_added);
