@@ -327,6 +327,107 @@ enum sg_err cache_api_parse_limit(const char *query, long *limit, struct sg_erro
 	return SG_OK;
 }
 
+enum sg_err cache_api_parse_calibration(const char *query, char ns[CACHE_API_NAME_MAX + 1],
+					double *target, struct sg_error *e)
+{
+	ns[0] = '\0';
+	*target = 0.99;
+	bool seen_ns = false, seen_target = false;
+	for (const char *p = query ? query : ""; *p;) {
+		const char *amp = strchr(p, '&');
+		size_t n = amp ? (size_t)(amp - p) : strlen(p);
+		char v[CACHE_API_NAME_MAX + 2];
+		if (n > 10 && strncmp(p, "namespace=", 10) == 0 && !seen_ns) {
+			size_t vl = n - 10;
+			if (vl > CACHE_API_NAME_MAX)
+				vl = CACHE_API_NAME_MAX + 1; /* refused below */
+			memcpy(v, p + 10, vl);
+			v[vl] = '\0';
+			if (!cache_api_name_valid(v))
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"'namespace' must match [A-Za-z0-9._:-]{1,%d}", CACHE_API_NAME_MAX);
+			memcpy(ns, v, vl + 1);
+			seen_ns = true;
+		} else if (n > 7 && n < 7 + 32 && strncmp(p, "target=", 7) == 0 && !seen_target) {
+			memcpy(v, p + 7, n - 7);
+			v[n - 7] = '\0';
+			char *end = NULL;
+			double t = strtod(v, &end);
+			if (end == v || *end || !isfinite(t) || t <= 0.0 || t > 1.0)
+				return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					"'target' must be a number in (0, 1]");
+			*target = t;
+			seen_target = true;
+		} else if (n > 0) {
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"unknown or repeated query parameter (only 'namespace' and 'target' are accepted)");
+		}
+		p += n + (amp ? 1 : 0);
+	}
+	return SG_OK;
+}
+
+cJSON *cache_api_calibration_json(const struct store_calibration *cal, double target)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *buckets = cJSON_AddArrayToObject(o, "buckets");
+	cJSON *thresholds = cJSON_AddArrayToObject(o, "thresholds");
+	if (!o || !buckets || !thresholds) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	long long samples = 0, agree = 0;
+	for (int b = 0; b < STORE_CAL_BUCKETS; b++) {
+		samples += cal->would_hit[b];
+		agree += cal->agree[b] < cal->would_hit[b] ? cal->agree[b] : cal->would_hit[b];
+	}
+	bool ok = cJSON_AddNumberToObject(o, "target", target) &&
+		  cJSON_AddNumberToObject(o, "samples", (double)samples) &&
+		  cJSON_AddNumberToObject(o, "agree", (double)agree);
+	/* from the top bucket down: each threshold's would-be hits are those
+	 * at or above it; listed where a bucket has samples */
+	long long cum_n = 0, cum_a = 0;
+	double lowest = -1;
+	cJSON *rows[STORE_CAL_BUCKETS] = { 0 };
+	int nrows = 0;
+	for (int b = STORE_CAL_BUCKETS - 1; ok && b >= 0; b--) {
+		long long n = cal->would_hit[b];
+		long long a = cal->agree[b] < n ? cal->agree[b] : n;
+		if (n <= 0)
+			continue;
+		cum_n += n;
+		cum_a += a;
+		double precision = (double)cum_a / (double)cum_n;
+		cJSON *bk = cJSON_CreateObject(), *th = cJSON_CreateObject();
+		ok = bk && th && cJSON_AddNumberToObject(bk, "similarity", b / 100.0) &&
+		     cJSON_AddNumberToObject(bk, "would_hit", (double)n) &&
+		     cJSON_AddNumberToObject(bk, "agree", (double)a) &&
+		     cJSON_AddNumberToObject(th, "threshold", b / 100.0) &&
+		     cJSON_AddNumberToObject(th, "would_hit", (double)cum_n) &&
+		     cJSON_AddNumberToObject(th, "agree", (double)cum_a) &&
+		     cJSON_AddNumberToObject(th, "precision", round(precision * 1e6) / 1e6);
+		if (ok) {
+			cJSON_InsertItemInArray(buckets, 0, bk); /* ascending */
+			rows[nrows++] = th;
+		} else {
+			cJSON_Delete(bk);
+			cJSON_Delete(th);
+		}
+		if (precision >= target)
+			lowest = b / 100.0;
+	}
+	/* thresholds ascending, as operators read them */
+	for (int i = nrows - 1; i >= 0; i--)
+		cJSON_AddItemToArray(thresholds, rows[i]);
+	ok = ok && (lowest >= 0 ? cJSON_AddNumberToObject(o, "recommended_threshold", lowest) != NULL
+				: cJSON_AddNullToObject(o, "recommended_threshold") != NULL);
+	if (!ok) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
 /* ---- sidecar scope ---- */
 
 /* Each field: tag byte, 8-byte big-endian length, bytes (prefix-free). */

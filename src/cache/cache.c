@@ -2,6 +2,7 @@
  * scope and embedding model, so two requests of different scopes can never
  * meet in one partition; a hit whose entry is gone from Redis is dropped
  * from the index and treated as a miss. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,61 @@ void cache_embed_query(struct sg_app *app, struct upstream *up,
 	}
 	out->vec = vec;
 	out->dim = dim;
+}
+
+/* choices[0].message.content of a completion, or NULL. */
+static const char *answer_text(const cJSON *completion)
+{
+	const cJSON *c0 = cJSON_GetArrayItem(sg_json_arr(completion, "choices"), 0);
+	return sg_json_str(sg_json_obj(c0, "message"), "content");
+}
+
+bool cache_shadow_agrees(struct sg_app *app, struct upstream *up, const char *cached,
+			 size_t len, const cJSON *fresh, double agree_min, double *answer_sim)
+{
+	*answer_sim = -2.0;
+	cJSON *old = NULL;
+	if (sg_json_parse(cached, len, &old, NULL) != SG_OK)
+		return false;
+	const char *a = answer_text(old), *b = answer_text(fresh);
+	bool agree = false;
+	if (a && b && strcmp(a, b) == 0) {
+		*answer_sim = 1.0;
+		agree = true;
+	} else if (a && b && up) {
+		float *va = NULL, *vb = NULL;
+		int da = 0, db = 0;
+		struct sg_error ee = { 0 };
+		if (embedder_embed(&app->embedder, up, a, strlen(a), &va, &da, &ee) == SG_OK &&
+		    embedder_embed(&app->embedder, up, b, strlen(b), &vb, &db, &ee) == SG_OK &&
+		    da == db && vindex_normalize(va, da) > 0 && vindex_normalize(vb, db) > 0) {
+			double d = 0;
+			for (int i = 0; i < da; i++)
+				d += (double)va[i] * vb[i];
+			*answer_sim = d;
+			agree = d >= agree_min;
+		} else if (ee.msg[0]) {
+			sg_log(SG_LOG_WARN, "shadow comparison not counted: %s", ee.msg);
+		}
+		free(va);
+		free(vb);
+	}
+	cJSON_Delete(old);
+	return agree;
+}
+
+enum sg_err cache_shadow_record(struct store *s, const char *tenant, const char *ns,
+				double sim, bool agree, struct sg_error *e)
+{
+	/* at the 6 decimals similarities are shown with, so a float 0.96
+	 * (0.959999978) lands in bucket 96 */
+	int bucket = (int)floor(round(sim * 1e6) / 1e4);
+	if (bucket < 0)
+		bucket = 0;
+	if (bucket > STORE_CAL_BUCKETS - 1)
+		bucket = STORE_CAL_BUCKETS - 1;
+	metrics_shadow(agree);
+	return store_calibration_add(s, tenant, ns, bucket, agree, e);
 }
 
 bool cache_answer_cacheable(const cJSON *completion)

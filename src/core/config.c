@@ -96,6 +96,11 @@ static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_VERIFY_CANDIDATES", "--verify-candidates", CFG_INT, "4", 1, 16,
 	  OFF(verify_candidates),
 	  "semantic candidates above the threshold the verifier may try, best first" },
+	{ "SEMGATE_SHADOW", "--shadow", CFG_INT, "0", 0, 1, OFF(shadow),
+	  "shadow mode: a would-be semantic hit goes upstream anyway and the two answers are "
+	  "compared, for GET /v1/cache/calibration (per request: X-Semgate-Shadow)" },
+	{ "SEMGATE_SHADOW_AGREE", "--shadow-agree", CFG_RATIO, "0.9", 0, 1, OFF(shadow_agree),
+	  "shadow mode: answers at least this similar (embedding cosine) agree" },
 	{ "SEMGATE_EMBED_URL", "--embed-url", CFG_OPTURL, "", 0, 0, OFF(embed_url),
 	  "base URL of an OpenAI-compatible embeddings API (empty: built-in local embedder)" },
 	{ "SEMGATE_EMBED_MODEL", "--embed-model", CFG_STR, "text-embedding-3-small", 0, 0,

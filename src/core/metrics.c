@@ -123,6 +123,11 @@ void metrics_feedback(bool wrong)
 	metrics_inc(wrong ? SG_C_FEEDBACK_WRONG : SG_C_FEEDBACK_RIGHT);
 }
 
+void metrics_shadow(bool agree)
+{
+	metrics_inc(agree ? SG_C_SHADOW_AGREE : SG_C_SHADOW_DISAGREE);
+}
+
 void metrics_verify_rejection(const char *reason)
 {
 	static const char *const names[] = { "number", "entity", "negation", "order",

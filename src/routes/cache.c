@@ -280,6 +280,36 @@ int route_cache_feedback(struct sg_req *req)
 	return done_request(status, doc, &rq);
 }
 
+int route_cache_calibration(struct sg_req *req)
+{
+	char ns[CACHE_API_NAME_MAX + 1];
+	double target = 0.99;
+	struct sg_error e = { 0 };
+	if (cache_api_parse_calibration(req->query, ns, &target, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	struct store *s = worker_store(req->worker);
+	if (!s)
+		return no_memory(req);
+	struct store_calibration *cal = malloc(sizeof(*cal));
+	if (!cal)
+		return no_memory(req);
+	int status;
+	if (store_calibration_read(s, req->tenant, ns, cal, &e) != SG_OK) {
+		status = http_send_sg_error(req, &e);
+	} else {
+		cJSON *o = cache_api_calibration_json(cal, target);
+		if (o && (!cJSON_AddStringToObject(o, "tenant", req->tenant) ||
+			  !(ns[0] ? cJSON_AddStringToObject(o, "namespace", ns)
+				  : cJSON_AddNullToObject(o, "namespace")))) {
+			cJSON_Delete(o);
+			o = NULL;
+		}
+		status = send_obj(req, 200, o);
+	}
+	free(cal);
+	return status;
+}
+
 int route_cache_stats(struct sg_req *req)
 {
 	struct store *s = worker_store(req->worker);

@@ -39,18 +39,24 @@ struct chat {
 	bool no_store;          /* Cache-Control: no-store: neither */
 	double threshold;
 	enum verify_mode verify; /* SEMGATE_VERIFY or X-Semgate-Verify */
+	bool shadow;            /* SEMGATE_SHADOW or X-Semgate-Shadow */
 	long long ttl;
 	const char *ns;         /* X-Semgate-Namespace or "" */
 	/* cache state */
 	struct scope_info si;
 	struct cache_result cr;
 	const char *outcome;    /* hit-exact, hit-semantic, miss, bypass */
+	/* shadow mode: the would-be semantic hit, sent upstream anyway */
+	char *shadow_answer;    /* its stored completion (owned), or NULL */
+	size_t shadow_len;
+	double shadow_sim;      /* the question's similarity to it */
 	char entry[65];         /* entry stored or served */
 	/* response header values */
 	char hdr_len[24];
 	char hdr_sim[24];
 	char hdr_tokens[24];
 	char hdr_verify[32];
+	char hdr_shadow[96];
 	const char *hdrs[20];
 	int nh;
 };
@@ -132,6 +138,13 @@ static enum sg_err read_headers(struct chat *c, struct sg_error *e)
 	if (vh && !verify_mode_parse(vh, strlen(vh), &c->verify))
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
 			"X-Semgate-Verify must be one of off, basic, strict");
+	c->shadow = cfg->shadow != 0;
+	const char *sh = http_header(req, "X-Semgate-Shadow");
+	if (sh) {
+		if (strcmp(sh, "1") != 0 && strcmp(sh, "0") != 0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST, "X-Semgate-Shadow must be 1 or 0");
+		c->shadow = sh[0] == '1';
+	}
 	const char *ttl = http_header(req, "X-Semgate-TTL");
 	if (ttl) {
 		char *end = NULL;
@@ -363,6 +376,16 @@ static bool try_cache(struct chat *c, int *status)
 		return false;
 	}
 	c->outcome = "miss";
+	if (c->cr.hit && c->cr.semantic && c->shadow) {
+		/* shadow: keep the would-be answer to compare with the fresh one */
+		c->shadow_answer = c->cr.answer;
+		c->shadow_len = c->cr.answer_len;
+		c->shadow_sim = c->cr.similarity;
+		c->cr.answer = NULL;
+		c->cr.hit = false;
+		snprintf(c->hdr_shadow, sizeof(c->hdr_shadow), "entry=%s", c->cr.id);
+		add_hdr(c, "X-Semgate-Shadow", c->hdr_shadow);
+	}
 	if (!c->cr.hit) {
 		record_miss(c);
 		return false;
@@ -400,8 +423,32 @@ static bool try_cache(struct chat *c, int *status)
 }
 
 /* Store a cacheable upstream answer. */
+/* Shadow mode: compare the fresh answer doc with the would-be hit and
+ * count the outcome; a non-streamed answer's header says it. */
+static void shadow_compare(struct chat *c, const cJSON *doc)
+{
+	struct sg_req *req = c->req;
+	struct store *s = worker_store(req->worker);
+	double answer_sim = -2.0;
+	bool agree = cache_shadow_agrees(req->app, worker_upstream(req->worker), c->shadow_answer,
+					 c->shadow_len, doc, req->app->cfg->shadow_agree,
+					 &answer_sim);
+	struct sg_error e = { 0 };
+	if (answer_sim < -1.0 || !s)
+		return; /* nothing to compare: not counted */
+	if (cache_shadow_record(s, req->tenant, c->ns, c->shadow_sim, agree, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "shadow outcome not counted: %s", e.msg);
+	size_t n = strlen(c->hdr_shadow);
+	snprintf(c->hdr_shadow + n, sizeof(c->hdr_shadow) - n, "; %s",
+		 agree ? "agree" : "disagree");
+}
+
 static void store_answer(struct chat *c, const cJSON *doc, const struct upstream_resp *r)
 {
+	if (c->shadow_answer) {
+		shadow_compare(c, doc); /* shadowed: the cache already has an answer */
+		return;
+	}
 	if (strcmp(c->outcome, "miss") != 0 || !cache_answer_cacheable(doc))
 		return;
 	struct sg_req *req = c->req;
@@ -615,6 +662,7 @@ int route_chat_completions(struct sg_req *req)
 out:
 	scope_info_finish(&c.si);
 	cache_result_finish(&c.cr);
+	free(c.shadow_answer);
 	free(c.upstream_body);
 	cJSON_Delete(c.turn);
 	cJSON_Delete(c.body);

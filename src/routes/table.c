@@ -16,6 +16,7 @@ static const struct sg_route routes[] = {
 	{ "POST", "/v1/cache/invalidate", route_cache_invalidate },
 	{ "POST", "/v1/cache/feedback", route_cache_feedback },
 	{ "GET", "/v1/cache/stats", route_cache_stats },
+	{ "GET", "/v1/cache/calibration", route_cache_calibration },
 	{ "GET", "/v1/cache/top", route_cache_top },
 	{ "GET", "/metrics", route_metrics },
 };

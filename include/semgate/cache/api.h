@@ -122,6 +122,18 @@ enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream
 			    const char *tenant, const struct cache_api_req *rq,
 			    char id_out[65], bool *indexed, struct sg_error *e);
 
+/* GET /v1/cache/calibration's query string: "namespace=NAME" and
+ * "target=P" (P in (0, 1], default 0.99), each at most once; anything else
+ * is refused. ns gets "" when not given. */
+enum sg_err cache_api_parse_calibration(const char *query, char ns[CACHE_API_NAME_MAX + 1],
+					double *target, struct sg_error *e);
+
+/* The calibration document: per similarity bucket the shadowed would-be
+ * hits and agreeing answers, per threshold the cumulative counts and
+ * estimated precision, and the lowest threshold whose precision meets
+ * target (null when none does). NULL on out of memory. */
+cJSON *cache_api_calibration_json(const struct store_calibration *cal, double target);
+
 /* Verdicts before an entry is deleted: the third "wrong" deletes it. */
 #define CACHE_FEEDBACK_DELETE_AFTER 3
 

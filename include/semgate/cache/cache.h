@@ -95,6 +95,22 @@ bool cache_answer_cacheable(const cJSON *completion);
 /* Total tokens from a completion's usage (0 when absent). */
 long long cache_answer_tokens(const cJSON *completion);
 
+/* Shadow mode: compare the answer a semantic hit would have served (the
+ * stored completion JSON, len bytes) with the fresh completion the
+ * upstream gave. Equal message contents agree (similarity 1); otherwise
+ * both are embedded and agree when their cosine reaches agree_min.
+ * *answer_sim gets the similarity, or -2 when it could not be computed
+ * (no content, embedding failed): then false, and nothing should be
+ * counted. */
+bool cache_shadow_agrees(struct sg_app *app, struct upstream *up, const char *cached,
+			 size_t len, const cJSON *fresh, double agree_min, double *answer_sim);
+
+/* Count one shadowed would-be hit whose question was sim similar to the
+ * candidate in the tenant's (and namespace's) calibration, and in the
+ * metrics. */
+enum sg_err cache_shadow_record(struct store *s, const char *tenant, const char *ns,
+				double sim, bool agree, struct sg_error *e);
+
 /* Store an answer: entry hash, exact key (when exact is true) and, when vec
  * is given, a row in the index. id_out receives the new entry id. */
 enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,

@@ -42,6 +42,8 @@ struct sg_config {
 	double semantic_threshold;
 	char *verify;            /* "strict", "basic" or "off" */
 	long long verify_candidates;
+	long long shadow;        /* 0 or 1 */
+	double shadow_agree;
 	char *embed_url;
 	char *embed_model;
 	char *embed_api_key;

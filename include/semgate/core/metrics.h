@@ -36,6 +36,9 @@
 	X(FEEDBACK_WRONG, "semgate_feedback_total", "verdict=\"wrong\"", \
 	  "Verdicts received by POST /v1/cache/feedback.") \
 	X(FEEDBACK_RIGHT, "semgate_feedback_total", "verdict=\"right\"", "") \
+	X(SHADOW_AGREE, "semgate_shadow_total", "outcome=\"agree\"", \
+	  "Would-be semantic hits sent upstream in shadow mode, by whether the answers agreed.") \
+	X(SHADOW_DISAGREE, "semgate_shadow_total", "outcome=\"disagree\"", "") \
 	X(TOKENS_SAVED_PROMPT, "semgate_tokens_saved_total", "kind=\"prompt\"", \
 	  "Tokens the cached answers served had cost upstream, from their usage.") \
 	X(TOKENS_SAVED_COMPLETION, "semgate_tokens_saved_total", "kind=\"completion\"", "") \
@@ -108,6 +111,9 @@ void metrics_verify_rejection(const char *reason);
 
 /* Count a feedback verdict. */
 void metrics_feedback(bool wrong);
+
+/* Count a shadow comparison. */
+void metrics_shadow(bool agree);
 
 /* Per-request totals on the calling thread: begin resets them; req_ms
  * returns the summed ms of h observed since, and *n the count. A civetweb

@@ -21,6 +21,7 @@ int route_cache_entry_get(struct sg_req *req);
 int route_cache_entry_delete(struct sg_req *req);
 int route_cache_invalidate(struct sg_req *req);
 int route_cache_feedback(struct sg_req *req);
+int route_cache_calibration(struct sg_req *req);
 int route_cache_stats(struct sg_req *req);
 int route_cache_top(struct sg_req *req);
 

@@ -60,6 +60,24 @@ enum sg_err store_entry_feedback(struct store *s, const char *tenant, const char
 				 long long *wrong_n, long long *right_n, double *min_sim_out,
 				 bool *found, struct sg_error *e);
 
+/* Shadow-mode calibration (src/store/calib.c): per similarity bucket B
+ * (hundredths, 0..100) the would-be semantic hits shadowed and how many
+ * of them the fresh answer agreed with. */
+#define STORE_CAL_BUCKETS 101
+struct store_calibration {
+	long long would_hit[STORE_CAL_BUCKETS];
+	long long agree[STORE_CAL_BUCKETS];
+};
+
+/* Count one shadowed would-be hit in bucket (0..100) for the tenant and,
+ * when ns is not empty, for its namespace too: one round trip. */
+enum sg_err store_calibration_add(struct store *s, const char *tenant, const char *ns,
+				  int bucket, bool agree, struct sg_error *e);
+
+/* The counts of the tenant (ns NULL or "") or of one namespace. */
+enum sg_err store_calibration_read(struct store *s, const char *tenant, const char *ns,
+				   struct store_calibration *out, struct sg_error *e);
+
 /* HMGET the entry {prefix}e:{tenant}:{id} and its TTL. *found false (and
  * SG_OK) when there is no such entry. */
 enum sg_err store_entry_read(struct store *s, const char *tenant, const char *id,
