@@ -77,6 +77,9 @@ static const struct cfg_row config_rows[] = {
 	  OFF(history_max), "messages kept per conversation (older ones are trimmed)" },
 	{ "SEMGATE_HISTORY_TTL", "--history-ttl", CFG_INT, "86400", 1, 31536000,
 	  OFF(history_ttl), "seconds a conversation lives after its last write" },
+	{ "SEMGATE_MEMORY_CACHE", "--memory-cache", CFG_CHOICE, "first", 0, 0, OFF(memory_cache),
+	  "which memory-mode turns use the cache: first (only a conversation's first turn, "
+	  "whose question others can ask too), all, or off", .choices = "first|all|off" },
 	{ "SEMGATE_PROMPTS_DIR", "--prompts-dir", CFG_STR, "prompts", 0, 0,
 	  OFF(prompts_dir), "directory of named system prompts (NAME.txt)" },
 	{ "SEMGATE_DEFAULT_PROMPT", "--default-prompt", CFG_OPTSTR, "", 0, 0,

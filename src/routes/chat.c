@@ -29,6 +29,7 @@ struct chat {
 	struct sg_req *req;
 	cJSON *body;            /* the client's request */
 	const char *conv;       /* X-Conversation-Id, validated, or NULL */
+	bool had_history;       /* memory mode: the conversation had messages */
 	const char *prompt;     /* system prompt text to prepend, or NULL */
 	cJSON *turn;            /* this turn's non-system messages (to store) */
 	char *upstream_body;    /* rendered request when it differs from the client's */
@@ -224,6 +225,7 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 	cJSON_ArrayForEach(m, msgs)
 		if (is_system(m))
 			cJSON_AddItemToArray(out, cJSON_Duplicate(m, 1));
+	c->had_history = cJSON_GetArraySize(history) > 0;
 	if (history) {
 		cJSON *h;
 		while ((h = cJSON_DetachItemFromArray(history, 0)))
@@ -354,6 +356,12 @@ static bool try_cache(struct chat *c, int *status)
 	c->outcome = "bypass";
 	if (c->no_store)
 		return false; /* neither looked up nor stored: no scope needed */
+	/* A later memory-mode turn's scope holds the whole history, so no
+	 * other request can ever share it: by default it is not cached
+	 * (SEMGATE_MEMORY_CACHE, docs/DESIGN-NOTES.md). */
+	const char *mc = req->app->cfg->memory_cache;
+	if (c->conv && (strcmp(mc, "off") == 0 || (strcmp(mc, "first") == 0 && c->had_history)))
+		return false;
 	if (scope_compute(req->tenant, c->ns, c->body, &c->si, &e) != SG_OK) {
 		sg_log(SG_LOG_WARN, "scope not computed, bypassing the cache: %s", e.msg);
 		return false;

@@ -34,6 +34,7 @@ struct sg_config {
 	/* memory */
 	long long history_max;
 	long long history_ttl;
+	char *memory_cache;      /* "first", "all" or "off" */
 	char *prompts_dir;
 	char *default_prompt;
 	/* cache */
