@@ -10,6 +10,7 @@
 #include "semgate/cache/sync.h"
 #include "semgate/core/clock.h"
 #include "semgate/core/config.h"
+#include "semgate/cache/flight.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/http/http.h"
 #include "semgate/core/log.h"
@@ -137,6 +138,7 @@ int main(int argc, char **argv)
 		       "similarity, not semantic; set SEMGATE_EMBED_URL for a real model",
 		       app.embedder.model, app.embedder.local_dim);
 	app.hot = hot_create((size_t)cfg.hot_cache_entries, HOT_MAX_ANSWER);
+	app.flights = cfg.coalesce_wait_ms > 0 ? flights_create() : NULL;
 	/* the event follower rebuilds the index when it first connects (and
 	 * again after every reconnection); wait for that first attempt */
 	sync = cache_sync_start(&app, &e);
@@ -190,6 +192,8 @@ out:
 	cache_sync_stop(sync);
 	hot_destroy(app.hot);
 	app.hot = NULL;
+	flights_destroy(app.flights); /* after http_stop: no flight is open */
+	app.flights = NULL;
 	app_finish(&app);
 	http_global_cleanup();
 	upstream_global_cleanup();

@@ -99,6 +99,10 @@ static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_VERIFY_CANDIDATES", "--verify-candidates", CFG_INT, "4", 1, 16,
 	  OFF(verify_candidates),
 	  "semantic candidates above the threshold the verifier may try, best first" },
+	{ "SEMGATE_COALESCE_WAIT_MS", "--coalesce-wait-ms", CFG_INT, "60000", 0, 600000,
+	  OFF(coalesce_wait_ms),
+	  "concurrent misses that the first one's answer would answer wait this long for it "
+	  "instead of calling the LLM again (0: off)" },
 	{ "SEMGATE_SHADOW", "--shadow", CFG_INT, "0", 0, 1, OFF(shadow),
 	  "shadow mode: a would-be semantic hit goes upstream anyway and the two answers are "
 	  "compared, for GET /v1/cache/calibration (per request: X-Semgate-Shadow)" },

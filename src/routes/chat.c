@@ -13,6 +13,7 @@
 #include "semgate/app/app.h"
 #include "semgate/cache/cache.h"
 #include "semgate/cache/api.h"
+#include "semgate/cache/flight.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/memory/memory.h"
@@ -24,6 +25,7 @@
 #include "semgate/store/store.h"
 #include "semgate/cache/tally.h"
 #include "semgate/upstream/upstream.h"
+#include "semgate/vindex/vindex.h"
 
 struct chat {
 	struct sg_req *req;
@@ -51,6 +53,7 @@ struct chat {
 	char *shadow_answer;    /* its stored completion (owned), or NULL */
 	size_t shadow_len;
 	double shadow_sim;      /* the question's similarity to it */
+	struct flight *flight;  /* this miss leads a flight (flight.h) */
 	char entry[65];         /* entry stored or served */
 	/* response header values */
 	char hdr_len[24];
@@ -348,6 +351,37 @@ static void record_miss(struct chat *c)
 		cache_api_record_miss(req->app, s, req->tenant);
 }
 
+/* Send a cached answer (doc, rendered as body; both freed here) as outcome
+ * for entry id: headers, savings, the tenant's counts, the turn in memory
+ * mode. Returns the status sent. */
+static int send_hit(struct chat *c, const char *outcome, const char *id, bool semantic,
+		    cJSON *doc, char *body)
+{
+	struct sg_req *req = c->req;
+	struct store *s = worker_store(req->worker);
+	c->outcome = outcome;
+	snprintf(c->entry, sizeof(c->entry), "%s", id);
+	long long tokens = cache_answer_tokens(doc);
+	route_metrics_hit_tokens(doc);
+	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
+	add_cache_headers(c);
+	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
+	long long saved_prompt = 0, saved_completion = 0;
+	cache_api_usage(doc, &saved_prompt, &saved_completion);
+	if (req->app->tally && id[0])
+		tally_hit(req->app->tally, req->tenant, id, semantic, saved_prompt,
+			  saved_completion);
+	else if (s && id[0])
+		cache_api_record_hit(req->app, s, req->tenant, id, semantic, saved_prompt,
+				     saved_completion);
+	remember(c, doc);
+	int status = c->stream ? replay_stream(c, doc)
+			       : http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
+	cJSON_Delete(doc);
+	free(body);
+	return status;
+}
+
 /* Look the request up. Returns true when a hit was sent (*status set). */
 static bool try_cache(struct chat *c, int *status)
 {
@@ -405,28 +439,8 @@ static bool try_cache(struct chat *c, int *status)
 		record_miss(c);
 		return false;
 	}
-	c->outcome = c->cr.semantic ? "hit-semantic" : "hit-exact";
-	memcpy(c->entry, c->cr.id, sizeof(c->entry));
-	long long tokens = cache_answer_tokens(doc);
-	route_metrics_hit_tokens(doc);
-	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
-	add_cache_headers(c);
-	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
-	long long saved_prompt = 0, saved_completion = 0;
-	cache_api_usage(doc, &saved_prompt, &saved_completion);
-	if (req->app->tally)
-		tally_hit(req->app->tally, req->tenant, c->cr.id, c->cr.semantic, saved_prompt,
-			  saved_completion);
-	else
-		cache_api_record_hit(req->app, s, req->tenant, c->cr.id, c->cr.semantic,
-				     saved_prompt, saved_completion);
-	remember(c, doc);
-	if (c->stream)
-		*status = replay_stream(c, doc);
-	else
-		*status = http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
-	cJSON_Delete(doc);
-	free(body);
+	*status = send_hit(c, c->cr.semantic ? "hit-semantic" : "hit-exact", c->cr.id,
+			   c->cr.semantic, doc, body);
 	return true;
 }
 
@@ -468,6 +482,58 @@ static void store_answer(struct chat *c, const cJSON *doc, const struct upstream
 		c->entry[0] = '\0';
 		sg_log(SG_LOG_WARN, "answer not cached: %s", e.msg);
 	}
+	if (c->flight) {
+		/* stored first, so a follower's repeat finds the entry */
+		flight_land(req->app->flights, c->flight, r->body.data, r->body.len, c->entry);
+		c->flight = NULL;
+	}
+}
+
+/* Serve the answer of the flight this miss joined (hit-coalesced). */
+static int serve_coalesced(struct chat *c, struct flight_answer *fa)
+{
+	cJSON *doc = NULL;
+	char *body = cache_render_hit(fa->answer, fa->len, &doc);
+	if (!body)
+		return -1;
+	c->cr.similarity = fa->similarity;
+	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, doc, body);
+}
+
+/* A miss about to go upstream: lead its flight, or wait for the one that
+ * answers it. Returns true when a coalesced answer was sent. */
+static bool join_flight(struct chat *c, int *status)
+{
+	struct sg_req *req = c->req;
+	if (!req->app->flights || strcmp(c->outcome, "miss") != 0 || c->no_cache ||
+	    c->shadow_answer)
+		return false;
+	char part[VINDEX_KEY_MAX];
+	cache_partition_key(part, sizeof(part), req->tenant, c->si.scope,
+			    req->app->embedder.model);
+	struct flight_req fr = {
+		.part = part,
+		.exact = c->si.exact,
+		.vec = c->cr.vec,
+		.dim = c->cr.dim,
+		.threshold = c->threshold,
+		.verify = c->verify,
+		.query = c->si.query,
+		.query_len = c->si.query_len,
+		.wait_ms = (int)req->app->cfg->coalesce_wait_ms,
+	};
+	struct flight_answer fa;
+	enum flight_role role = flight_join(req->app->flights, &fr, &c->flight, &fa);
+	bool sent = false;
+	if (role == FLIGHT_ANSWERED) {
+		int st = serve_coalesced(c, &fa);
+		if (st >= 0) {
+			*status = st;
+			sent = true;
+		}
+	}
+	flight_answer_finish(&fa);
+	return sent;
 }
 
 /* Relay an upstream answer: JSON bodies as they are with the upstream's
@@ -643,7 +709,7 @@ int route_chat_completions(struct sg_req *req)
 		status = http_send_sg_error(req, &e);
 		goto out;
 	}
-	if (try_cache(&c, &status))
+	if (try_cache(&c, &status) || join_flight(&c, &status))
 		goto out;
 	struct upstream *up = worker_upstream(req->worker);
 	if (!up) {
@@ -668,6 +734,8 @@ int route_chat_completions(struct sg_req *req)
 		status = relay(&c, &r);
 	upstream_resp_finish(&r);
 out:
+	if (c.flight) /* no cacheable answer: the followers go upstream themselves */
+		flight_land(req->app->flights, c.flight, NULL, 0, NULL);
 	scope_info_finish(&c.si);
 	cache_result_finish(&c.cr);
 	free(c.shadow_answer);

@@ -16,6 +16,8 @@ struct tally;
 struct hotcache;
 struct vindex;
 
+struct flights;
+
 struct sg_app {
 	const struct sg_config *cfg;
 	struct upstream_target llm;   /* the chat completions upstream */
@@ -26,6 +28,7 @@ struct sg_app {
 	struct rate_limit rate;       /* per-tenant limit; max 0: none */
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
+	struct flights *flights;      /* single-flight of misses; NULL: off */
 };
 
 struct sg_worker {

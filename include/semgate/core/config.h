@@ -43,6 +43,7 @@ struct sg_config {
 	double semantic_threshold;
 	char *verify;            /* "strict", "basic" or "off" */
 	long long verify_candidates;
+	long long coalesce_wait_ms;
 	long long shadow;        /* 0 or 1 */
 	double shadow_agree;
 	char *embed_url;

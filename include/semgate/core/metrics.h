@@ -19,6 +19,7 @@
 	X(CACHE_HIT_EXACT, "semgate_cache_requests_total", "outcome=\"hit-exact\"", \
 	  "Chat completions answered, by cache outcome.") \
 	X(CACHE_HIT_SEMANTIC, "semgate_cache_requests_total", "outcome=\"hit-semantic\"", "") \
+	X(CACHE_HIT_COALESCED, "semgate_cache_requests_total", "outcome=\"hit-coalesced\"", "") \
 	X(CACHE_MISS, "semgate_cache_requests_total", "outcome=\"miss\"", "") \
 	X(CACHE_BYPASS, "semgate_cache_requests_total", "outcome=\"bypass\"", "") \
 	X(LOOKUP_HIT_EXACT, "semgate_cache_lookups_total", "outcome=\"hit-exact\"", \
