@@ -30,15 +30,6 @@ static const char lua_hit[] =
 	"if redis.call('EXISTS', KEYS[1]) == 1 then "
 	"return redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1]) end return 0";
 
-/* "{prefix}{kind}:{tenant}" — the per-tenant keys with nothing after. */
-static char *tenant_key(const struct store *s, const char *kind, const char *tenant)
-{
-	char *k = NULL;
-	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
-		return NULL;
-	return k;
-}
-
 /* Escape glob metacharacters for SCAN MATCH. */
 static char *glob_escape(const char *in)
 {
@@ -68,20 +59,8 @@ static char *dup_reply(const redisReply *r, size_t *len)
 	return out;
 }
 
-static long long reply_ll(const redisReply *r)
-{
-	if (r && r->type == REDIS_REPLY_INTEGER)
-		return r->integer;
-	if (r && r->type == REDIS_REPLY_STRING)
-		return strtoll(r->str, NULL, 10);
-	return 0;
-}
-
-/* One SCAN/SSCAN step: argv with the cursor at position cpos; on SG_OK *out
- * is the reply (caller frees), its element[1] the batch, and cursor
- * advanced. */
-static enum sg_err scan_step(struct store *s, int argc, const char **argv, char cursor[32],
-			     redisReply **out, struct sg_error *e)
+enum sg_err store_scan_step(struct store *s, int argc, const char **argv, char cursor[32],
+			    redisReply **out, struct sg_error *e)
 {
 	*out = NULL;
 	redisReply *r = store_run(s, argc, argv, NULL, e);
@@ -142,12 +121,12 @@ static enum sg_err view_from_replies(redisReply *h, const redisReply *t, const c
 	out->tags = dup_reply(f[5], NULL);
 	if (f[6]->type == REDIS_REPLY_STRING)
 		out->metadata = dup_reply(f[6], &out->metadata_len);
-	out->created = reply_ll(f[7]);
-	out->hits = reply_ll(f[8]);
-	out->tokens = reply_ll(f[9]);
+	out->created = store_reply_ll(f[7]);
+	out->hits = store_reply_ll(f[8]);
+	out->tokens = store_reply_ll(f[9]);
 	out->model = dup_reply(f[10], NULL);
-	out->dim = (int)reply_ll(f[11]);
-	out->ttl_s = reply_ll(t);
+	out->dim = (int)store_reply_ll(f[11]);
+	out->ttl_s = store_reply_ll(t);
 	if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
 	    !out->tags || !out->model || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
 		store_entry_view_finish(out);
@@ -313,7 +292,7 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 	char *ekeys[DELETE_BATCH] = { 0 };
 	redisReply *h[DELETE_BATCH] = { 0 };
 	long delpos[DELETE_BATCH];
-	char *topkey = tenant_key(s, "top", tenant);
+	char *topkey = store_tenant_key(s, "top", tenant);
 	enum sg_err rc = SG_OK;
 	if (!topkey) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -416,7 +395,7 @@ static enum sg_err invalidate_tag(struct store *s, const char *tenant, const cha
 	do {
 		const char *argv[] = { "SSCAN", tkey, cursor, "COUNT", "256" };
 		redisReply *r = NULL;
-		if ((rc = scan_step(s, 5, argv, cursor, &r, e)) != SG_OK)
+		if ((rc = store_scan_step(s, 5, argv, cursor, &r, e)) != SG_OK)
 			break;
 		redisReply *m = r->element[1];
 		const char **ids = calloc(m->elements + 1, sizeof(char *));
@@ -450,21 +429,8 @@ static char *entry_pattern(const struct store *s, const char *tenant)
 	return pattern;
 }
 
-/* One key of a SCAN batch that is an entry of the tenant being walked. */
-struct tenant_entry {
-	const char *key;          /* into the SCAN reply */
-	size_t len;
-	char id[STORE_ID_MAX + 1];
-};
-
-typedef enum sg_err (*tenant_batch_fn)(struct store *s, const char *tenant,
-				       const struct tenant_entry *en, size_t n, void *ud,
-				       struct sg_error *e);
-
-/* SCAN the tenant's entry keys (never KEYS) and hand each batch of them
- * to fn; keys of another tenant that the glob also matched are left out. */
-static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
-				       tenant_batch_fn fn, void *ud, struct sg_error *e)
+enum sg_err store_scan_tenant(struct store *s, const char *tenant,
+			      store_tenant_batch_fn fn, void *ud, struct sg_error *e)
 {
 	char *pattern = entry_pattern(s, tenant);
 	if (!pattern)
@@ -474,10 +440,10 @@ static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
 	do {
 		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
 		redisReply *r = NULL;
-		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
+		if ((rc = store_scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
 			break;
 		redisReply *k = r->element[1];
-		struct tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
+		struct store_tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
 		if (!en) {
 			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		} else {
@@ -504,7 +470,7 @@ static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
 }
 
 static enum sg_err invalidate_batch(struct store *s, const char *tenant,
-				    const struct tenant_entry *en, size_t n, void *ud,
+				    const struct store_tenant_entry *en, size_t n, void *ud,
 				    struct sg_error *e)
 {
 	const char **ids = calloc(n + 1, sizeof(*ids));
@@ -526,7 +492,7 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "give a namespace, a tag or both");
 	struct del_ctx dc = { .ns = ns, .event = "flush", .fn = fn, .ud = ud };
 	enum sg_err rc = tag ? invalidate_tag(s, tenant, tag, &dc, e) :
-			       scan_tenant_entries(s, tenant, invalidate_batch, &dc, e);
+			       store_scan_tenant(s, tenant, invalidate_batch, &dc, e);
 	*deleted = dc.deleted;
 	return rc;
 }
@@ -558,7 +524,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	bool oom = false;
 	redisAppendCommand(s->c, "MULTI");
 	for (size_t i = 0; i < ntc && !oom; i++) {
-		char *skey = tenant_key(s, "stats", tc[i].tenant);
+		char *skey = store_tenant_key(s, "stats", tc[i].tenant);
 		if (!skey) {
 			oom = true;
 			break;
@@ -575,7 +541,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	}
 	for (size_t i = 0; i < neh && !oom; i++) {
 		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
-		char *topkey = tenant_key(s, "top", eh[i].tenant);
+		char *topkey = store_tenant_key(s, "top", eh[i].tenant);
 		if (ekey && topkey) {
 			redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey, eh[i].hits);
 			redisAppendCommand(s->c, "ZINCRBY %s %lld %s", topkey, eh[i].hits,
@@ -645,7 +611,7 @@ static void stats_field(struct store_stats *st, const char *name, long long v)
 
 /* Count and size one SCAN batch of the tenant's entries (pipelined). */
 static enum sg_err stats_batch(struct store *s, const char *tenant,
-			       const struct tenant_entry *en, size_t n, void *ud,
+			       const struct store_tenant_entry *en, size_t n, void *ud,
 			       struct sg_error *e)
 {
 	(void)tenant;
@@ -666,12 +632,12 @@ static enum sg_err stats_batch(struct store *s, const char *tenant,
 		if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
 			/* gone between SCAN and HGET: not counted */
 			st->entries++;
-			long long vb = reply_ll(rep[4]);
-			if (reply_ll(rep[0]) > 0 && vb > 0) {
+			long long vb = store_reply_ll(rep[4]);
+			if (store_reply_ll(rep[0]) > 0 && vb > 0) {
 				st->indexed++;
 				st->vector_bytes += vb;
 			}
-			st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) + reply_ll(rep[3]) + vb;
+			st->bytes += store_reply_ll(rep[1]) + store_reply_ll(rep[2]) + store_reply_ll(rep[3]) + vb;
 		}
 		for (int j = 0; j < 5; j++)
 			if (rep[j])
@@ -684,7 +650,7 @@ enum sg_err store_stats_read(struct store *s, const char *tenant,
 			     struct store_stats *out, struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
-	char *skey = tenant_key(s, "stats", tenant);
+	char *skey = store_tenant_key(s, "stats", tenant);
 	if (!skey)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	const char *argv[] = { "HGETALL", skey };
@@ -696,13 +662,13 @@ enum sg_err store_stats_read(struct store *s, const char *tenant,
 	if (r->type == REDIS_REPLY_ARRAY) {
 		for (size_t i = 0; i + 1 < r->elements; i += 2)
 			if (r->element[i]->type == REDIS_REPLY_STRING)
-				stats_field(out, r->element[i]->str, reply_ll(r->element[i + 1]));
+				stats_field(out, r->element[i]->str, store_reply_ll(r->element[i + 1]));
 	} else if (r->type == REDIS_REPLY_ERROR) {
 		rc = store_reply_error(r, e);
 	}
 	freeReplyObject(r);
 	if (rc == SG_OK)
-		rc = scan_tenant_entries(s, tenant, stats_batch, out, e);
+		rc = store_scan_tenant(s, tenant, stats_batch, out, e);
 	return rc;
 }
 
@@ -776,7 +742,7 @@ static enum sg_err top_window(struct store *s, const char *tenant, const char *t
 			row->ns = dup_reply(h->element[1], NULL);
 			row->kind = h->element[2]->type == REDIS_REPLY_STRING ?
 				    dup_reply(h->element[2], NULL) : strdup("chat");
-			row->hits = reply_ll(z->element[2 * i + 1]);
+			row->hits = store_reply_ll(z->element[2 * i + 1]);
 			out->n++;
 			if (!row->query || !row->ns || !row->kind)
 				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -812,7 +778,7 @@ enum sg_err store_top_read(struct store *s, const char *tenant, size_t limit,
 	memset(out, 0, sizeof(*out));
 	if (limit == 0)
 		return SG_OK;
-	char *topkey = tenant_key(s, "top", tenant);
+	char *topkey = store_tenant_key(s, "top", tenant);
 	out->rows = calloc(limit, sizeof(*out->rows));
 	if (!topkey || !out->rows) {
 		free(topkey);
