@@ -1,7 +1,8 @@
 /* Cache administration in Redis: reading and deleting entries, invalidation
  * by namespace and tag, hit/miss counters, the leaderboard and the stats
  * scan. Part of the store module; keys touched here: {prefix}e:, x:, tag:,
- * top:{tenant}, stats:{tenant} and the events channel. Iterates with SCAN
+ * top:{tenant}, stats:{tenant}, the entry accounting (through stats.c) and
+ * the events channel. Iterates with SCAN
  * and SSCAN only, never KEYS, and never creates a key without a TTL except
  * the stats hash. */
 #include <stdio.h>
@@ -244,7 +245,9 @@ struct del_ctx {
 
 /* Queue the removal of one existing entry (fields: namespace, exact, tags
  * from HMGET) inside the open MULTI; returns the number of commands queued
- * and sets *delpos to the position of its DEL among them. */
+ * (0 when out of memory: the caller must abandon the pipeline) and sets
+ * *delpos to the position of its DEL among them. The stats accounting's
+ * sync comes right after the DEL, at *delpos + 1. */
 static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 			   const char *ekey, const char *topkey, redisReply **f,
 			   const char *event, size_t base, long *delpos)
@@ -252,6 +255,9 @@ static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 	size_t q = 0;
 	redisAppendCommand(s->c, "DEL %s", ekey);
 	*delpos = (long)(base + q++);
+	if (!store_acct_append_sync(s, tenant, id))
+		return 0;
+	q++;
 	if (f[1]->type == REDIS_REPLY_STRING && f[1]->len > 0) {
 		char *xkey = store_key(s, "x", tenant, f[1]->str);
 		if (xkey) {
@@ -330,8 +336,15 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 		}
 		if (dc->ns && strcmp(r->element[0]->str, dc->ns) != 0)
 			continue;
-		queued += queue_delete(s, tenant, ids[i], ekeys[i], topkey, r->element,
-				       dc->event, queued, &delpos[i]);
+		size_t q = queue_delete(s, tenant, ids[i], ekeys[i], topkey, r->element,
+					dc->event, queued, &delpos[i]);
+		if (q == 0) {
+			/* commands are already buffered: abandon the connection */
+			store_drop(s);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		queued += q;
 	}
 	redisAppendCommand(s->c, "EXEC");
 	redisReply *exec = store_read_exec(s, queued, e);
@@ -343,6 +356,7 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 		if (delpos[i] < 0 || (size_t)delpos[i] >= exec->elements)
 			continue;
 		redisReply *d = exec->element[delpos[i]];
+		store_acct_check(exec, (size_t)delpos[i] + 1);
 		if (d->type == REDIS_REPLY_INTEGER && d->integer == 1) {
 			dc->deleted++;
 			if (dc->fn)

@@ -24,7 +24,7 @@ char *store_key(const struct store *s, const char *kind, const char *tenant,
 	      const char *rest);
 
 /* "{prefix}{kind}:{tenant}" — a per-tenant key with nothing after the
- * tenant (stats, top), malloc'd; NULL on out of memory. */
+ * tenant (stats, top, live, size), malloc'd; NULL on out of memory. */
 char *store_tenant_key(const struct store *s, const char *kind, const char *tenant);
 
 /* An integer reply, or a string holding one (strtoll); 0 for anything else. */
@@ -84,6 +84,21 @@ typedef enum sg_err (*store_tenant_batch_fn)(struct store *s, const char *tenant
  * O(keyspace). */
 enum sg_err store_scan_tenant(struct store *s, const char *tenant,
 			      store_tenant_batch_fn fn, void *ud, struct sg_error *e);
+
+/* ---- entry accounting: {prefix}live:{tenant}, {prefix}size:{tenant} (stats.c) ---- */
+
+/* Append to the pipeline (inside the caller's MULTI) one EVAL that makes
+ * the tenant's accounting of entry id match what Redis holds for it now:
+ * tracked with its sizes and expiry while the entry exists, untracked once
+ * it is gone. Queue it after the commands that write or delete the entry.
+ * It also untracks a few entries that have expired (four), so expired ids
+ * never pile up however rarely stats are read. False on out of memory
+ * (nothing appended). */
+bool store_acct_append_sync(struct store *s, const char *tenant, const char *id);
+
+/* Log the accounting EVAL's reply at exec->element[pos] if Redis refused it
+ * (the entry itself was still written or deleted). */
+void store_acct_check(const redisReply *exec, size_t pos);
 
 /* ---- {prefix}events (events.c) ---- */
 
