@@ -1,10 +1,10 @@
 /* Cache administration in Redis: reading and deleting entries, invalidation
- * by namespace and tag, hit/miss counters, the leaderboard and the stats
- * scan. Part of the store module; keys touched here: {prefix}e:, x:, tag:,
- * top:{tenant}, stats:{tenant}, the entry accounting (through stats.c) and
- * the events channel. Iterates with SCAN
- * and SSCAN only, never KEYS, and never creates a key without a TTL except
- * the stats hash. */
+ * by namespace and tag, hit/miss counters and the leaderboard (the stats
+ * read and its entry accounting are in stats.c). Part of the store module;
+ * keys touched here: {prefix}e:, x:, tag:, top:{tenant}, stats:{tenant},
+ * the accounting keys (through stats.c) and the events channel. Iterates
+ * with SCAN and SSCAN only, never KEYS, and never creates a key without a
+ * TTL except the stats hash. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -603,87 +603,6 @@ enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_err
 {
 	struct store_tenant_counts tc = { .tenant = tenant, .lookups = 1, .misses = 1 };
 	return store_record_counts(s, &tc, 1, NULL, 0, 0, e);
-}
-
-static void stats_field(struct store_stats *st, const char *name, long long v)
-{
-	static const struct {
-		const char *name;
-		size_t off;
-	} fields[] = {
-		{ "lookups", offsetof(struct store_stats, lookups) },
-		{ "hits_exact", offsetof(struct store_stats, hits_exact) },
-		{ "hits_semantic", offsetof(struct store_stats, hits_semantic) },
-		{ "misses", offsetof(struct store_stats, misses) },
-		{ "tokens_saved_prompt", offsetof(struct store_stats, tokens_prompt) },
-		{ "tokens_saved_completion", offsetof(struct store_stats, tokens_completion) },
-	};
-	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-		if (strcmp(name, fields[i].name) == 0)
-			*(long long *)((char *)st + fields[i].off) = v;
-}
-
-/* Count and size one SCAN batch of the tenant's entries (pipelined). */
-static enum sg_err stats_batch(struct store *s, const char *tenant,
-			       const struct store_tenant_entry *en, size_t n, void *ud,
-			       struct sg_error *e)
-{
-	(void)tenant;
-	struct store_stats *st = ud;
-	enum sg_err rc = SG_OK;
-	for (size_t i = 0; i < n; i++) {
-		redisAppendCommand(s->c, "HGET %b dim", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b query", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b answer", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b metadata", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b vector", en[i].key, en[i].len);
-	}
-	for (size_t i = 0; i < n && rc == SG_OK; i++) {
-		redisReply *rep[5] = { 0 };
-		for (int j = 0; j < 5 && rc == SG_OK; j++)
-			if (!(rep[j] = store_read_reply(s, e)))
-				rc = SG_ERR_REDIS;
-		if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
-			/* gone between SCAN and HGET: not counted */
-			st->entries++;
-			long long vb = store_reply_ll(rep[4]);
-			if (store_reply_ll(rep[0]) > 0 && vb > 0) {
-				st->indexed++;
-				st->vector_bytes += vb;
-			}
-			st->bytes += store_reply_ll(rep[1]) + store_reply_ll(rep[2]) + store_reply_ll(rep[3]) + vb;
-		}
-		for (int j = 0; j < 5; j++)
-			if (rep[j])
-				freeReplyObject(rep[j]);
-	}
-	return rc;
-}
-
-enum sg_err store_stats_read(struct store *s, const char *tenant,
-			     struct store_stats *out, struct sg_error *e)
-{
-	memset(out, 0, sizeof(*out));
-	char *skey = store_tenant_key(s, "stats", tenant);
-	if (!skey)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "HGETALL", skey };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
-	free(skey);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ARRAY) {
-		for (size_t i = 0; i + 1 < r->elements; i += 2)
-			if (r->element[i]->type == REDIS_REPLY_STRING)
-				stats_field(out, r->element[i]->str, store_reply_ll(r->element[i + 1]));
-	} else if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	}
-	freeReplyObject(r);
-	if (rc == SG_OK)
-		rc = store_scan_tenant(s, tenant, stats_batch, out, e);
-	return rc;
 }
 
 /* ---- leaderboard ---- */

@@ -81,7 +81,8 @@ typedef enum sg_err (*store_tenant_batch_fn)(struct store *s, const char *tenant
 
 /* SCAN the tenant's entry keys (never KEYS) and hand each batch of them
  * to fn; keys of another tenant that the glob also matched are left out.
- * O(keyspace). */
+ * O(keyspace): invalidation by namespace and the one-time accounting
+ * rebuild (stats.c) only. */
 enum sg_err store_scan_tenant(struct store *s, const char *tenant,
 			      store_tenant_batch_fn fn, void *ud, struct sg_error *e);
 
