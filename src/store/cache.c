@@ -1,5 +1,6 @@
 /* Cache entries in Redis: entry hashes {prefix}e:{tenant}:{id}, exact keys
  * {prefix}x:{tenant}:{sha}, and the scan that rebuilds the vector index.
+ * Every write also updates the tenant's stats accounting (stats.c).
  * Part of the store module: key names are built only in src/store/. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,16 +106,28 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 		redisAppendCommand(s->c, "EVAL %s 1 %s %s", store_lua_expire_max, tkeys[i], ttl);
 		queued += 2;
 	}
+	/* the stats accounting reads the entry as just written, so an
+	 * overwrite of the same id is counted once, with its new sizes */
+	size_t acct = queued;
+	if (!store_acct_append_sync(s, tenant, en->id)) {
+		/* commands are already buffered: abandon the connection */
+		store_drop(s);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	queued++;
 	/* published at EXEC, so a subscriber that reads the entry finds it */
 	if (en->vec && store_append_publish(s, "add", tenant, en->id, en->scope,
 					    en->emb_model, en->dim))
 		queued++;
 	redisAppendCommand(s->c, "EXEC");
 	redisReply *exec = store_read_exec(s, queued, e);
-	if (!exec)
+	if (!exec) {
 		rc = SG_ERR_REDIS;
-	else
+	} else {
+		store_acct_check(exec, acct);
 		freeReplyObject(exec);
+	}
 out:
 	for (size_t i = 0; tkeys && i < en->ntags; i++)
 		free(tkeys[i]);

@@ -1,9 +1,10 @@
 /* Cache administration in Redis: reading and deleting entries, invalidation
- * by namespace and tag, hit/miss counters, the leaderboard and the stats
- * scan. Part of the store module; keys touched here: {prefix}e:, x:, tag:,
- * top:{tenant}, stats:{tenant} and the events channel. Iterates with SCAN
- * and SSCAN only, never KEYS, and never creates a key without a TTL except
- * the stats hash. */
+ * by namespace and tag, hit/miss counters and the leaderboard (the stats
+ * read and its entry accounting are in stats.c). Part of the store module;
+ * keys touched here: {prefix}e:, x:, tag:, top:{tenant}, stats:{tenant},
+ * the accounting keys (through stats.c) and the events channel. Iterates
+ * with SCAN and SSCAN only, never KEYS, and never creates a key without a
+ * TTL except the stats hash. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +30,6 @@ static const char lua_del_exact[] =
 static const char lua_hit[] =
 	"if redis.call('EXISTS', KEYS[1]) == 1 then "
 	"return redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1]) end return 0";
-
-/* "{prefix}{kind}:{tenant}" — the per-tenant keys with nothing after. */
-static char *tenant_key(const struct store *s, const char *kind, const char *tenant)
-{
-	char *k = NULL;
-	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
-		return NULL;
-	return k;
-}
 
 /* Escape glob metacharacters for SCAN MATCH. */
 static char *glob_escape(const char *in)
@@ -68,20 +60,8 @@ static char *dup_reply(const redisReply *r, size_t *len)
 	return out;
 }
 
-static long long reply_ll(const redisReply *r)
-{
-	if (r && r->type == REDIS_REPLY_INTEGER)
-		return r->integer;
-	if (r && r->type == REDIS_REPLY_STRING)
-		return strtoll(r->str, NULL, 10);
-	return 0;
-}
-
-/* One SCAN/SSCAN step: argv with the cursor at position cpos; on SG_OK *out
- * is the reply (caller frees), its element[1] the batch, and cursor
- * advanced. */
-static enum sg_err scan_step(struct store *s, int argc, const char **argv, char cursor[32],
-			     redisReply **out, struct sg_error *e)
+enum sg_err store_scan_step(struct store *s, int argc, const char **argv, char cursor[32],
+			    redisReply **out, struct sg_error *e)
 {
 	*out = NULL;
 	redisReply *r = store_run(s, argc, argv, NULL, e);
@@ -143,16 +123,16 @@ static enum sg_err view_from_replies(redisReply *h, const redisReply *t, const c
 	out->tags = dup_reply(f[5], NULL);
 	if (f[6]->type == REDIS_REPLY_STRING)
 		out->metadata = dup_reply(f[6], &out->metadata_len);
-	out->created = reply_ll(f[7]);
-	out->hits = reply_ll(f[8]);
-	out->tokens = reply_ll(f[9]);
+	out->created = store_reply_ll(f[7]);
+	out->hits = store_reply_ll(f[8]);
+	out->tokens = store_reply_ll(f[9]);
 	out->model = dup_reply(f[10], NULL);
-	out->dim = (int)reply_ll(f[11]);
+	out->dim = (int)store_reply_ll(f[11]);
 	out->min_sim = f[12]->type == REDIS_REPLY_STRING ? strtod(f[12]->str, NULL) : 0.0;
 	if (!(out->min_sim > 0.0 && out->min_sim <= 2.0))
 		out->min_sim = 0.0;
 	out->refused = f[13]->type == REDIS_REPLY_STRING ? dup_reply(f[13], NULL) : strdup("");
-	out->ttl_s = reply_ll(t);
+	out->ttl_s = store_reply_ll(t);
 	if (!out->query || !out->answer || !out->ns || !out->scope || !out->kind ||
 	    !out->tags || !out->model || !out->refused || (f[6]->type == REDIS_REPLY_STRING && !out->metadata)) {
 		store_entry_view_finish(out);
@@ -254,8 +234,8 @@ enum sg_err store_entry_feedback(struct store *s, const char *tenant, const char
 		rc = store_reply_error(r, e);
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
 		*found = true;
-		*wrong_n = reply_ll(r->element[0]);
-		*right_n = reply_ll(r->element[1]);
+		*wrong_n = store_reply_ll(r->element[0]);
+		*right_n = store_reply_ll(r->element[1]);
 		if (r->element[2]->type == REDIS_REPLY_STRING)
 			*min_sim_out = strtod(r->element[2]->str, NULL);
 	}
@@ -324,7 +304,9 @@ struct del_ctx {
 
 /* Queue the removal of one existing entry (fields: namespace, exact, tags
  * from HMGET) inside the open MULTI; returns the number of commands queued
- * and sets *delpos to the position of its DEL among them. */
+ * (0 when out of memory: the caller must abandon the pipeline) and sets
+ * *delpos to the position of its DEL among them. The stats accounting's
+ * sync comes right after the DEL, at *delpos + 1. */
 static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 			   const char *ekey, const char *topkey, redisReply **f,
 			   const char *event, size_t base, long *delpos)
@@ -332,6 +314,9 @@ static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 	size_t q = 0;
 	redisAppendCommand(s->c, "DEL %s", ekey);
 	*delpos = (long)(base + q++);
+	if (!store_acct_append_sync(s, tenant, id))
+		return 0;
+	q++;
 	if (f[1]->type == REDIS_REPLY_STRING && f[1]->len > 0) {
 		char *xkey = store_key(s, "x", tenant, f[1]->str);
 		if (xkey) {
@@ -372,7 +357,7 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 	char *ekeys[DELETE_BATCH] = { 0 };
 	redisReply *h[DELETE_BATCH] = { 0 };
 	long delpos[DELETE_BATCH];
-	char *topkey = tenant_key(s, "top", tenant);
+	char *topkey = store_tenant_key(s, "top", tenant);
 	enum sg_err rc = SG_OK;
 	if (!topkey) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -410,8 +395,15 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 		}
 		if (dc->ns && strcmp(r->element[0]->str, dc->ns) != 0)
 			continue;
-		queued += queue_delete(s, tenant, ids[i], ekeys[i], topkey, r->element,
-				       dc->event, queued, &delpos[i]);
+		size_t q = queue_delete(s, tenant, ids[i], ekeys[i], topkey, r->element,
+					dc->event, queued, &delpos[i]);
+		if (q == 0) {
+			/* commands are already buffered: abandon the connection */
+			store_drop(s);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		queued += q;
 	}
 	redisAppendCommand(s->c, "EXEC");
 	redisReply *exec = store_read_exec(s, queued, e);
@@ -423,6 +415,7 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 		if (delpos[i] < 0 || (size_t)delpos[i] >= exec->elements)
 			continue;
 		redisReply *d = exec->element[delpos[i]];
+		store_acct_check(exec, (size_t)delpos[i] + 1);
 		if (d->type == REDIS_REPLY_INTEGER && d->integer == 1) {
 			dc->deleted++;
 			if (dc->fn)
@@ -475,7 +468,7 @@ static enum sg_err invalidate_tag(struct store *s, const char *tenant, const cha
 	do {
 		const char *argv[] = { "SSCAN", tkey, cursor, "COUNT", "256" };
 		redisReply *r = NULL;
-		if ((rc = scan_step(s, 5, argv, cursor, &r, e)) != SG_OK)
+		if ((rc = store_scan_step(s, 5, argv, cursor, &r, e)) != SG_OK)
 			break;
 		redisReply *m = r->element[1];
 		const char **ids = calloc(m->elements + 1, sizeof(char *));
@@ -509,21 +502,8 @@ static char *entry_pattern(const struct store *s, const char *tenant)
 	return pattern;
 }
 
-/* One key of a SCAN batch that is an entry of the tenant being walked. */
-struct tenant_entry {
-	const char *key;          /* into the SCAN reply */
-	size_t len;
-	char id[STORE_ID_MAX + 1];
-};
-
-typedef enum sg_err (*tenant_batch_fn)(struct store *s, const char *tenant,
-				       const struct tenant_entry *en, size_t n, void *ud,
-				       struct sg_error *e);
-
-/* SCAN the tenant's entry keys (never KEYS) and hand each batch of them
- * to fn; keys of another tenant that the glob also matched are left out. */
-static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
-				       tenant_batch_fn fn, void *ud, struct sg_error *e)
+enum sg_err store_scan_tenant(struct store *s, const char *tenant,
+			      store_tenant_batch_fn fn, void *ud, struct sg_error *e)
 {
 	char *pattern = entry_pattern(s, tenant);
 	if (!pattern)
@@ -533,10 +513,10 @@ static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
 	do {
 		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
 		redisReply *r = NULL;
-		if ((rc = scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
+		if ((rc = store_scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
 			break;
 		redisReply *k = r->element[1];
-		struct tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
+		struct store_tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
 		if (!en) {
 			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		} else {
@@ -563,7 +543,7 @@ static enum sg_err scan_tenant_entries(struct store *s, const char *tenant,
 }
 
 static enum sg_err invalidate_batch(struct store *s, const char *tenant,
-				    const struct tenant_entry *en, size_t n, void *ud,
+				    const struct store_tenant_entry *en, size_t n, void *ud,
 				    struct sg_error *e)
 {
 	const char **ids = calloc(n + 1, sizeof(*ids));
@@ -585,7 +565,7 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "give a namespace, a tag or both");
 	struct del_ctx dc = { .ns = ns, .event = "flush", .fn = fn, .ud = ud };
 	enum sg_err rc = tag ? invalidate_tag(s, tenant, tag, &dc, e) :
-			       scan_tenant_entries(s, tenant, invalidate_batch, &dc, e);
+			       store_scan_tenant(s, tenant, invalidate_batch, &dc, e);
 	*deleted = dc.deleted;
 	return rc;
 }
@@ -617,7 +597,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	bool oom = false;
 	redisAppendCommand(s->c, "MULTI");
 	for (size_t i = 0; i < ntc && !oom; i++) {
-		char *skey = tenant_key(s, "stats", tc[i].tenant);
+		char *skey = store_tenant_key(s, "stats", tc[i].tenant);
 		if (!skey) {
 			oom = true;
 			break;
@@ -634,7 +614,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	}
 	for (size_t i = 0; i < neh && !oom; i++) {
 		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
-		char *topkey = tenant_key(s, "top", eh[i].tenant);
+		char *topkey = store_tenant_key(s, "top", eh[i].tenant);
 		if (ekey && topkey) {
 			redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey, eh[i].hits);
 			redisAppendCommand(s->c, "ZINCRBY %s %lld %s", topkey, eh[i].hits,
@@ -682,87 +662,6 @@ enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_err
 {
 	struct store_tenant_counts tc = { .tenant = tenant, .lookups = 1, .misses = 1 };
 	return store_record_counts(s, &tc, 1, NULL, 0, 0, e);
-}
-
-static void stats_field(struct store_stats *st, const char *name, long long v)
-{
-	static const struct {
-		const char *name;
-		size_t off;
-	} fields[] = {
-		{ "lookups", offsetof(struct store_stats, lookups) },
-		{ "hits_exact", offsetof(struct store_stats, hits_exact) },
-		{ "hits_semantic", offsetof(struct store_stats, hits_semantic) },
-		{ "misses", offsetof(struct store_stats, misses) },
-		{ "tokens_saved_prompt", offsetof(struct store_stats, tokens_prompt) },
-		{ "tokens_saved_completion", offsetof(struct store_stats, tokens_completion) },
-	};
-	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-		if (strcmp(name, fields[i].name) == 0)
-			*(long long *)((char *)st + fields[i].off) = v;
-}
-
-/* Count and size one SCAN batch of the tenant's entries (pipelined). */
-static enum sg_err stats_batch(struct store *s, const char *tenant,
-			       const struct tenant_entry *en, size_t n, void *ud,
-			       struct sg_error *e)
-{
-	(void)tenant;
-	struct store_stats *st = ud;
-	enum sg_err rc = SG_OK;
-	for (size_t i = 0; i < n; i++) {
-		redisAppendCommand(s->c, "HGET %b dim", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b query", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b answer", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b metadata", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b vector", en[i].key, en[i].len);
-	}
-	for (size_t i = 0; i < n && rc == SG_OK; i++) {
-		redisReply *rep[5] = { 0 };
-		for (int j = 0; j < 5 && rc == SG_OK; j++)
-			if (!(rep[j] = store_read_reply(s, e)))
-				rc = SG_ERR_REDIS;
-		if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
-			/* gone between SCAN and HGET: not counted */
-			st->entries++;
-			long long vb = reply_ll(rep[4]);
-			if (reply_ll(rep[0]) > 0 && vb > 0) {
-				st->indexed++;
-				st->vector_bytes += vb;
-			}
-			st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) + reply_ll(rep[3]) + vb;
-		}
-		for (int j = 0; j < 5; j++)
-			if (rep[j])
-				freeReplyObject(rep[j]);
-	}
-	return rc;
-}
-
-enum sg_err store_stats_read(struct store *s, const char *tenant,
-			     struct store_stats *out, struct sg_error *e)
-{
-	memset(out, 0, sizeof(*out));
-	char *skey = tenant_key(s, "stats", tenant);
-	if (!skey)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "HGETALL", skey };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
-	free(skey);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ARRAY) {
-		for (size_t i = 0; i + 1 < r->elements; i += 2)
-			if (r->element[i]->type == REDIS_REPLY_STRING)
-				stats_field(out, r->element[i]->str, reply_ll(r->element[i + 1]));
-	} else if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	}
-	freeReplyObject(r);
-	if (rc == SG_OK)
-		rc = scan_tenant_entries(s, tenant, stats_batch, out, e);
-	return rc;
 }
 
 /* ---- leaderboard ---- */
@@ -835,7 +734,7 @@ static enum sg_err top_window(struct store *s, const char *tenant, const char *t
 			row->ns = dup_reply(h->element[1], NULL);
 			row->kind = h->element[2]->type == REDIS_REPLY_STRING ?
 				    dup_reply(h->element[2], NULL) : strdup("chat");
-			row->hits = reply_ll(z->element[2 * i + 1]);
+			row->hits = store_reply_ll(z->element[2 * i + 1]);
 			out->n++;
 			if (!row->query || !row->ns || !row->kind)
 				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -871,7 +770,7 @@ enum sg_err store_top_read(struct store *s, const char *tenant, size_t limit,
 	memset(out, 0, sizeof(*out));
 	if (limit == 0)
 		return SG_OK;
-	char *topkey = tenant_key(s, "top", tenant);
+	char *topkey = store_tenant_key(s, "top", tenant);
 	out->rows = calloc(limit, sizeof(*out->rows));
 	if (!topkey || !out->rows) {
 		free(topkey);

@@ -8,6 +8,7 @@
 
 #include "semgate/core/err.h"
 #include "semgate/store/store.h"
+#include "codec.h"
 
 #define RECONNECT_BACKOFF_MS 100.0
 
@@ -21,6 +22,13 @@ struct store {
 /* "{prefix}{kind}:{tenant}:{rest}", malloc'd; NULL on out of memory. */
 char *store_key(const struct store *s, const char *kind, const char *tenant,
 	      const char *rest);
+
+/* "{prefix}{kind}:{tenant}" — a per-tenant key with nothing after the
+ * tenant (stats, top, live, size), malloc'd; NULL on out of memory. */
+char *store_tenant_key(const struct store *s, const char *kind, const char *tenant);
+
+/* An integer reply, or a string holding one (strtoll); 0 for anything else. */
+long long store_reply_ll(const redisReply *r);
 
 /* Drop the connection; the next call reconnects after a short back-off. */
 void store_drop(struct store *s);
@@ -51,6 +59,47 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
 /* Read the replies of MULTI + ncmds queued commands + EXEC; returns the
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
+
+/* ---- walking a tenant's entries (cache_ops.c) ---- */
+
+/* One SCAN/SSCAN/ZSCAN step: argv with the cursor at argv[2] (argv[1] for
+ * SCAN); on SG_OK *out is the reply (caller frees), its element[1] the
+ * batch, and cursor advanced. */
+enum sg_err store_scan_step(struct store *s, int argc, const char **argv, char cursor[32],
+			    redisReply **out, struct sg_error *e);
+
+/* One key of a SCAN batch that is an entry of the tenant being walked. */
+struct store_tenant_entry {
+	const char *key;          /* into the SCAN reply */
+	size_t len;
+	char id[STORE_ID_MAX + 1];
+};
+
+typedef enum sg_err (*store_tenant_batch_fn)(struct store *s, const char *tenant,
+					     const struct store_tenant_entry *en, size_t n,
+					     void *ud, struct sg_error *e);
+
+/* SCAN the tenant's entry keys (never KEYS) and hand each batch of them
+ * to fn; keys of another tenant that the glob also matched are left out.
+ * O(keyspace): invalidation by namespace and the one-time accounting
+ * rebuild (stats.c) only. */
+enum sg_err store_scan_tenant(struct store *s, const char *tenant,
+			      store_tenant_batch_fn fn, void *ud, struct sg_error *e);
+
+/* ---- entry accounting: {prefix}live:{tenant}, {prefix}size:{tenant} (stats.c) ---- */
+
+/* Append to the pipeline (inside the caller's MULTI) one EVAL that makes
+ * the tenant's accounting of entry id match what Redis holds for it now:
+ * tracked with its sizes and expiry while the entry exists, untracked once
+ * it is gone. Queue it after the commands that write or delete the entry.
+ * It also untracks a few entries that have expired (four), so expired ids
+ * never pile up however rarely stats are read. False on out of memory
+ * (nothing appended). */
+bool store_acct_append_sync(struct store *s, const char *tenant, const char *id);
+
+/* Log the accounting EVAL's reply at exec->element[pos] if Redis refused it
+ * (the entry itself was still written or deleted). */
+void store_acct_check(const redisReply *exec, size_t pos);
 
 /* ---- {prefix}events (events.c) ---- */
 

@@ -62,6 +62,23 @@ char *store_key(const struct store *s, const char *kind, const char *tenant,
 	return k;
 }
 
+char *store_tenant_key(const struct store *s, const char *kind, const char *tenant)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
+		return NULL;
+	return k;
+}
+
+long long store_reply_ll(const redisReply *r)
+{
+	if (r && r->type == REDIS_REPLY_INTEGER)
+		return r->integer;
+	if (r && r->type == REDIS_REPLY_STRING)
+		return strtoll(r->str, NULL, 10);
+	return 0;
+}
+
 /* ---- connection ---- */
 
 void store_drop(struct store *s)

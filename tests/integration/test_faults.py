@@ -26,7 +26,7 @@ LAYOUT = [re.compile(p) for p in (
     rf"^sg:x:{T}:[0-9a-f]{{64}}$",
     rf"^sg:e:{T}:[A-Za-z0-9._:-]{{1,64}}$",
     rf"^sg:tag:{T}:[A-Za-z0-9._:-]{{1,128}}$",
-    rf"^sg:(top|rl|stats):{T}$",
+    rf"^sg:(top|rl|stats|live|size):{T}$",
     rf"^sg:emb:{T}:[^\s*?\[\]]+:[0-9a-f]{{64}}$",
 )]
 

@@ -163,8 +163,11 @@ struct store_stats {
 	long long vector_bytes;  /* vector bytes alone (what the index holds) */
 };
 
-/* HGETALL the counters, then SCAN the tenant's entries for the counts
- * and sizes (O(keyspace): meant for dashboards, not for every request). */
+/* The counters and the tenant's entry counts and sizes, in one EVAL
+ * whatever the number of entries (it first untracks up to 1,000 entries
+ * whose TTL has passed). The first read of a tenant whose accounting was
+ * never built (entries written by an earlier version) builds it once with
+ * a SCAN of the keyspace (src/store/stats.c). */
 enum sg_err store_stats_read(struct store *s, const char *tenant,
 			     struct store_stats *out, struct sg_error *e);
 
