@@ -51,7 +51,7 @@ struct chat {
 	char hdr_sim[24];
 	char hdr_tokens[24];
 	char hdr_verify[32];
-	const char *hdrs[20];
+	const char *hdrs[20 + 2 * UPSTREAM_HDR_MAX];
 	int nh;
 };
 
@@ -62,6 +62,14 @@ static void add_hdr(struct chat *c, const char *name, const char *value)
 		c->hdrs[c->nh++] = value;
 		c->hdrs[c->nh] = NULL;
 	}
+}
+
+/* Pass the upstream's pacing headers (Retry-After, x-ratelimit-*) on with
+ * an answer that carries the upstream's status. */
+static void add_upstream_headers(struct chat *c, const struct upstream_resp *r)
+{
+	c->nh = upstream_headers_append(&r->headers, c->hdrs, c->nh,
+					(int)(sizeof(c->hdrs) / sizeof(c->hdrs[0])));
 }
 
 static bool has_token(const char *list, const char *token)
@@ -424,10 +432,13 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 	if (sg_json_parse(r->body.data ? r->body.data : "", r->body.len, &doc, NULL) != SG_OK ||
 	    !cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
-		if (r->status >= 400)
-			return http_send_error(req, (int)r->status, "upstream_error",
-					       "upstream_error",
-					       "upstream answered with an error and no JSON body");
+		if (r->status >= 400) {
+			add_upstream_headers(c, r);
+			return http_send_error_headers(req, (int)r->status, "upstream_error",
+						       "upstream_error",
+						       "upstream answered with an error and no JSON body",
+						       c->hdrs);
+		}
 		return http_send_error(req, 502, "upstream_error", "upstream_invalid_response",
 				       "upstream answered with invalid JSON");
 	}
@@ -437,6 +448,8 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 		remember(c, doc);
 	}
 	add_cache_headers(c);
+	if (status == (int)r->status)
+		add_upstream_headers(c, r);
 	cJSON_Delete(doc);
 	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
@@ -445,6 +458,7 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 
 struct stream_relay {
 	struct chat *c;
+	const struct upstream_resp *resp; /* its headers are in before the body */
 	long status;
 	bool started;
 	bool client_gone;
@@ -477,6 +491,7 @@ static int on_stream_data(void *ud, long status, const char *data, size_t len)
 		return sg_buf_append(&st->errbody, data, len) == SG_OK ? 0 : 1;
 	if (!st->started) {
 		add_cache_headers(st->c);
+		add_upstream_headers(st->c, st->resp);
 		st->started = true;
 		if (http_stream_begin(st->c->req, 200, "text/event-stream", st->c->hdrs) != SG_OK) {
 			st->client_gone = true;
@@ -514,12 +529,12 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 {
 	struct sg_req *req = c->req;
 	struct sg_error e = { 0 };
-	struct stream_relay st = { .c = c };
+	struct upstream_resp r = { 0 };
+	struct stream_relay st = { .c = c, .resp = &r };
 	sg_buf_init(&st.errbody, 1 << 20);
 	sg_buf_init(&st.ev, 0);
 	sse_parser_init(&st.parser, (size_t)req->app->cfg->max_upstream_bytes);
 	sse_answer_init(&st.answer, (size_t)req->app->cfg->max_upstream_bytes);
-	struct upstream_resp r = { 0 };
 	enum sg_err rc = upstream_post_stream(up, &req->app->llm, "/chat/completions", body,
 					      len, client_bearer(req), on_stream_data, &st,
 					      &r, &e);
