@@ -325,6 +325,15 @@ bool sg_utf8_valid(const char *str, size_t len)
  * \u0000: cJSON keeps strings NUL-terminated, so "a\u0000b" would come
  * out as "a" -- two different questions would share one exact-cache key
  * and a stored turn would differ from what was sent. */
+static bool is_hex4(const char *p)
+{
+	for (int k = 0; k < 4; k++)
+		if (!((p[k] >= '0' && p[k] <= '9') || (p[k] >= 'a' && p[k] <= 'f') ||
+		      (p[k] >= 'A' && p[k] <= 'F')))
+			return false;
+	return true;
+}
+
 static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 {
 	int depth = 0;
@@ -334,10 +343,22 @@ static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 		if (in_str) {
 			if (esc) {
 				esc = false;
-				if (c == 'u' && len - i > 4 && memcmp(s + i + 1, "0000", 4) == 0)
+				/* cJSON reads a \\u with bad hex digits as U+0000, and
+				 * a string ends at its first NUL: the tree would differ
+				 * from the text, as with \\u0000 itself. And it takes
+				 * any byte after a backslash, a raw NUL included. */
+				if (c == 'u' && (len - i <= 4 || !is_hex4(s + i + 1)))
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"invalid JSON: bad \\u escape in a string at byte %zu",
+						i - 1);
+				if (c == 'u' && memcmp(s + i + 1, "0000", 4) == 0)
 					return sg_error_set(e, SG_ERR_BAD_REQUEST,
 						"invalid JSON: \\u0000 (NUL) in a string at byte %zu is "
 						"not supported", i - 1);
+				if (c != 'u' && (c == '\0' || !strchr("\"\\/bfnrt", c)))
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"invalid JSON: bad escape in a string at byte %zu",
+						i - 1);
 			} else if (c == '\\') {
 				esc = true;
 			}

@@ -118,6 +118,20 @@ static void test_json_refuses_trailing_bytes_and_bad_input(void)
 	CHECK_INT(parse(" \t\r\n{ \"a\" :\n[ 1 ,\t2 ]\r\n} ", &j, &e), SG_OK);
 	cJSON_Delete(j);
 	j = NULL;
+	/* escapes cJSON would misread: a \\u without four hex digits becomes
+	 * U+0000 and cuts the string; a raw NUL hides behind a backslash */
+	CHECK_INT(parse("{\"a\":\"x\\uZZZZy\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "escape") != NULL);
+	CHECK_INT(parse("{\"a\":\"x\\u12\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(parse("{\"a\":\"x\\u\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_json_parse("{\"a\":\"x\\\0\"}", 11, &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "escape") != NULL);
+	CHECK_INT(parse("{\"a\":\"x\\qy\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(j == NULL);
+	CHECK_INT(parse("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\u00C9\"", &j, &e), SG_OK);
+	CHECK_STR(j ? j->valuestring : NULL, "\"\\/\b\f\n\r\t\xc3\xa9\xc3\x89");
+	cJSON_Delete(j);
+	j = NULL;
 	/* a valid surrogate pair is fine */
 	CHECK_INT(parse("\"\\ud83d\\ude00\"", &j, &e), SG_OK);
 	cJSON_Delete(j);
