@@ -462,6 +462,7 @@ struct stream_relay {
 	long status;
 	bool started;
 	bool client_gone;
+	bool strip_usage;          /* the gateway asked for usage, the client did not */
 	struct sg_buf errbody;     /* a non-200 answer, relayed as JSON */
 	struct sg_buf ev;          /* one event as it goes to the client */
 	struct sse_parser parser;
@@ -471,12 +472,10 @@ struct stream_relay {
 static int on_event(void *ud, const char *raw, size_t raw_len, const char *data, size_t len)
 {
 	struct stream_relay *st = ud;
-	bool usage_only = sse_answer_feed(&st->answer, data, len);
-	(void)usage_only;
+	enum sse_event_kind kind = sse_answer_feed(&st->answer, data, len);
 	sg_buf_reset(&st->ev);
-	if (sg_buf_append(&st->ev, raw, raw_len) != SG_OK ||
-	    sg_buf_append(&st->ev, "\n\n", 2) != SG_OK ||
-	    http_stream_write(st->c->req, st->ev.data, st->ev.len) != SG_OK) {
+	if (sse_client_event(raw, raw_len, data, len, kind, st->strip_usage, &st->ev) != SG_OK ||
+	    (st->ev.len && http_stream_write(st->c->req, st->ev.data, st->ev.len) != SG_OK)) {
 		st->client_gone = true;
 		return 1;
 	}
@@ -525,12 +524,55 @@ static void finish_stream(struct chat *c, struct stream_relay *st)
 	free(json);
 }
 
+/* The body to stream upstream for a request whose answer will be cached
+ * while its client did not ask for stream_options.include_usage: the same
+ * with include_usage set, so the stored answer knows its tokens and its
+ * hits report what they saved (on_event strips the usage again). Edited in
+ * place, so every other byte goes as the client sent it; rendered from the
+ * tree when a member name holds an escape. NULL (the body goes as it is)
+ * when stream_options appears twice, since which one the upstream reads is
+ * its own choice, or on out of memory. */
+static char *ask_for_usage(struct chat *c, const char *body, size_t len)
+{
+	int n = 0;
+	const cJSON *it;
+	cJSON_ArrayForEach(it, c->body)
+		n += strcmp(it->string, "stream_options") == 0;
+	if (n > 1)
+		return NULL;
+	const cJSON *so = cJSON_GetObjectItemCaseSensitive(c->body, "stream_options");
+	cJSON *opts = cJSON_IsObject(so) ? cJSON_Duplicate(so, 1) : cJSON_CreateObject();
+	char *val = NULL, *out = NULL;
+	while (opts && cJSON_GetObjectItemCaseSensitive(opts, "include_usage"))
+		cJSON_DeleteItemFromObjectCaseSensitive(opts, "include_usage");
+	if (opts && cJSON_AddTrueToObject(opts, "include_usage") && (val = sg_json_render(opts)))
+		out = sg_json_member_put(body, len, "stream_options", val);
+	if (!out && val) {
+		bool set = so ? cJSON_ReplaceItemInObjectCaseSensitive(c->body, "stream_options", opts)
+			      : cJSON_AddItemToObject(c->body, "stream_options", opts);
+		if (set) {
+			opts = NULL; /* c->body's now */
+			out = sg_json_render(c->body);
+		}
+	}
+	cJSON_Delete(opts);
+	free(val);
+	return out;
+}
+
 static int stream_upstream(struct chat *c, struct upstream *up, const char *body, size_t len)
 {
 	struct sg_req *req = c->req;
 	struct sg_error e = { 0 };
 	struct upstream_resp r = { 0 };
 	struct stream_relay st = { .c = c, .resp = &r };
+	char *asked = NULL;
+	if (!c->stream_usage && strcmp(c->outcome, "miss") == 0 &&
+	    (asked = ask_for_usage(c, body, len))) {
+		body = asked;
+		len = strlen(asked);
+		st.strip_usage = true;
+	}
 	sg_buf_init(&st.errbody, 1 << 20);
 	sg_buf_init(&st.ev, 0);
 	sse_parser_init(&st.parser, (size_t)req->app->cfg->max_upstream_bytes);
@@ -575,6 +617,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 			status = relay(c, &r);
 	}
 	upstream_resp_finish(&r);
+	free(asked);
 	sg_buf_finish(&st.errbody);
 	sg_buf_finish(&st.ev);
 	sse_parser_finish(&st.parser);

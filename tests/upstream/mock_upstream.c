@@ -970,7 +970,8 @@ static bool send_choice_event(struct req *r, const struct buf *head, const struc
 		buf_addf(&ev, "\"%s\"", finish);
 	else
 		buf_adds(&ev, "null");
-	buf_adds(&ev, "}]}\n\n");
+	/* with include_usage OpenAI puts "usage":null on every other chunk */
+	buf_adds(&ev, cr->c->include_usage ? "}],\"usage\":null}\n\n" : "}]}\n\n");
 	ok = !ev.oom && send_event(r, head, &ev, false);
 	buf_free(&ev);
 	return ok;
