@@ -517,63 +517,20 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 	set_member(doc, "created", ncreated);
 
 	/* The bytes sent are the stored bytes with the two values replaced
-	 * in place; only when that is not possible (a member name with an
-	 * escape, a duplicate) are they rendered from the tree. */
-	size_t is = 0, ie = 0, cs = 0, ce = 0;
-	int hid = sg_json_member_span(answer, len, "id", &is, &ie);
-	int hcr = sg_json_member_span(answer, len, "created", &cs, &ce);
+	 * in place (absent ones added first, id before created); only when
+	 * that is not possible (a member name with an escape, a duplicate)
+	 * are they rendered from the tree. */
 	char *out = NULL;
-	if (dup || hid < 0 || hcr < 0) {
-		out = sg_json_render(doc);
-	} else {
-		struct span { size_t s, e; bool quoted; const char *v; } sp[2];
-		int nsp = 0;
-		if (hid == 1)
-			sp[nsp++] = (struct span){ is, ie, true, cid };
-		if (hcr == 1)
-			sp[nsp++] = (struct span){ cs, ce, false, created };
-		if (nsp == 2 && sp[1].s < sp[0].s) {
-			struct span t = sp[0];
-			sp[0] = sp[1];
-			sp[1] = t;
-		}
-		/* members that are absent go right after the opening brace */
-		size_t open = 0;
-		while (open < len && answer[open] != '{')
-			open++;
-		open++;
-		size_t next = open;
-		while (next < len && strchr(" \t\r\n", answer[next]))
-			next++;
-		bool empty = next < len && answer[next] == '}';
-		char ins[2][100];
-		int nins = 0;
-		if (hid == 0)
-			snprintf(ins[nins++], sizeof(ins[0]), "\"id\":\"%s\"", cid);
-		if (hcr == 0)
-			snprintf(ins[nins++], sizeof(ins[0]), "\"created\":%s", created);
-		struct sg_buf b;
-		sg_buf_init(&b, 0);
-		enum sg_err rc = sg_buf_append(&b, answer, open);
-		for (int k = 0; k < nins && rc == SG_OK; k++) {
-			rc = sg_buf_puts(&b, ins[k]);
-			if (rc == SG_OK && (k + 1 < nins || !empty))
-				rc = sg_buf_append(&b, ",", 1);
-		}
-		size_t at = open;
-		for (int k = 0; k < nsp && rc == SG_OK; k++) {
-			rc = sg_buf_append(&b, answer + at, sp[k].s - at);
-			if (rc == SG_OK)
-				rc = sp[k].quoted ? sg_buf_printf(&b, "\"%s\"", sp[k].v) :
-						    sg_buf_puts(&b, sp[k].v);
-			at = sp[k].e;
-		}
-		if (rc == SG_OK)
-			rc = sg_buf_append(&b, answer + at, len - at);
-		if (rc == SG_OK)
-			out = sg_buf_steal(&b, NULL);
-		sg_buf_finish(&b);
+	if (!dup) {
+		char quoted[90];
+		snprintf(quoted, sizeof(quoted), "\"%s\"", cid);
+		char *step = sg_json_member_put(answer, len, "created", created);
+		if (step)
+			out = sg_json_member_put(step, strlen(step), "id", quoted);
+		free(step);
 	}
+	if (!out)
+		out = sg_json_render(doc);
 	if (!out) {
 		cJSON_Delete(doc);
 		return NULL;

@@ -325,6 +325,15 @@ bool sg_utf8_valid(const char *str, size_t len)
  * \u0000: cJSON keeps strings NUL-terminated, so "a\u0000b" would come
  * out as "a" -- two different questions would share one exact-cache key
  * and a stored turn would differ from what was sent. */
+static bool is_hex4(const char *p)
+{
+	for (int k = 0; k < 4; k++)
+		if (!((p[k] >= '0' && p[k] <= '9') || (p[k] >= 'a' && p[k] <= 'f') ||
+		      (p[k] >= 'A' && p[k] <= 'F')))
+			return false;
+	return true;
+}
+
 static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 {
 	int depth = 0;
@@ -334,10 +343,22 @@ static enum sg_err json_prescan(const char *s, size_t len, struct sg_error *e)
 		if (in_str) {
 			if (esc) {
 				esc = false;
-				if (c == 'u' && len - i > 4 && memcmp(s + i + 1, "0000", 4) == 0)
+				/* cJSON reads a \\u with bad hex digits as U+0000, and
+				 * a string ends at its first NUL: the tree would differ
+				 * from the text, as with \\u0000 itself. And it takes
+				 * any byte after a backslash, a raw NUL included. */
+				if (c == 'u' && (len - i <= 4 || !is_hex4(s + i + 1)))
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"invalid JSON: bad \\u escape in a string at byte %zu",
+						i - 1);
+				if (c == 'u' && memcmp(s + i + 1, "0000", 4) == 0)
 					return sg_error_set(e, SG_ERR_BAD_REQUEST,
 						"invalid JSON: \\u0000 (NUL) in a string at byte %zu is "
 						"not supported", i - 1);
+				if (c != 'u' && (c == '\0' || !strchr("\"\\/bfnrt", c)))
+					return sg_error_set(e, SG_ERR_BAD_REQUEST,
+						"invalid JSON: bad escape in a string at byte %zu",
+						i - 1);
 			} else if (c == '\\') {
 				esc = true;
 			}
@@ -506,8 +527,10 @@ static size_t skip_value(const char *s, size_t len, size_t i)
 	return i;
 }
 
-int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
-			size_t *end)
+/* The first top-level member named key: its name's opening quote and its
+ * value's span. 1 found, 0 absent, -1 not searchable (sg_json_member_span). */
+static int find_member(const char *s, size_t len, const char *key, size_t *name_at,
+		       size_t *start, size_t *end)
 {
 	size_t klen = strlen(key);
 	size_t i = skip_ws(s, len, 0);
@@ -516,7 +539,7 @@ int sg_json_member_span(const char *s, size_t len, const char *key, size_t *star
 	i = skip_ws(s, len, i + 1);
 	while (i < len && s[i] == '"') {
 		bool escaped = false;
-		size_t name = i + 1;
+		size_t at = i, name = i + 1;
 		i = skip_string(s, len, i, &escaped);
 		if (escaped)
 			return -1;
@@ -528,6 +551,7 @@ int sg_json_member_span(const char *s, size_t len, const char *key, size_t *star
 		size_t v = i;
 		i = skip_value(s, len, i);
 		if (match) {
+			*name_at = at;
 			*start = v;
 			*end = i;
 			return 1;
@@ -538,6 +562,70 @@ int sg_json_member_span(const char *s, size_t len, const char *key, size_t *star
 		i = skip_ws(s, len, i + 1);
 	}
 	return 0;
+}
+
+int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
+			size_t *end)
+{
+	size_t name;
+	return find_member(s, len, key, &name, start, end);
+}
+
+int sg_json_member_cut_span(const char *s, size_t len, const char *key, size_t *start,
+			    size_t *end)
+{
+	size_t name, vs, ve;
+	int found = find_member(s, len, key, &name, &vs, &ve);
+	if (found != 1)
+		return found;
+	size_t before = name;
+	while (before > 0 && (s[before - 1] == ' ' || s[before - 1] == '\t' ||
+			      s[before - 1] == '\n' || s[before - 1] == '\r'))
+		before--;
+	if (before > 0 && s[before - 1] == ',') {
+		/* the comma before it goes with it: {"a":1,"k":2} -> {"a":1} */
+		*start = before - 1;
+		*end = ve;
+		return 1;
+	}
+	/* the first member takes the comma after it: {"k":2, "a":1} -> {"a":1} */
+	size_t after = skip_ws(s, len, ve);
+	if (after < len && s[after] == ',')
+		ve = skip_ws(s, len, after + 1);
+	*start = name;
+	*end = ve;
+	return 1;
+}
+
+char *sg_json_member_put(const char *s, size_t len, const char *key, const char *value)
+{
+	size_t name, vs, ve;
+	int found = find_member(s, len, key, &name, &vs, &ve);
+	if (found < 0)
+		return NULL;
+	struct sg_buf b;
+	sg_buf_init(&b, 0);
+	enum sg_err rc;
+	if (found) {
+		rc = sg_buf_append(&b, s, vs);
+		if (rc == SG_OK)
+			rc = sg_buf_puts(&b, value);
+		if (rc == SG_OK)
+			rc = sg_buf_append(&b, s + ve, len - ve);
+	} else {
+		/* an absent member goes right after the opening brace */
+		size_t open = skip_ws(s, len, 0) + 1;
+		size_t next = skip_ws(s, len, open);
+		bool empty = next < len && s[next] == '}';
+		rc = sg_buf_append(&b, s, open);
+		if (rc == SG_OK)
+			rc = sg_buf_printf(&b, "\"%s\":%s%s", key, value, empty ? "" : ",");
+		if (rc == SG_OK)
+			rc = sg_buf_append(&b, s + open, len - open);
+	}
+	char *out = rc == SG_OK ? sg_buf_steal(&b, NULL) : NULL;
+	sg_buf_finish(&b);
+	return out;
 }
 
 char *sg_json_error_body(const char *message, const char *type, const char *code)

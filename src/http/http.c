@@ -280,19 +280,39 @@ int http_send_json(struct sg_req *req, int status, const char *json,
 	return http_send(req, status, "application/json", json, strlen(json), headers);
 }
 
-int http_send_error(struct sg_req *req, int status, const char *type,
-		    const char *code, const char *message)
+int http_send_error_headers(struct sg_req *req, int status, const char *type,
+			    const char *code, const char *message,
+			    const char *const *headers)
 {
 	char *body = sg_json_error_body(message, type, code);
 	static const char fallback[] =
 		"{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
 		"\"code\":\"out_of_memory\"}}";
-	const char *retry[] = { "Retry-After", "1", NULL };
-	int rc = http_send(req, body ? status : 503, "application/json",
-			   body ? body : fallback, body ? strlen(body) : strlen(fallback),
-			   (body ? status : 503) == 503 ? retry : NULL);
+	int sent = body ? status : 503;
+	const char *all[2 * SG_HTTP_ERROR_HEADERS + 3];
+	size_t n = 0;
+	bool retry = false;
+	for (size_t i = 0; headers && headers[i] && headers[i + 1] &&
+			   n < 2 * SG_HTTP_ERROR_HEADERS; i += 2) {
+		retry |= strcasecmp(headers[i], "Retry-After") == 0;
+		all[n++] = headers[i];
+		all[n++] = headers[i + 1];
+	}
+	if (sent == 503 && !retry) {
+		all[n++] = "Retry-After";
+		all[n++] = "1";
+	}
+	all[n] = NULL;
+	int rc = http_send(req, sent, "application/json", body ? body : fallback,
+			   body ? strlen(body) : strlen(fallback), all);
 	free(body);
 	return rc;
+}
+
+int http_send_error(struct sg_req *req, int status, const char *type,
+		    const char *code, const char *message)
+{
+	return http_send_error_headers(req, status, type, code, message, NULL);
 }
 
 static const char *err_code_name(enum sg_err code)

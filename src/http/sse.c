@@ -146,17 +146,17 @@ static void copy_field(char *dst, size_t cap, const char *s)
 	dst[n] = '\0';
 }
 
-bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
+enum sse_event_kind sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 {
 	if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
 		a->done = true;
-		return false;
+		return SSE_EVENT_OTHER;
 	}
 	cJSON *ev = NULL;
 	if (sg_json_parse(data, len, &ev, NULL) != SG_OK || !cJSON_IsObject(ev)) {
 		a->bad_event = true;
 		cJSON_Delete(ev);
-		return false;
+		return SSE_EVENT_OTHER;
 	}
 	const char *s;
 	if (!a->id[0] && (s = sg_json_str(ev, "id")))
@@ -201,7 +201,36 @@ bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len)
 			copy_field(a->finish_reason, sizeof(a->finish_reason), s);
 	}
 	cJSON_Delete(ev);
-	return usage_only;
+	return usage_only ? SSE_EVENT_USAGE_ONLY : SSE_EVENT_CHUNK;
+}
+
+/* True when raw is one line "data:" [" "] data, so data's bytes can be
+ * edited in place; *pre gets the length of what comes before them. */
+static bool one_data_line(const char *raw, size_t raw_len, const char *data, size_t len,
+			  size_t *pre)
+{
+	if (raw_len < 5 || memcmp(raw, "data:", 5) != 0)
+		return false;
+	*pre = raw_len > 5 && raw[5] == ' ' ? 6 : 5;
+	return raw_len - *pre == len && memcmp(raw + *pre, data, len) == 0;
+}
+
+enum sg_err sse_client_event(const char *raw, size_t raw_len, const char *data, size_t len,
+			     enum sse_event_kind kind, bool strip_usage, struct sg_buf *out)
+{
+	if (strip_usage && kind == SSE_EVENT_USAGE_ONLY)
+		return SG_OK;
+	size_t pre = 0, b = 0, e = 0;
+	enum sg_err rc;
+	if (strip_usage && kind == SSE_EVENT_CHUNK && one_data_line(raw, raw_len, data, len, &pre) &&
+	    sg_json_member_cut_span(data, len, "usage", &b, &e) == 1) {
+		rc = sg_buf_append(out, raw, pre + b);
+		if (rc == SG_OK)
+			rc = sg_buf_append(out, data + e, len - e);
+	} else {
+		rc = sg_buf_append(out, raw, raw_len);
+	}
+	return rc == SG_OK ? sg_buf_append(out, "\n\n", 2) : rc;
 }
 
 bool sse_answer_complete(const struct sse_answer *a)

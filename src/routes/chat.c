@@ -61,7 +61,7 @@ struct chat {
 	char hdr_tokens[24];
 	char hdr_verify[32];
 	char hdr_shadow[96];
-	const char *hdrs[20];
+	const char *hdrs[20 + 2 * UPSTREAM_HDR_MAX];
 	int nh;
 };
 
@@ -72,6 +72,14 @@ static void add_hdr(struct chat *c, const char *name, const char *value)
 		c->hdrs[c->nh++] = value;
 		c->hdrs[c->nh] = NULL;
 	}
+}
+
+/* Pass the upstream's pacing headers (Retry-After, x-ratelimit-*) on with
+ * an answer that carries the upstream's status. */
+static void add_upstream_headers(struct chat *c, const struct upstream_resp *r)
+{
+	c->nh = upstream_headers_append(&r->headers, c->hdrs, c->nh,
+					(int)(sizeof(c->hdrs) / sizeof(c->hdrs[0])));
 }
 
 static bool has_token(const char *list, const char *token)
@@ -545,10 +553,13 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 	if (sg_json_parse(r->body.data ? r->body.data : "", r->body.len, &doc, NULL) != SG_OK ||
 	    !cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
-		if (r->status >= 400)
-			return http_send_error(req, (int)r->status, "upstream_error",
-					       "upstream_error",
-					       "upstream answered with an error and no JSON body");
+		if (r->status >= 400) {
+			add_upstream_headers(c, r);
+			return http_send_error_headers(req, (int)r->status, "upstream_error",
+						       "upstream_error",
+						       "upstream answered with an error and no JSON body",
+						       c->hdrs);
+		}
 		return http_send_error(req, 502, "upstream_error", "upstream_invalid_response",
 				       "upstream answered with invalid JSON");
 	}
@@ -558,6 +569,8 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 		remember(c, doc);
 	}
 	add_cache_headers(c);
+	if (status == (int)r->status)
+		add_upstream_headers(c, r);
 	cJSON_Delete(doc);
 	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
@@ -566,9 +579,11 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 
 struct stream_relay {
 	struct chat *c;
+	const struct upstream_resp *resp; /* its headers are in before the body */
 	long status;
 	bool started;
 	bool client_gone;
+	bool strip_usage;          /* the gateway asked for usage, the client did not */
 	struct sg_buf errbody;     /* a non-200 answer, relayed as JSON */
 	struct sg_buf ev;          /* one event as it goes to the client */
 	struct sse_parser parser;
@@ -578,12 +593,10 @@ struct stream_relay {
 static int on_event(void *ud, const char *raw, size_t raw_len, const char *data, size_t len)
 {
 	struct stream_relay *st = ud;
-	bool usage_only = sse_answer_feed(&st->answer, data, len);
-	(void)usage_only;
+	enum sse_event_kind kind = sse_answer_feed(&st->answer, data, len);
 	sg_buf_reset(&st->ev);
-	if (sg_buf_append(&st->ev, raw, raw_len) != SG_OK ||
-	    sg_buf_append(&st->ev, "\n\n", 2) != SG_OK ||
-	    http_stream_write(st->c->req, st->ev.data, st->ev.len) != SG_OK) {
+	if (sse_client_event(raw, raw_len, data, len, kind, st->strip_usage, &st->ev) != SG_OK ||
+	    (st->ev.len && http_stream_write(st->c->req, st->ev.data, st->ev.len) != SG_OK)) {
 		st->client_gone = true;
 		return 1;
 	}
@@ -598,6 +611,7 @@ static int on_stream_data(void *ud, long status, const char *data, size_t len)
 		return sg_buf_append(&st->errbody, data, len) == SG_OK ? 0 : 1;
 	if (!st->started) {
 		add_cache_headers(st->c);
+		add_upstream_headers(st->c, st->resp);
 		st->started = true;
 		if (http_stream_begin(st->c->req, 200, "text/event-stream", st->c->hdrs) != SG_OK) {
 			st->client_gone = true;
@@ -631,16 +645,59 @@ static void finish_stream(struct chat *c, struct stream_relay *st)
 	free(json);
 }
 
+/* The body to stream upstream for a request whose answer will be cached
+ * while its client did not ask for stream_options.include_usage: the same
+ * with include_usage set, so the stored answer knows its tokens and its
+ * hits report what they saved (on_event strips the usage again). Edited in
+ * place, so every other byte goes as the client sent it; rendered from the
+ * tree when a member name holds an escape. NULL (the body goes as it is)
+ * when stream_options appears twice, since which one the upstream reads is
+ * its own choice, or on out of memory. */
+static char *ask_for_usage(struct chat *c, const char *body, size_t len)
+{
+	int n = 0;
+	const cJSON *it;
+	cJSON_ArrayForEach(it, c->body)
+		n += strcmp(it->string, "stream_options") == 0;
+	if (n > 1)
+		return NULL;
+	const cJSON *so = cJSON_GetObjectItemCaseSensitive(c->body, "stream_options");
+	cJSON *opts = cJSON_IsObject(so) ? cJSON_Duplicate(so, 1) : cJSON_CreateObject();
+	char *val = NULL, *out = NULL;
+	while (opts && cJSON_GetObjectItemCaseSensitive(opts, "include_usage"))
+		cJSON_DeleteItemFromObjectCaseSensitive(opts, "include_usage");
+	if (opts && cJSON_AddTrueToObject(opts, "include_usage") && (val = sg_json_render(opts)))
+		out = sg_json_member_put(body, len, "stream_options", val);
+	if (!out && val) {
+		bool set = so ? cJSON_ReplaceItemInObjectCaseSensitive(c->body, "stream_options", opts)
+			      : cJSON_AddItemToObject(c->body, "stream_options", opts);
+		if (set) {
+			opts = NULL; /* c->body's now */
+			out = sg_json_render(c->body);
+		}
+	}
+	cJSON_Delete(opts);
+	free(val);
+	return out;
+}
+
 static int stream_upstream(struct chat *c, struct upstream *up, const char *body, size_t len)
 {
 	struct sg_req *req = c->req;
 	struct sg_error e = { 0 };
-	struct stream_relay st = { .c = c };
+	struct upstream_resp r = { 0 };
+	struct stream_relay st = { .c = c, .resp = &r };
+	char *asked = NULL;
+	if (!c->stream_usage && strcmp(c->outcome, "miss") == 0 &&
+	    (asked = ask_for_usage(c, body, len))) {
+		body = asked;
+		len = strlen(asked);
+		st.strip_usage = true;
+	}
 	sg_buf_init(&st.errbody, 1 << 20);
 	sg_buf_init(&st.ev, 0);
 	sse_parser_init(&st.parser, (size_t)req->app->cfg->max_upstream_bytes);
 	sse_answer_init(&st.answer, (size_t)req->app->cfg->max_upstream_bytes);
-	struct upstream_resp r = { 0 };
 	enum sg_err rc = upstream_post_stream(up, &req->app->llm, "/chat/completions", body,
 					      len, client_bearer(req), on_stream_data, &st,
 					      &r, &e);
@@ -681,6 +738,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 			status = relay(c, &r);
 	}
 	upstream_resp_finish(&r);
+	free(asked);
 	sg_buf_finish(&st.errbody);
 	sg_buf_finish(&st.ev);
 	sse_parser_finish(&st.parser);

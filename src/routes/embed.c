@@ -40,6 +40,7 @@ struct emb {
 	int *dim;
 	size_t cached;          /* inputs answered from Redis */
 	long long prompt_tokens, total_tokens;
+	struct upstream_headers up_headers; /* of the upstream call that filled the misses */
 	struct upstream_target target;
 };
 
@@ -256,25 +257,46 @@ static bool sha256_hex(const char *prefix, size_t plen, const char *s, size_t le
 
 /* ---- the upstream call ---- */
 
+/* The gateway's headers (at most 4 pairs) then the upstream's pacing
+ * headers (Retry-After, x-ratelimit-*), NULL-terminated, in list. */
+#define EMB_HDRS (8 + 2 * UPSTREAM_HDR_MAX + 1)
+static void with_upstream_headers(const char **list, const char *const *own,
+				  const struct upstream_headers *up)
+{
+	int n = 0;
+	for (; own && own[n] && own[n + 1] && n < 8; n += 2) {
+		list[n] = own[n];
+		list[n + 1] = own[n + 1];
+	}
+	list[n] = NULL;
+	upstream_headers_append(up, list, n, EMB_HDRS);
+}
+
 /* Relay a non-200 (or non-JSON) upstream answer the way the chat route
- * does: JSON bodies as they are, anything else as a clean JSON error. */
+ * does: JSON bodies as they are, anything else as a clean JSON error;
+ * either way with the upstream's pacing headers when its status is kept. */
 static int relay_raw(struct sg_req *req, const struct upstream_resp *r,
 		     const char *const *hdrs)
 {
+	const char *all[EMB_HDRS];
+	with_upstream_headers(all, hdrs, &r->headers);
 	cJSON *doc = NULL;
 	if (sg_json_parse(r->body.data ? r->body.data : "", r->body.len, &doc, NULL) != SG_OK ||
 	    !cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
 		if (r->status >= 400 && r->status <= 599)
-			return http_send_error(req, (int)r->status, "upstream_error",
-					       "upstream_error",
-					       "upstream answered with an error and no JSON body");
+			return http_send_error_headers(req, (int)r->status, "upstream_error",
+						       "upstream_error",
+						       "upstream answered with an error and no JSON body",
+						       all);
 		return http_send_error(req, 502, "upstream_error", "upstream_invalid_response",
 				       "upstream answered with invalid JSON");
 	}
 	cJSON_Delete(doc);
-	int status = (r->status >= 100 && r->status <= 599) ? (int)r->status : 502;
-	return http_send(req, status, "application/json", r->body.data, r->body.len, hdrs);
+	if (r->status < 100 || r->status > 599)
+		return http_send(req, 502, "application/json", r->body.data, r->body.len, hdrs);
+	return http_send(req, (int)r->status, "application/json", r->body.data, r->body.len,
+			 all);
 }
 
 /* The whole request as the client sent it, answer as the upstream gave it. */
@@ -399,6 +421,7 @@ static int fetch_missing(struct emb *m, struct upstream *up, const size_t *miss,
 		if (!m->vec[at])
 			goto bad;
 	}
+	m->up_headers = r.headers;
 	const cJSON *usage = sg_json_obj(doc, "usage");
 	m->prompt_tokens = usage_field(usage, "prompt_tokens");
 	m->total_tokens = usage_field(usage, "total_tokens");
@@ -488,8 +511,10 @@ static int send_answer(struct emb *m, const char *outcome)
 	} else {
 		char cached[24];
 		snprintf(cached, sizeof(cached), "%zu", m->cached);
-		const char *const hdrs[] = { "X-Semgate-Cache", outcome,
-					     "X-Semgate-Embeddings-Cached", cached, NULL };
+		const char *const own[] = { "X-Semgate-Cache", outcome,
+					    "X-Semgate-Embeddings-Cached", cached, NULL };
+		const char *hdrs[EMB_HDRS];
+		with_upstream_headers(hdrs, own, &m->up_headers);
 		m->req->cache_outcome = outcome;
 		status = http_send(m->req, 200, "application/json", b.data, b.len, hdrs);
 	}

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 
@@ -65,6 +66,97 @@ void upstream_resp_finish(struct upstream_resp *r)
 		sg_buf_finish(&r->body);
 }
 
+/* ---- the response headers passed on to clients (upstream.h) ---- */
+
+static bool is_ows(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
+/* True for a header the gateway passes on: Retry-After, and
+ * x-ratelimit-<ASCII letters, digits, dashes>; out gets the name to send. */
+static bool kept_name(const char *name, size_t len, char out[UPSTREAM_HDR_NAME_MAX + 1])
+{
+	static const char prefix[] = "x-ratelimit-";
+	size_t plen = sizeof(prefix) - 1;
+	if (len == 11 && strncasecmp(name, "retry-after", 11) == 0) {
+		memcpy(out, "Retry-After", 12);
+		return true;
+	}
+	if (len <= plen || len > UPSTREAM_HDR_NAME_MAX || strncasecmp(name, prefix, plen) != 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char ch = name[i];
+		if (ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		else if (!(ch >= 'a' && ch <= 'z') && !(ch >= '0' && ch <= '9') && ch != '-')
+			return false;
+		out[i] = ch;
+	}
+	out[len] = '\0';
+	return true;
+}
+
+void upstream_headers_take(struct upstream_headers *h, const char *line, size_t len)
+{
+	bool folded = h->folded;
+	h->folded = false;
+	if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+		h->n = 0;
+		return;
+	}
+	while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len && is_ows(line[0])) {
+		/* obs-fold: the value goes on, so what was kept is only part of it */
+		if (folded)
+			h->n--;
+		return;
+	}
+	const char *colon = memchr(line, ':', len);
+	if (!colon || h->n >= UPSTREAM_HDR_MAX)
+		return;
+	struct upstream_hdr *hd = &h->h[h->n];
+	if (!kept_name(line, (size_t)(colon - line), hd->name))
+		return;
+	const char *v = colon + 1, *end = line + len;
+	while (v < end && is_ows(*v))
+		v++;
+	while (end > v && is_ows(end[-1]))
+		end--;
+	size_t vlen = (size_t)(end - v);
+	if (vlen == 0 || vlen > UPSTREAM_HDR_VALUE_MAX)
+		return;
+	for (size_t i = 0; i < vlen; i++)
+		if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+			return;
+	for (int i = 0; i < h->n; i++)
+		if (strcmp(h->h[i].name, hd->name) == 0)
+			return; /* the first of a name is the one passed on */
+	memcpy(hd->value, v, vlen);
+	hd->value[vlen] = '\0';
+	h->n++;
+	h->folded = true;
+}
+
+int upstream_headers_append(const struct upstream_headers *h, const char **list, int n,
+			    int cap)
+{
+	for (int i = 0; i < h->n && n + 2 < cap; i++) {
+		list[n++] = h->h[i].name;
+		list[n++] = h->h[i].value;
+	}
+	if (n < cap)
+		list[n] = NULL;
+	return n;
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
+{
+	upstream_headers_take(ud, buf, size * nitems);
+	return size * nitems;
+}
+
 /* Set once at shutdown when the grace period is over: every transfer still
  * running (a hanging upstream included) is aborted within about a second,
  * libcurl's progress interval, so the worker threads can be joined. */
@@ -109,6 +201,8 @@ static enum sg_err perform(struct upstream *u, const struct upstream_target *t,
 	CURL *h = u->h;
 	struct upstream_resp *out = x->out;
 	out->status = 0;
+	out->headers.n = 0;
+	out->headers.folded = false;
 	sg_buf_init(&out->body, t->max_bytes);
 	char *url = NULL;
 	if (asprintf(&url, "%s%s", t->base_url, path) < 0)
@@ -137,6 +231,8 @@ static enum sg_err perform(struct upstream *u, const struct upstream_target *t,
 	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, &out->headers);
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "semgate/" "0.1");
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);

@@ -4,7 +4,9 @@
  * valid UTF-8 and re-parses after rendering to the same canonical form; a
  * refused body always comes with a message. Every accepted document is also
  * judged as an upstream answer (cache_answer_cacheable/_tokens), which
- * must stay defined for any numbers in it. */
+ * must stay defined for any numbers in it; and an accepted object edited in
+ * place (sg_json_member_put, sg_json_member_cut_span) is still strict JSON
+ * with the edit made. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -99,6 +101,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_CHECK(sg_json_parse(c1, strlen(c1), &third, NULL) == SG_OK);
 	char *c3 = canonical(third);
 	FUZZ_CHECK(c3 && strcmp(c1, c3) == 0);
+	if (cJSON_IsObject(root)) {
+		static const char *const keys[] = { "usage", "stream_options", "a" };
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+			cJSON *p = NULL;
+			char *put = sg_json_member_put(s, size, keys[k], "{\"include_usage\":true}");
+			if (put) {
+				FUZZ_CHECK(sg_json_parse(put, strlen(put), &p, NULL) == SG_OK);
+				FUZZ_CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+					cJSON_GetObjectItemCaseSensitive(p, keys[k]), "include_usage")));
+				cJSON_Delete(p);
+				p = NULL;
+				free(put);
+			}
+			size_t b = 0, end = 0;
+			if (sg_json_member_cut_span(s, size, keys[k], &b, &end) == 1) {
+				struct sg_buf cut;
+				sg_buf_init(&cut, 0);
+				FUZZ_CHECK(b < end && end <= size);
+				FUZZ_CHECK(sg_buf_append(&cut, s, b) == SG_OK &&
+					   sg_buf_append(&cut, s + end, size - end) == SG_OK);
+				FUZZ_CHECK(sg_json_parse(cut.data, cut.len, &p, NULL) == SG_OK);
+				FUZZ_CHECK(cJSON_IsObject(p));
+				FUZZ_CHECK(cJSON_GetArraySize(p) == cJSON_GetArraySize(root) - 1);
+				cJSON_Delete(p);
+				sg_buf_finish(&cut);
+			}
+		}
+	}
 	free(c1);
 	free(c2);
 	free(c3);

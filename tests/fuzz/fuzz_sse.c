@@ -1,11 +1,13 @@
 /* Fuzz the SSE path of streamed answers: sse_parser_feed over random
- * splits, sse_answer_feed/complete/render, and sse_replay of the result.
+ * splits, sse_answer_feed/complete/render, sse_client_event stripping the
+ * usage, and sse_replay of the result.
  * The first two input bytes seed the split sizes and options; the rest is
  * the upstream's byte stream.
  * Invariants: the events do not depend on how the stream was split; the
  * assembled answer neither; a complete answer renders to strict JSON that
  * replays as chunks which assemble again into the same content and finish
- * reason, every chunk itself strict JSON. */
+ * reason, every chunk itself strict JSON; a chunk stripped of its usage is
+ * still strict JSON, and a usage-only chunk is left out. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -31,7 +33,24 @@ static int on_event(void *ud, const char *raw, size_t raw_len, const char *data,
 	sg_buf_append(&r->log, raw, raw_len);
 	sg_buf_printf(&r->log, "|%zu:", len);
 	sg_buf_append(&r->log, data, len);
-	sse_answer_feed(&r->ans, data, len);
+	enum sse_event_kind kind = sse_answer_feed(&r->ans, data, len);
+	struct sg_buf ev;
+	sg_buf_init(&ev, 0);
+	FUZZ_CHECK(sse_client_event(raw, raw_len, data, len, kind, true, &ev) == SG_OK);
+	if (kind == SSE_EVENT_USAGE_ONLY) {
+		FUZZ_CHECK(ev.len == 0);
+	} else {
+		FUZZ_CHECK(ev.len >= 2 && memcmp(ev.data + ev.len - 2, "\n\n", 2) == 0);
+		size_t pre = raw_len > 5 && raw[5] == ' ' ? 6 : 5;
+		if (kind == SSE_EVENT_CHUNK && raw_len >= pre && raw_len - pre == len &&
+		    memcmp(raw, "data:", 5) == 0 && memcmp(raw + pre, data, len) == 0) {
+			cJSON *j = NULL;
+			FUZZ_CHECK(sg_json_parse(ev.data + pre, ev.len - 2 - pre, &j, NULL) == SG_OK);
+			FUZZ_CHECK(cJSON_IsObject(j));
+			cJSON_Delete(j);
+		}
+	}
+	sg_buf_finish(&ev);
 	r->events++;
 	return r->stop_after && r->events >= 3;
 }

@@ -35,6 +35,7 @@
 #define MAX_WAIT_MS 3600000L
 #define WAIT_SLICE_NS 10000000L
 #define OVERRIDE_BUCKETS 4096
+#define EXTRA_HEADERS_MAX 4096
 #define TWO_PI 6.283185307179586476925286766559
 
 /* ---------- growable byte buffer; an allocation failure sticks in .oom ---------- */
@@ -176,7 +177,12 @@ struct controls {
 	long hang_ms;
 	long stream_chunk_delay_ms;
 	enum embed_mode embed_mode;
+	long embed_fail_status;
 	long embed_latency_ms;
+	/* "Name: value\r\n" lines added to every chat and embeddings answer
+	 * (control response_headers); values are sent exactly as given, so
+	 * tests can hand the gateway values it must refuse */
+	char headers[EXTRA_HEADERS_MAX];
 };
 
 static const struct controls default_controls = {
@@ -186,7 +192,9 @@ static const struct controls default_controls = {
 	.hang_ms = 60000,
 	.stream_chunk_delay_ms = 0,
 	.embed_mode = EMBED_OK,
+	.embed_fail_status = 500,
 	.embed_latency_ms = 0,
+	.headers = "",
 };
 
 struct override {
@@ -297,6 +305,7 @@ struct req {
 	const struct mg_request_info *ri;
 	bool keep_alive;
 	int fd; /* -2: not looked up yet, -1: not found */
+	const char *headers; /* extra "Name: value\r\n" lines for every answer, or NULL */
 };
 
 static const char *status_text(int status)
@@ -522,29 +531,20 @@ static bool write_all(struct req *r, const char *p, size_t n)
 static int send_response_len(struct req *r, int status, const char *ctype, const char *body,
 			     size_t len, size_t content_length, const char *extra)
 {
-	char hdr[512];
-	int hl = snprintf(hdr, sizeof(hdr),
-			  "HTTP/1.1 %d %s\r\n"
-			  "Content-Type: %s\r\n"
-			  "Content-Length: %zu\r\n"
-			  "%s"
-			  "Connection: %s\r\n\r\n",
-			  status, status_text(status), ctype, content_length, extra ? extra : "",
-			  r->keep_alive ? "keep-alive" : "close");
-	char *all;
+	struct buf out = { 0 };
 
-	if (hl < 0 || (size_t)hl >= sizeof(hdr))
-		return status;
-	all = malloc((size_t)hl + len);
-	if (!all) {
-		if (write_all(r, hdr, (size_t)hl))
-			write_all(r, body, len);
-		return status;
-	}
-	memcpy(all, hdr, (size_t)hl);
-	memcpy(all + hl, body, len);
-	write_all(r, all, (size_t)hl + len);
-	free(all);
+	buf_addf(&out,
+		 "HTTP/1.1 %d %s\r\n"
+		 "Content-Type: %s\r\n"
+		 "Content-Length: %zu\r\n"
+		 "%s%s"
+		 "Connection: %s\r\n\r\n",
+		 status, status_text(status), ctype, content_length, extra ? extra : "",
+		 r->headers ? r->headers : "", r->keep_alive ? "keep-alive" : "close");
+	buf_add(&out, body, len);
+	if (!out.oom)
+		write_all(r, out.p, out.len);
+	buf_free(&out);
 	return status;
 }
 
@@ -723,7 +723,7 @@ struct chat_req {
 struct markers {
 	long fail_status; /* 0: none */
 	long latency_ms;
-	bool hang, invalid_json, truncated, tool, length, brk;
+	bool hang, invalid_json, truncated, tool, length, brk, ratelimit;
 };
 
 /* Appends the text of a message's content (string, array of parts, or null). */
@@ -861,7 +861,18 @@ static void parse_markers(const char *t, struct markers *m)
 	m->tool = strstr(t, "[[tool]]") != NULL;
 	m->length = strstr(t, "[[length]]") != NULL;
 	m->brk = strstr(t, "[[break]]") != NULL;
+	m->ratelimit = strstr(t, "[[ratelimit]]") != NULL;
 }
+
+/* What OpenAI sends with a 429 ([[ratelimit]]). */
+static const char ratelimit_headers[] =
+	"retry-after: 7\r\n"
+	"x-ratelimit-limit-requests: 60\r\n"
+	"x-ratelimit-remaining-requests: 0\r\n"
+	"x-ratelimit-reset-requests: 6.5s\r\n"
+	"x-ratelimit-limit-tokens: 150000\r\n"
+	"x-ratelimit-remaining-tokens: 149960\r\n"
+	"x-ratelimit-reset-tokens: 16ms\r\n";
 
 struct chat_reply {
 	unsigned long long id;
@@ -959,7 +970,8 @@ static bool send_choice_event(struct req *r, const struct buf *head, const struc
 		buf_addf(&ev, "\"%s\"", finish);
 	else
 		buf_adds(&ev, "null");
-	buf_adds(&ev, "}]}\n\n");
+	/* with include_usage OpenAI puts "usage":null on every other chunk */
+	buf_adds(&ev, cr->c->include_usage ? "}],\"usage\":null}\n\n" : "}]}\n\n");
 	ok = !ev.oom && send_event(r, head, &ev, false);
 	buf_free(&ev);
 	return ok;
@@ -987,7 +999,8 @@ static int stream_chat(struct req *r, const struct chat_reply *cr, const struct 
 		 "Content-Type: text/event-stream\r\n"
 		 "Cache-Control: no-cache\r\n"
 		 "Transfer-Encoding: chunked\r\n"
-		 "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
+		 "%sConnection: %s\r\n\r\n", r->headers ? r->headers : "",
+		 r->keep_alive ? "keep-alive" : "close");
 	if (head.oom) {
 		buf_free(&head);
 		return send_oom(r);
@@ -1066,6 +1079,7 @@ static int handle_chat(struct req *r)
 	struct chat_reply cr = { 0 };
 	struct markers m;
 	struct controls ctl;
+	char headers[sizeof(ratelimit_headers) + EXTRA_HEADERS_MAX];
 	const char *auth = mg_get_header(r->conn, "Authorization");
 	char *body = NULL, *auth_copy = auth ? strdup(auth) : NULL, *old_body, *old_auth;
 	size_t len = 0;
@@ -1101,9 +1115,17 @@ static int handle_chat(struct req *r)
 		goto out;
 	}
 	parse_markers(c.user_text.p, &m);
+	snprintf(headers, sizeof(headers), "%s%s", m.ratelimit ? ratelimit_headers : "",
+		 ctl.headers);
+	r->headers = headers;
 
 	if (!wait_ms(r, ctl.latency_ms + m.latency_ms)) {
 		ret = 499;
+		goto out;
+	}
+	if (m.ratelimit) {
+		ret = send_error(r, 429, "rate_limit_exceeded",
+				 "mock rate limit reached for requests");
 		goto out;
 	}
 	if (m.fail_status)
@@ -1498,6 +1520,7 @@ static int handle_embeddings(struct req *r)
 	ctl = g.ctl;
 	pthread_mutex_unlock(&g.lock);
 	free(old_body);
+	r->headers = ctl.headers;
 
 	if (st)
 		return send_body_status(r, st);
@@ -1512,7 +1535,8 @@ static int handle_embeddings(struct req *r)
 		goto out;
 	}
 	if (ctl.embed_mode == EMBED_FAIL) {
-		ret = send_error(r, 500, "mock_failure", "mock embedding failure");
+		ret = send_error(r, (int)ctl.embed_fail_status, "mock_failure",
+				 "mock embedding failure (status %ld)", ctl.embed_fail_status);
 		goto out;
 	}
 	if (ctl.embed_mode == EMBED_HANG) {
@@ -1556,9 +1580,13 @@ out:
 static void add_controls_json(struct buf *b, const struct controls *c)
 {
 	buf_addf(b, "{\"mode\":\"%s\",\"fail_status\":%ld,\"latency_ms\":%ld,\"hang_ms\":%ld,"
-		 "\"stream_chunk_delay_ms\":%ld,\"embed_mode\":\"%s\",\"embed_latency_ms\":%ld}",
+		 "\"stream_chunk_delay_ms\":%ld,\"embed_mode\":\"%s\",\"embed_fail_status\":%ld,"
+		 "\"embed_latency_ms\":%ld,\"response_headers\":",
 		 chat_mode_names[c->mode], c->fail_status, c->latency_ms, c->hang_ms,
-		 c->stream_chunk_delay_ms, embed_mode_names[c->embed_mode], c->embed_latency_ms);
+		 c->stream_chunk_delay_ms, embed_mode_names[c->embed_mode], c->embed_fail_status,
+		 c->embed_latency_ms);
+	buf_add_json_cstr(b, c->headers);
+	buf_adds(b, "}");
 }
 
 static int mode_index(const cJSON *it, const char *const *names, int count)
@@ -1571,6 +1599,34 @@ static int mode_index(const cJSON *it, const char *const *names, int count)
 		if (strcmp(it->valuestring, names[i]) == 0)
 			return i;
 	return -1;
+}
+
+/* response_headers: {"Name": "value", …} replaces the extra headers. A name
+ * is a token; a value is anything but a line break, so a test can send what
+ * a careless or hostile upstream might (control bytes, bare CR, 8-bit). */
+static const char *set_headers(struct controls *c, const cJSON *obj)
+{
+	const cJSON *h;
+	size_t len = 0;
+
+	if (!cJSON_IsObject(obj))
+		return "must be an object of header names to string values";
+	c->headers[0] = '\0';
+	cJSON_ArrayForEach(h, obj) {
+		const char *n = h->string;
+		int w;
+
+		if (!cJSON_IsString(h) || strchr(h->valuestring, '\n'))
+			return "each value must be a string without a line feed";
+		if (!n[0] || strcspn(n, ": \t\r\n") != strlen(n))
+			return "each name must be a non-empty token";
+		w = snprintf(c->headers + len, sizeof(c->headers) - len, "%s: %s\r\n", n,
+			     h->valuestring);
+		if (w < 0 || (size_t)w >= sizeof(c->headers) - len)
+			return "the headers must fit in 4096 bytes";
+		len += (size_t)w;
+	}
+	return NULL;
 }
 
 /* Applies one /control field to c; returns an error message or NULL. */
@@ -1601,6 +1657,11 @@ static const char *apply_control(struct controls *c, const cJSON *it)
 	} else if (strcmp(k, "stream_chunk_delay_ms") == 0) {
 		if (!json_int(it, 0, MAX_WAIT_MS, &c->stream_chunk_delay_ms))
 			return "must be an integer from 0 to 3600000";
+	} else if (strcmp(k, "embed_fail_status") == 0) {
+		if (!json_int(it, 400, 599, &c->embed_fail_status))
+			return "must be an integer from 400 to 599";
+	} else if (strcmp(k, "response_headers") == 0) {
+		return set_headers(c, it);
 	} else if (strcmp(k, "embed_latency_ms") == 0) {
 		if (!json_int(it, 0, MAX_WAIT_MS, &c->embed_latency_ms))
 			return "must be an integer from 0 to 3600000";

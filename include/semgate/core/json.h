@@ -42,6 +42,20 @@ char *sg_json_render(const cJSON *item);
 int sg_json_member_span(const char *s, size_t len, const char *key, size_t *start,
 			size_t *end);
 
+/* Like sg_json_member_span, but the span of the whole member (name, colon,
+ * value) with the comma that joins it to its neighbours: the one before it,
+ * or for the first member the one after it, so that s without
+ * [*start, *end) is still valid JSON. */
+int sg_json_member_cut_span(const char *s, size_t len, const char *key, size_t *start,
+			    size_t *end);
+
+/* s (a valid JSON object) with the first top-level member named key given
+ * the value value (JSON text), or, when absent, "key":value added right
+ * after the opening brace; every other byte as it was. key must need no
+ * escaping. Caller frees. NULL where sg_json_member_span gives -1 (render
+ * a tree instead) or on out of memory. */
+char *sg_json_member_put(const char *s, size_t len, const char *key, const char *value);
+
 /* Build {"error":{"message","type","code"}} rendered; caller frees. */
 char *sg_json_error_body(const char *message, const char *type, const char *code);
 

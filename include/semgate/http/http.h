@@ -121,6 +121,13 @@ int http_send_json(struct sg_req *req, int status, const char *json,
  * code (or status when > 0). Returns the status sent. */
 int http_send_error(struct sg_req *req, int status, const char *type,
 		    const char *code, const char *message);
+/* The same with extra headers (as for http_send); a 503 gets the default
+ * Retry-After: 1 only when headers have no Retry-After of their own. At
+ * most SG_HTTP_ERROR_HEADERS pairs are sent. */
+#define SG_HTTP_ERROR_HEADERS 32
+int http_send_error_headers(struct sg_req *req, int status, const char *type,
+			    const char *code, const char *message,
+			    const char *const *headers);
 int http_send_sg_error(struct sg_req *req, const struct sg_error *e);
 
 /* Begin a chunked response (e.g. text/event-stream). */

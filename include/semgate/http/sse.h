@@ -53,9 +53,26 @@ struct sse_answer {
 void sse_answer_init(struct sse_answer *a, size_t cap);
 void sse_answer_finish(struct sse_answer *a);
 
-/* Take one event's data. Returns true when it was a usage-only chunk
- * (choices empty, usage present). */
-bool sse_answer_feed(struct sse_answer *a, const char *data, size_t len);
+/* What one event was, as sse_answer_feed saw it. */
+enum sse_event_kind {
+	SSE_EVENT_OTHER = 0,   /* [DONE], or not a JSON object */
+	SSE_EVENT_CHUNK,       /* a JSON object */
+	SSE_EVENT_USAGE_ONLY,  /* a JSON object with usage and choices empty */
+};
+
+/* Take one event's data; says what it was. */
+enum sse_event_kind sse_answer_feed(struct sse_answer *a, const char *data, size_t len);
+
+/* Append one upstream event (raw, data, len as sse_event_fn has them; kind
+ * from sse_answer_feed) to out as the client gets it, with the blank line
+ * that ends it. strip_usage is for a client that did not ask for
+ * stream_options.include_usage while the gateway did (to learn the
+ * answer's tokens): it gets what the upstream would have sent it, so a
+ * usage-only chunk is left out (nothing appended) and a chunk of one data
+ * line loses its top-level "usage" member, every other byte kept. Any
+ * other event is appended as it came. */
+enum sg_err sse_client_event(const char *raw, size_t raw_len, const char *data, size_t len,
+			     enum sse_event_kind kind, bool strip_usage, struct sg_buf *out);
 
 /* True when the stream ended normally with a cacheable answer. */
 bool sse_answer_complete(const struct sse_answer *a);

@@ -5,6 +5,7 @@
 #ifndef SEMGATE_UPSTREAM_H
 #define SEMGATE_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include "semgate/core/buf.h"
 #include "semgate/core/err.h"
@@ -25,10 +26,33 @@ struct upstream_target {
 	enum upstream_kind kind;   /* for metrics only */
 };
 
+/* The response headers a client needs to pace itself against the
+ * upstream's limits, kept for the gateway to pass on: Retry-After and
+ * x-ratelimit-* only, at most UPSTREAM_HDR_MAX of them (the first of each
+ * name), each value printable ASCII without CR or LF, 1 to
+ * UPSTREAM_HDR_VALUE_MAX bytes once trimmed. Every other header, and every
+ * value that breaks these rules, is dropped, so nothing the upstream sends
+ * can add a line to the gateway's answer. */
+#define UPSTREAM_HDR_MAX 16
+#define UPSTREAM_HDR_NAME_MAX 64
+#define UPSTREAM_HDR_VALUE_MAX 128
+
+struct upstream_hdr {
+	char name[UPSTREAM_HDR_NAME_MAX + 1];   /* "Retry-After", or "x-ratelimit-…" lower case */
+	char value[UPSTREAM_HDR_VALUE_MAX + 1];
+};
+
+struct upstream_headers {
+	int n;
+	bool folded;               /* private: the last line taken was kept */
+	struct upstream_hdr h[UPSTREAM_HDR_MAX];
+};
+
 struct upstream_resp {
 	long status;               /* HTTP status, 0 before any answer */
 	struct sg_buf body;        /* capped at target->max_bytes */
 	double ms;                 /* wall time of the call */
+	struct upstream_headers headers; /* of the final answer, filled before its body */
 };
 
 /* Called for each piece of a streamed body as libcurl delivers it.
@@ -50,6 +74,20 @@ struct upstream *upstream_create(void);
 void upstream_destroy(struct upstream *u);
 
 void upstream_resp_finish(struct upstream_resp *r);
+
+/* Take one header line as libcurl hands it over ("Name: value\r\n", not
+ * NUL-terminated) and keep it when it passes the rules above. A status line
+ * ("HTTP/…") begins another answer (after a 100 or a proxy's CONNECT) and
+ * forgets what was kept; a folded continuation line drops the header it
+ * continues. Pure; exported for the unit tests. */
+void upstream_headers_take(struct upstream_headers *h, const char *line, size_t len);
+
+/* Append h's headers to list, a NULL-terminated array of "Name", "value"
+ * pairs (the form http.h's responses take) with n entries used out of cap
+ * slots, as far as they fit, and keep it NULL-terminated. The pointers
+ * borrow h. Returns the new number of entries used. */
+int upstream_headers_append(const struct upstream_headers *h, const char **list, int n,
+			    int cap);
 
 /* POST body (JSON) to base_url + path. bearer overrides the target's key
  * when non-NULL (a client's own key passed through). On SG_OK out->status

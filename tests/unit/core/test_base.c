@@ -1,4 +1,5 @@
 /* Unit tests for the base layer: capped buffer, UTF-8 check, strict JSON. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,20 @@ static void test_json_refuses_trailing_bytes_and_bad_input(void)
 	CHECK_INT(parse(" \t\r\n{ \"a\" :\n[ 1 ,\t2 ]\r\n} ", &j, &e), SG_OK);
 	cJSON_Delete(j);
 	j = NULL;
+	/* escapes cJSON would misread: a \\u without four hex digits becomes
+	 * U+0000 and cuts the string; a raw NUL hides behind a backslash */
+	CHECK_INT(parse("{\"a\":\"x\\uZZZZy\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "escape") != NULL);
+	CHECK_INT(parse("{\"a\":\"x\\u12\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(parse("{\"a\":\"x\\u\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_json_parse("{\"a\":\"x\\\0\"}", 11, &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "escape") != NULL);
+	CHECK_INT(parse("{\"a\":\"x\\qy\"}", &j, &e), SG_ERR_BAD_REQUEST);
+	CHECK(j == NULL);
+	CHECK_INT(parse("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\u00C9\"", &j, &e), SG_OK);
+	CHECK_STR(j ? j->valuestring : NULL, "\"\\/\b\f\n\r\t\xc3\xa9\xc3\x89");
+	cJSON_Delete(j);
+	j = NULL;
 	/* a valid surrogate pair is fine */
 	CHECK_INT(parse("\"\\ud83d\\ude00\"", &j, &e), SG_OK);
 	cJSON_Delete(j);
@@ -149,6 +164,57 @@ static void test_error_body_shape(void)
 	free(s);
 }
 
+/* s without its member key, as sg_json_member_cut_span cuts it. */
+static char *cut(const char *s, const char *key, int *found)
+{
+	static char out[256];
+	size_t b = 0, e = 0;
+	*found = sg_json_member_cut_span(s, strlen(s), key, &b, &e);
+	if (*found != 1)
+		return NULL;
+	snprintf(out, sizeof(out), "%.*s%s", (int)b, s, s + e);
+	return out;
+}
+
+static void test_member_cut_span_keeps_valid_json(void)
+{
+	int f;
+	CHECK_STR(cut("{\"a\":1,\"usage\":null}", "usage", &f), "{\"a\":1}");
+	CHECK_STR(cut("{\"usage\":{\"t\":1}, \"a\":1}", "usage", &f), "{\"a\":1}");
+	CHECK_STR(cut("{\"a\":1 , \"usage\" : [1,\"]\"] ,\"b\":2}", "usage", &f),
+		  "{\"a\":1  ,\"b\":2}");
+	CHECK_STR(cut(" { \"usage\":1 } ", "usage", &f), " {  } ");
+	CHECK_STR(cut("{\"a\":{\"usage\":1},\"usage\":2}", "usage", &f), "{\"a\":{\"usage\":1}}");
+	CHECK(cut("{\"a\":{\"usage\":1}}", "usage", &f) == NULL);
+	CHECK_INT(f, 0);
+	CHECK(cut("{\"u\\u0073age\":1}", "usage", &f) == NULL);
+	CHECK_INT(f, -1);
+	const char *all[] = { "{\"a\":1,\"usage\":null}", "{\"usage\":null,\"a\":1}",
+			      "{\"usage\":null}", "{\"a\":1,\"usage\":null,\"b\":[]}" };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		cJSON *j = NULL;
+		char *c = cut(all[i], "usage", &f);
+		CHECK(c && sg_json_parse(c, strlen(c), &j, NULL) == SG_OK);
+		CHECK(j && !cJSON_GetObjectItemCaseSensitive(j, "usage"));
+		cJSON_Delete(j);
+	}
+}
+
+static void test_member_put_replaces_or_adds_in_place(void)
+{
+	char *s = sg_json_member_put("{\"a\": 1.50, \"so\" : null }", 26, "so", "{\"x\":true}");
+	CHECK_STR(s, "{\"a\": 1.50, \"so\" : {\"x\":true} }");
+	free(s);
+	s = sg_json_member_put(" {\"seed\":18446744073709551615}", 31, "so", "1");
+	CHECK_STR(s, " {\"so\":1,\"seed\":18446744073709551615}");
+	free(s);
+	s = sg_json_member_put("{ }", 3, "so", "1");
+	CHECK_STR(s, "{\"so\":1 }");
+	free(s);
+	CHECK(sg_json_member_put("{\"\\u0061\":1}", 12, "so", "1") == NULL);
+	CHECK(sg_json_member_put("[1]", 3, "so", "1") == NULL);
+}
+
 int main(void)
 {
 	RUN(test_buf_refuses_to_grow_past_its_cap);
@@ -159,5 +225,7 @@ int main(void)
 	RUN(test_json_refuses_trailing_bytes_and_bad_input);
 	RUN(test_json_depth_is_bounded);
 	RUN(test_error_body_shape);
+	RUN(test_member_cut_span_keeps_valid_json);
+	RUN(test_member_put_replaces_or_adds_in_place);
 	return TEST_DONE();
 }

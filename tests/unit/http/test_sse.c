@@ -156,6 +156,53 @@ static void test_replay_round_trips_through_the_assembler(void)
 	cJSON_Delete(doc);
 }
 
+/* What sse_client_event makes of one event given as its raw bytes. */
+static const char *client_event(const char *raw, bool strip, struct sg_buf *out)
+{
+	struct sse_parser p;
+	struct events ev = { 0 };
+	struct sse_answer a;
+	char framed[1024];
+	snprintf(framed, sizeof(framed), "%s\n\n", raw);
+	sse_parser_init(&p, 4096);
+	sse_parser_feed(&p, framed, strlen(framed), collect, &ev);
+	sse_parser_finish(&p);
+	sse_answer_init(&a, 4096);
+	enum sse_event_kind kind = sse_answer_feed(&a, ev.data[0], strlen(ev.data[0]));
+	sse_answer_finish(&a);
+	sg_buf_reset(out);
+	CHECK_INT(sse_client_event(ev.raw[0], strlen(ev.raw[0]), ev.data[0], strlen(ev.data[0]),
+				   kind, strip, out), SG_OK);
+	return out->data ? out->data : "";
+}
+
+static void test_client_event_strips_usage_the_client_did_not_ask_for(void)
+{
+	struct sg_buf out;
+	sg_buf_init(&out, 0);
+	const char *chunk = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":null}";
+	const char *usage = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"total_tokens\":7}}";
+	const char *last = "data:{\"usage\":{\"total_tokens\":7},\"choices\":[{\"index\":0,"
+		"\"delta\":{},\"finish_reason\":\"stop\"}]}";
+	/* a client that asked (or a stream the gateway did not touch) gets every byte */
+	CHECK_STR(client_event(chunk, false, &out), "data: {\"id\":\"c\",\"choices\":[{\"index\":0,"
+		  "\"delta\":{}}],\"usage\":null}\n\n");
+	CHECK_STR(client_event(usage, false, &out), "data: {\"id\":\"c\",\"choices\":[],"
+		  "\"usage\":{\"total_tokens\":7}}\n\n");
+	/* one that did not: no usage member, no usage-only chunk */
+	CHECK_STR(client_event(chunk, true, &out),
+		  "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{}}]}\n\n");
+	CHECK_STR(client_event(usage, true, &out), "");
+	CHECK_STR(client_event(last, true, &out), "data:{\"choices\":[{\"index\":0,\"delta\":{},"
+		  "\"finish_reason\":\"stop\"}]}\n\n");
+	/* [DONE], bad JSON, and events of several lines go as they came */
+	CHECK_STR(client_event("data: [DONE]", true, &out), "data: [DONE]\n\n");
+	CHECK_STR(client_event("data: {\"usage\":", true, &out), "data: {\"usage\":\n\n");
+	CHECK_STR(client_event("event: x\ndata: {\"choices\":[{}],\"usage\":null}", true, &out),
+		  "event: x\ndata: {\"choices\":[{}],\"usage\":null}\n\n");
+	sg_buf_finish(&out);
+}
+
 int main(void)
 {
 	RUN(test_parser_gives_the_same_events_for_any_split);
@@ -164,5 +211,6 @@ int main(void)
 	RUN(test_assembler_rebuilds_the_completion);
 	RUN(test_incomplete_or_tool_streams_are_not_complete);
 	RUN(test_replay_round_trips_through_the_assembler);
+	RUN(test_client_event_strips_usage_the_client_did_not_ask_for);
 	return TEST_DONE();
 }
