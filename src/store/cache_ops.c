@@ -225,14 +225,11 @@ enum sg_err store_entry_feedback(struct store *s, const char *tenant, const char
 	snprintf(most, sizeof(most), "%d", STORE_REFUSED_MAX);
 	const char *argv[] = { "EVAL", lua_feedback, "1", key, wrong ? "wrong" : "right",
 			       qkey, ms, most };
-	redisReply *r = store_run(s, 8, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+	redisReply *r;
+	enum sg_err rc = store_run_key(s, 8, argv, key, &r, e);
+	if (rc != SG_OK)
+		return rc;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
 		*found = true;
 		*wrong_n = store_reply_ll(r->element[0]);
 		*right_n = store_reply_ll(r->element[1]);

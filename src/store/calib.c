@@ -65,14 +65,11 @@ enum sg_err store_calibration_read(struct store *s, const char *tenant, const ch
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	const char *argv[] = { "HGETALL", key };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	} else if (r->type == REDIS_REPLY_ARRAY) {
+	redisReply *r;
+	enum sg_err rc = store_run_key(s, 2, argv, key, &r, e);
+	if (rc != SG_OK)
+		return rc;
+	if (r->type == REDIS_REPLY_ARRAY) {
 		for (size_t i = 0; i + 1 < r->elements; i += 2) {
 			const redisReply *f = r->element[i], *v = r->element[i + 1];
 			if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||

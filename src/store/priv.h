@@ -42,6 +42,12 @@ redisReply *store_read_reply(struct store *s, struct sg_error *e);
  * false when the connection failed (e filled; neither is left to free). */
 bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_error *e);
 
+/* Run argv, whose key (malloc'd) is freed here: SG_OK with *r the reply,
+ * never an error reply (the caller frees it), or the failure with e set and
+ * *r NULL. */
+enum sg_err store_run_key(struct store *s, int argc, const char **argv, char *key,
+			  redisReply **r, struct sg_error *e);
+
 /* Run one command given as argv; the reply belongs to the caller. */
 /* Run argv and "<ttl_cmd> <key>" (TTL or PTTL) in one round trip. True
  * with both replies (caller frees them); false with e set and nothing to

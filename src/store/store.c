@@ -163,6 +163,21 @@ redisReply *store_read_reply(struct store *s, struct sg_error *e)
 	return r;
 }
 
+enum sg_err store_run_key(struct store *s, int argc, const char **argv, char *key,
+			  redisReply **r, struct sg_error *e)
+{
+	*r = store_run(s, argc, argv, NULL, e);
+	free(key);
+	if (!*r)
+		return SG_ERR_REDIS;
+	if ((*r)->type != REDIS_REPLY_ERROR)
+		return SG_OK;
+	enum sg_err rc = store_reply_error(*r, e);
+	freeReplyObject(*r);
+	*r = NULL;
+	return rc;
+}
+
 bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_error *e)
 {
 	*a = store_read_reply(s, e);
