@@ -1,7 +1,7 @@
 /* Fuzz the sidecar cache API request parsing (cache/api.h): the JSON body of
- * lookup / store / invalidate (the first input byte picks the operation,
- * the rest is the body), the "limit=N" query string of /v1/cache/top, and
- * the sidecar scope.
+ * lookup / store / invalidate / feedback (the first input byte picks the
+ * operation, the rest is the body), the query strings of /v1/cache/top and
+ * /v1/cache/calibration, and the sidecar scope.
  * Invariants: an accepted request holds only what the API promises (a
  * non-blank query within its cap, names matching their pattern, distinct
  * tags, a threshold in (0, 1], a TTL in range, metadata that is a compact
@@ -35,6 +35,10 @@ static void check_req(enum cache_api_op op, const struct cache_api_req *r)
 	}
 	if (op == CACHE_API_STORE)
 		FUZZ_CHECK(r->answer && r->answer_len == strlen(r->answer) && !blank(r->answer));
+	if (op == CACHE_API_FEEDBACK)
+		FUZZ_CHECK(r->id && cache_api_id_valid(r->id) && r->has_verdict);
+	else
+		FUZZ_CHECK(!r->id && !r->has_verdict);
 	FUZZ_CHECK(r->ns && (r->ns[0] == '\0' || cache_api_name_valid(r->ns)));
 	FUZZ_CHECK(!r->has_ns || cache_api_name_valid(r->ns));
 	FUZZ_CHECK(!r->tag || cache_api_name_valid(r->tag));
@@ -101,9 +105,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(limit >= 1 && limit <= CACHE_API_TOP_MAX);
 	else
 		FUZZ_CHECK(le.msg[0] != '\0');
+	/* and the one of /v1/cache/calibration */
+	char ns[CACHE_API_NAME_MAX + 1];
+	double target = -1;
+	struct sg_error ce = { 0 };
+	if (cache_api_parse_calibration(q, ns, &target, &ce) == SG_OK) {
+		FUZZ_CHECK(target > 0 && target <= 1);
+		FUZZ_CHECK(ns[0] == '\0' || cache_api_name_valid(ns));
+	} else {
+		FUZZ_CHECK(ce.msg[0] != '\0');
+	}
 	free(q);
 
-	enum cache_api_op op = (enum cache_api_op)(data[0] % 3);
+	enum cache_api_op op = (enum cache_api_op)(data[0] % 4);
 	cJSON *body = NULL;
 	if (sg_json_parse((const char *)data + 1, size - 1, &body, NULL) != SG_OK)
 		return 0;
