@@ -4,6 +4,8 @@
 #ifndef SEMGATE_APP_H
 #define SEMGATE_APP_H
 
+#include <stdatomic.h>
+
 #include "semgate/core/config.h"
 #include "semgate/embed/embed.h"
 #include "semgate/core/ratelimit.h"
@@ -26,6 +28,10 @@ struct sg_app {
 	struct rate_limit rate;       /* per-tenant limit; max 0: none */
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
+	/* True from start until the index has been loaded from Redis once
+	 * (set by main.c, cleared by the event follower): semantic lookups
+	 * are skipped and counted as "warming" meanwhile. */
+	atomic_bool warming;
 };
 
 struct sg_worker {
