@@ -125,6 +125,9 @@ class Gateway:
         self.wait_index = wait_index
         self.proc = None
         self.url = f"http://127.0.0.1:{self.port}"
+        # a port (and so a log path) can come round again in one session:
+        # this gateway's log starts empty; its own restarts append to it
+        open(self.log_path, "wb").close()
         self.start()
 
     def start(self):
