@@ -82,7 +82,7 @@ static void rebuild_index(struct sg_app *app)
 	double t0 = sg_now_ms();
 	if (!s)
 		return;
-	if (cache_rebuild(app, s, &loaded, &e) != SG_OK)
+	if (cache_rebuild(app, s, NULL, NULL, &loaded, &e) != SG_OK)
 		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s", loaded, e.msg);
 	else
 		sg_log(SG_LOG_INFO, "index rebuilt from redis: %zu entries in %.0f ms", loaded,
@@ -139,14 +139,15 @@ int main(int argc, char **argv)
 		       app.embedder.model, app.embedder.local_dim);
 	app.hot = hot_create((size_t)cfg.hot_cache_entries, HOT_MAX_ANSWER);
 	app.flights = cfg.coalesce_wait_ms > 0 ? flights_create() : NULL;
-	/* the event follower rebuilds the index when it first connects (and
-	 * again after every reconnection); wait for that first attempt */
+	/* the event follower loads the index in the background when it first
+	 * connects (and reloads it after every reconnection): the gateway
+	 * listens at once and serves exact hits and misses meanwhile */
+	atomic_store(&app.warming, true);
 	sync = cache_sync_start(&app, &e);
-	if (sync) {
-		cache_sync_wait_first(sync);
-	} else {
+	if (!sync) {
 		sg_log(SG_LOG_WARN, "%s: other gateways' entries will not be followed", e.msg);
 		rebuild_index(&app);
+		atomic_store(&app.warming, false);
 	}
 
 	app.tally = tally_start(&cfg, &e);

@@ -630,6 +630,7 @@ enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstrea
 	} else {
 		out->best = m.best;
 		out->hit = m.hit;
+		out->warming = m.warming;
 		out->rejected = m.rejected;
 		memcpy(out->rejected_id, m.rejected_id, sizeof(out->rejected_id));
 		if (m.hit) {

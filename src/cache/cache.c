@@ -136,6 +136,7 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	if (rc != SG_OK)
 		return rc;
 	out->similarity = m.best;
+	out->warming = m.warming;
 	out->rejected = m.rejected;
 	memcpy(out->rejected_id, m.rejected_id, sizeof(out->rejected_id));
 	if (m.hit) {
@@ -276,6 +277,12 @@ enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct c
 {
 	memset(out, 0, sizeof(*out));
 	out->best = -2.0;
+	/* a partly loaded index would serve a lesser match than the one still
+	 * to come, or none, depending on the moment: no search until it is whole */
+	if (atomic_load_explicit(&app->warming, memory_order_acquire)) {
+		out->warming = true;
+		return SG_OK;
+	}
 	/* The best row alone first: a miss costs one search, as without the
 	 * verifier, and a hit that passes one search and one read. */
 	for (int attempt = 0; attempt < 3; attempt++) {
@@ -542,6 +549,8 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 struct rebuild {
 	struct sg_app *app;
 	size_t added;
+	void (*seen)(void *ud, const char *id);
+	void *ud;
 };
 
 static void rebuild_one(void *ud, const char *tenant, const char *id, const char *scope,
@@ -553,12 +562,15 @@ static void rebuild_one(void *ud, const char *tenant, const char *id, const char
 	int64_t expires = pttl_ms > 0 ? sg_wall_ms() + pttl_ms : 0;
 	if (vindex_add(rb->app->vindex, part, dim, id, vec, expires, NULL) == SG_OK)
 		rb->added++;
+	if (rb->seen)
+		rb->seen(rb->ud, id);
 }
 
-enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,
+enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
+			  void (*seen)(void *ud, const char *id), void *ud, size_t *loaded,
 			  struct sg_error *e)
 {
-	struct rebuild rb = { .app = app };
+	struct rebuild rb = { .app = app, .seen = seen, .ud = ud };
 	size_t scanned = 0;
 	enum sg_err rc = store_scan_entries(s, rebuild_one, &rb, &scanned, e);
 	*loaded = rb.added;

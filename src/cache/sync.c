@@ -3,9 +3,12 @@
  * Events are applied idempotently, except that adds published by this
  * process are skipped: it indexed those itself right after their EXEC
  * (and a resync in between rescans Redis, where they already are). It
- * never serves requests and never writes to Redis. */
+ * never serves requests and never writes to Redis. Its first load ends the
+ * start's warming; a resync never empties the index: rows stay searchable
+ * while Redis is rescanned, and only those the scan no longer finds go. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -31,20 +34,7 @@ struct cache_sync {
 	pthread_t thread;
 	atomic_bool stop;
 	atomic_ulong rebuilds;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool first_done;    /* under mu */
 };
-
-static void first_done(struct cache_sync *cs)
-{
-	pthread_mutex_lock(&cs->mu);
-	if (!cs->first_done) {
-		cs->first_done = true;
-		pthread_cond_broadcast(&cs->cv);
-	}
-	pthread_mutex_unlock(&cs->mu);
-}
 
 /* Sleep ms, waking early when asked to stop. */
 static void nap(struct cache_sync *cs, int ms)
@@ -88,6 +78,142 @@ static void apply(struct cache_sync *cs, struct store *s, const char *payload, s
 		sg_log(SG_LOG_WARN, "events: entry %s not read: %s", ev.id, e.msg);
 }
 
+/* The ids in the index before a (re)load, as 64-bit hashes with a mark for
+ * each one the scan finds again in Redis: the unmarked ones were deleted
+ * (or expired) while nobody told this process. Rows added during the scan
+ * are not in the set, so they stay. Two ids sharing a hash would keep a
+ * deleted row until its TTL, or until a lookup reads its entry and drops it
+ * (cache_match_find). 1M ids take 18 MB for the length of a load. */
+struct idset {
+	uint64_t *h;    /* 0 = empty slot */
+	bool *seen;
+	size_t cap;     /* a power of two, at least twice the ids */
+	size_t n;
+	bool failed;    /* out of memory or overfull: nothing is dropped */
+};
+
+static uint64_t id_hash64(const char *id)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (; *id; id++)
+		h = (h ^ (unsigned char)*id) * 1099511628211ULL;
+	return h ? h : 1;
+}
+
+static size_t idset_slot(const struct idset *set, uint64_t h)
+{
+	size_t i = (size_t)(h ^ (h >> 29)) & (set->cap - 1);
+	while (set->h[i] && set->h[i] != h)
+		i = (i + 1) & (set->cap - 1);
+	return i;
+}
+
+static void idset_put(void *ud, const char *id)
+{
+	struct idset *set = ud;
+	if (set->failed || 2 * (set->n + 1) > set->cap) {
+		set->failed = true; /* the index grew past the count taken */
+		return;
+	}
+	uint64_t h = id_hash64(id);
+	size_t i = idset_slot(set, h);
+	set->n += set->h[i] == 0;
+	set->h[i] = h;
+}
+
+static void idset_mark(void *ud, const char *id)
+{
+	struct idset *set = ud;
+	if (!set->cap)
+		return;
+	uint64_t h = id_hash64(id);
+	size_t i = idset_slot(set, h);
+	if (set->h[i] == h)
+		set->seen[i] = true;
+}
+
+static void idset_finish(struct idset *set)
+{
+	free(set->h);
+	free(set->seen);
+	memset(set, 0, sizeof(*set));
+}
+
+static void idset_fail(struct idset *set)
+{
+	idset_finish(set);
+	set->failed = true;
+}
+
+/* Snapshot the index's ids. An empty index needs no set. */
+static void idset_init(struct idset *set, struct vindex *vi)
+{
+	memset(set, 0, sizeof(*set));
+	size_t n = vindex_count(vi);
+	if (n == 0)
+		return;
+	size_t cap = 64;
+	/* rows added between the count and the walk need room too */
+	while (cap < 2 * n + 1024)
+		cap *= 2;
+	set->h = calloc(cap, sizeof(*set->h));
+	set->seen = calloc(cap, sizeof(*set->seen));
+	if (!set->h || !set->seen) {
+		idset_fail(set);
+		return;
+	}
+	set->cap = cap;
+	vindex_each_id(vi, idset_put, set);
+	if (set->failed)
+		idset_fail(set);
+}
+
+/* The ids of rows to drop, collected while the index is walked (nothing
+ * may be removed during the walk). */
+struct stale {
+	const struct idset *set;
+	char (*ids)[VINDEX_ID_MAX + 1];
+	size_t n, cap;
+	bool failed;
+};
+
+static void stale_collect(void *ud, const char *id)
+{
+	struct stale *st = ud;
+	uint64_t h = id_hash64(id);
+	size_t i = idset_slot(st->set, h);
+	if (st->set->h[i] != h || st->set->seen[i])
+		return;
+	if (st->n == st->cap) {
+		size_t cap = st->cap ? st->cap * 2 : 64;
+		void *grown = realloc(st->ids, cap * sizeof(*st->ids));
+		if (!grown) {
+			st->failed = true;
+			return;
+		}
+		st->ids = grown;
+		st->cap = cap;
+	}
+	snprintf(st->ids[st->n++], sizeof(st->ids[0]), "%s", id);
+}
+
+/* Drop the rows of the snapshot that the scan did not find again. */
+static size_t drop_unseen(struct vindex *vi, const struct idset *set)
+{
+	struct stale st = { .set = set };
+	size_t dropped = 0;
+	if (!set->cap)
+		return 0;
+	vindex_each_id(vi, stale_collect, &st);
+	if (st.failed)
+		sg_log(SG_LOG_WARN, "resync: out of memory; some deleted entries stay indexed "
+		       "until their TTL");
+	for (size_t i = 0; i < st.n; i++)
+		dropped += vindex_remove(vi, st.ids[i]);
+	free(st.ids);
+	return dropped;
+}
+
 /* Subscribe, then rebuild: events that arrive during the scan wait in the
  * socket and are applied after it, so nothing falls between the two. */
 static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struct store *s,
@@ -104,21 +230,29 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 		return false;
 	}
 	unsigned long n = atomic_load(&cs->rebuilds);
-	if (n > 0)
-		vindex_clear(cs->app->vindex);
-	size_t loaded = 0;
+	size_t loaded = 0, dropped = 0;
 	double t0 = sg_now_ms();
-	if (cache_rebuild(cs->app, s, &loaded, &e) != SG_OK) {
+	struct idset seen;
+	idset_init(&seen, cs->app->vindex);
+	if (seen.failed)
+		sg_log(SG_LOG_WARN, "resync: no snapshot of the index's ids; entries deleted "
+		       "meanwhile stay indexed until their TTL or their next lookup");
+	if (cache_rebuild(cs->app, s, idset_mark, &seen, &loaded, &e) != SG_OK) {
 		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s; retrying",
 		       loaded, e.msg);
+		idset_finish(&seen);
 		store_sub_drop(sub);
 		return false;
 	}
+	dropped = drop_unseen(cs->app->vindex, &seen);
+	idset_finish(&seen);
 	atomic_fetch_add(&cs->rebuilds, 1);
+	if (atomic_exchange_explicit(&cs->app->warming, false, memory_order_acq_rel))
+		sg_log(SG_LOG_INFO, "index warm: semantic lookups on");
 	hot_set_enabled(cs->app->hot, tracking);
-	sg_log(SG_LOG_INFO, "index %s from redis: %zu entries in %.0f ms; following %s",
-	       n > 0 ? "resynchronised" : "rebuilt", loaded, sg_now_ms() - t0,
-	       "entry events");
+	sg_log(SG_LOG_INFO, "index %s from redis: %zu entries in %.0f ms (%zu gone rows "
+	       "dropped); following entry events", n > 0 ? "resynchronised" : "rebuilt",
+	       loaded, sg_now_ms() - t0, dropped);
 	*warned = false;
 	return true;
 }
@@ -197,17 +331,14 @@ static void *run(void *arg)
 	bool warned = false;
 	if (!s || !sub) {
 		sg_log(SG_LOG_ERROR, "events: out of memory; other gateways' entries will not "
-		       "be followed");
-		first_done(cs);
+		       "be followed, and the index stays cold");
 		goto out;
 	}
 	while (!atomic_load(&cs->stop)) {
 		if (!store_sub_connected(sub)) {
 			/* the resync's scan covers whatever was still queued */
 			backlog_clear(&b);
-			bool ok = connect_and_sync(cs, sub, s, &warned);
-			first_done(cs);
-			if (!ok) {
+			if (!connect_and_sync(cs, sub, s, &warned)) {
 				nap(cs, backoff);
 				backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 				continue;
@@ -243,24 +374,12 @@ struct cache_sync *cache_sync_start(struct sg_app *app, struct sg_error *e)
 	cs->app = app;
 	atomic_init(&cs->stop, false);
 	atomic_init(&cs->rebuilds, 0);
-	pthread_mutex_init(&cs->mu, NULL);
-	pthread_cond_init(&cs->cv, NULL);
 	if (pthread_create(&cs->thread, NULL, run, cs) != 0) {
-		pthread_mutex_destroy(&cs->mu);
-		pthread_cond_destroy(&cs->cv);
 		free(cs);
 		sg_error_set(e, SG_ERR_INTERNAL, "cannot start the event follower thread");
 		return NULL;
 	}
 	return cs;
-}
-
-void cache_sync_wait_first(struct cache_sync *cs)
-{
-	pthread_mutex_lock(&cs->mu);
-	while (!cs->first_done)
-		pthread_cond_wait(&cs->cv, &cs->mu);
-	pthread_mutex_unlock(&cs->mu);
 }
 
 void cache_sync_stop(struct cache_sync *cs)
@@ -269,7 +388,5 @@ void cache_sync_stop(struct cache_sync *cs)
 		return;
 	atomic_store(&cs->stop, true);
 	pthread_join(cs->thread, NULL);
-	pthread_mutex_destroy(&cs->mu);
-	pthread_cond_destroy(&cs->cv);
 	free(cs);
 }

@@ -640,3 +640,16 @@ char *sg_json_error_body(const char *message, const char *type, const char *code
 	cJSON_Delete(root);
 	return out;
 }
+
+bool sg_list_has(const char *list, char sep, const char *word)
+{
+	size_t n = strlen(word);
+	for (const char *p = list; n && p && *p;) {
+		const char *end = strchr(p, sep);
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (len == n && memcmp(p, word, n) == 0)
+			return true;
+		p = end ? end + 1 : NULL;
+	}
+	return false;
+}

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "semgate/core/buf.h"
 #include "semgate/core/config.h"
 #include "semgate/core/log.h"
 
@@ -163,19 +164,6 @@ static bool is_string_type(enum cfg_type t)
 	return false;
 }
 
-/* True when val is one of the '|'-separated words of choices. */
-static bool choice_valid(const char *choices, const char *val)
-{
-	size_t n = strlen(val);
-	for (const char *p = choices; n && *p;) {
-		const char *end = strchr(p, '|');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (len == n && strncmp(p, val, n) == 0)
-			return true;
-		p += len + (end != NULL);
-	}
-	return false;
-}
 
 /* Name shown in errors: the source the value came from. */
 static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
@@ -248,7 +236,7 @@ static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
 		}
 		break;
 	case CFG_CHOICE:
-		if (!choice_valid(r->choices, val))
+		if (!sg_list_has(r->choices, '|', val))
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"%s: '%s' is not one of %s", source, shown, r->choices);
 		break;

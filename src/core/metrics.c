@@ -105,18 +105,18 @@ static void count_by_name(const char *name, const char *const *names, const enum
 void metrics_cache_outcome(const char *outcome)
 {
 	static const char *const names[] = { "hit-exact", "hit-semantic", "hit-coalesced", "miss",
-					     "bypass" };
+					     "bypass", "warming" };
 	static const enum sg_counter ids[] = { SG_C_CACHE_HIT_EXACT, SG_C_CACHE_HIT_SEMANTIC,
 					       SG_C_CACHE_HIT_COALESCED, SG_C_CACHE_MISS,
-					       SG_C_CACHE_BYPASS };
+					       SG_C_CACHE_BYPASS, SG_C_CACHE_WARMING };
 	COUNT_BY_NAME(outcome, names, ids);
 }
 
 void metrics_lookup_outcome(const char *outcome)
 {
-	static const char *const names[] = { "hit-exact", "hit-semantic", "miss" };
+	static const char *const names[] = { "hit-exact", "hit-semantic", "miss", "warming" };
 	static const enum sg_counter ids[] = { SG_C_LOOKUP_HIT_EXACT, SG_C_LOOKUP_HIT_SEMANTIC,
-					       SG_C_LOOKUP_MISS };
+					       SG_C_LOOKUP_MISS, SG_C_LOOKUP_WARMING };
 	COUNT_BY_NAME(outcome, names, ids);
 }
 

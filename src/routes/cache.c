@@ -115,7 +115,8 @@ int route_cache_lookup(struct sg_req *req)
 		status = http_send_sg_error(req, &e);
 		goto out;
 	}
-	req->cache_outcome = res.hit ? (res.exact ? "hit-exact" : "hit-semantic") : "miss";
+	req->cache_outcome = res.hit ? (res.exact ? "hit-exact" : "hit-semantic") :
+			     res.warming ? "warming" : "miss";
 	metrics_lookup_outcome(req->cache_outcome);
 	if (res.best >= -1.0)
 		req->similarity = res.best;
@@ -146,7 +147,8 @@ int route_cache_lookup(struct sg_req *req)
 		     (res.best >= -1.0 ?
 		      cJSON_AddNumberToObject(o, "best_similarity", round6(res.best)) != NULL :
 		      cJSON_AddNullToObject(o, "best_similarity") != NULL) &&
-		     (!res.embed_failed || cJSON_AddBoolToObject(o, "embedding_failed", 1));
+		     (!res.embed_failed || cJSON_AddBoolToObject(o, "embedding_failed", 1)) &&
+		     (!res.warming || cJSON_AddBoolToObject(o, "warming", 1));
 		if (ok && req->verify) {
 			cJSON *v = cJSON_AddObjectToObject(o, "verify");
 			ok = v && cJSON_AddStringToObject(v, "rejected", req->verify) &&

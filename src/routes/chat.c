@@ -307,11 +307,22 @@ static void remember(struct chat *c, const cJSON *doc)
 	add_hdr(c, "X-Semgate-History-Length", c->hdr_len);
 }
 
+/* The outcome the log and the metrics count: "warming" for a miss whose
+ * semantic lookup was skipped while the index loads. X-Semgate-Cache keeps
+ * saying "miss" (clients need not learn a new value) and X-Semgate-Index
+ * says why. */
+static const char *counted_outcome(const struct chat *c)
+{
+	return c->cr.warming && strcmp(c->outcome, "miss") == 0 ? "warming" : c->outcome;
+}
+
 static void add_cache_headers(struct chat *c)
 {
-	c->req->cache_outcome = c->outcome;
-	metrics_cache_outcome(c->outcome);
+	c->req->cache_outcome = counted_outcome(c);
+	metrics_cache_outcome(c->req->cache_outcome);
 	add_hdr(c, "X-Semgate-Cache", c->outcome);
+	if (c->cr.warming)
+		add_hdr(c, "X-Semgate-Index", "warming");
 	if (c->cr.similarity >= -1.0) {
 		snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
 		add_hdr(c, "X-Semgate-Similarity", c->hdr_sim);
@@ -702,7 +713,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 					      len, client_bearer(req), on_stream_data, &st,
 					      &r, &e);
 	req->upstream_ms = r.ms;
-	req->cache_outcome = c->outcome;
+	req->cache_outcome = counted_outcome(c);
 	int status;
 	if (st.started) {
 		status = 200;
@@ -785,7 +796,7 @@ int route_chat_completions(struct sg_req *req)
 	enum sg_err rc = upstream_post(up, &req->app->llm, "/chat/completions", body, len,
 				       client_bearer(req), &r, &e);
 	req->upstream_ms = r.ms;
-	req->cache_outcome = c.outcome;
+	req->cache_outcome = counted_outcome(&c);
 	if (rc != SG_OK)
 		status = http_send_sg_error(req, &e);
 	else

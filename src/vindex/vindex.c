@@ -1357,6 +1357,18 @@ void vindex_clear(struct vindex *vi)
 	pthread_mutex_unlock(&vi->wlock);
 }
 
+void vindex_each_id(struct vindex *vi, void (*fn)(void *ud, const char *id), void *ud)
+{
+	if (!vi || !fn)
+		return;
+	/* the writer lock alone: only writers change the id map */
+	pthread_mutex_lock(&vi->wlock);
+	for (size_t i = 0; i < vi->nslots; i++)
+		if (vi->slots[i].p)
+			fn(ud, vi->slots[i].p->ids[vi->slots[i].row]);
+	pthread_mutex_unlock(&vi->wlock);
+}
+
 size_t vindex_count(struct vindex *vi)
 {
 	return vi ? atomic_load(&vi->rows) : 0;

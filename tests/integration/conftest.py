@@ -109,7 +109,11 @@ class MockUpstream:
 
 
 class Gateway:
-    def __init__(self, tmpdir, env, args=()):
+    """The gateway binary. start() waits for /healthz and then, unless
+    wait_index is false, until the index has loaded from Redis (/readyz no
+    longer says "warming"), so a test sees the state it set up in Redis."""
+
+    def __init__(self, tmpdir, env, args=(), wait_index=True):
         self.port = free_port()
         self.log_path = os.path.join(tmpdir, f"semgate-{self.port}.log")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMGATE_")}
@@ -118,8 +122,12 @@ class Gateway:
         full_env.update({k: str(v) for k, v in env.items()})
         self.env = full_env
         self.args = list(args)
+        self.wait_index = wait_index
         self.proc = None
         self.url = f"http://127.0.0.1:{self.port}"
+        # a port (and so a log path) can come round again in one session:
+        # this gateway's log starts empty; its own restarts append to it
+        open(self.log_path, "wb").close()
         self.start()
 
     def start(self):
@@ -127,6 +135,17 @@ class Gateway:
         self.proc = subprocess.Popen([SEMGATE_BIN, *self.args], env=self.env,
                                      stdout=self.log, stderr=self.log)
         wait_until(self._healthy, what="semgate to start")
+        if self.wait_index:
+            wait_until(lambda: self.readyz().get("status") != "warming",
+                       timeout=60 * SLOW, what="the index to load")
+
+    def readyz(self):
+        """/readyz's JSON body (an error body when it is not 200)."""
+        r = requests.get(self.url + "/readyz", timeout=5)
+        try:
+            return r.json()
+        except ValueError:
+            return {}
 
     def _healthy(self):
         if self.proc.poll() is not None:
@@ -229,14 +248,14 @@ def upstream(mock_upstream):
 def make_gateway(tmpdir_session, redis_server, mock_upstream):
     started = []
 
-    def make(env=None, args=(), **kw):
+    def make(env=None, args=(), wait_index=True, **kw):
         full = {"SEMGATE_REDIS_PORT": redis_server.port,
                 "SEMGATE_UPSTREAM_URL": mock_upstream.base,
                 "SEMGATE_EMBED_URL": mock_upstream.base,
                 "SEMGATE_LOG_LEVEL": "info"}
         full.update(env or {})
         full.update(kw)
-        g = Gateway(tmpdir_session, full, args)
+        g = Gateway(tmpdir_session, full, args, wait_index=wait_index)
         started.append(g)
         return g
 

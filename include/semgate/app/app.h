@@ -4,6 +4,8 @@
 #ifndef SEMGATE_APP_H
 #define SEMGATE_APP_H
 
+#include <stdatomic.h>
+
 #include "semgate/core/config.h"
 #include "semgate/embed/embed.h"
 #include "semgate/core/ratelimit.h"
@@ -29,6 +31,10 @@ struct sg_app {
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
 	struct flights *flights;      /* single-flight of misses; NULL: off */
+	/* True from start until the index has been loaded from Redis once
+	 * (set by main.c, cleared by the event follower): semantic lookups
+	 * are skipped and counted as "warming" meanwhile. */
+	atomic_bool warming;
 };
 
 struct sg_worker {

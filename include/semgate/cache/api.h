@@ -100,6 +100,7 @@ struct cache_api_result {
 	struct store_entry_view entry; /* on a hit */
 	enum verify_reason rejected;   /* on a miss: why the verifier refused */
 	char rejected_id[65];    /* the candidate it refused, "" when none */
+	bool warming;            /* a miss without a search: the index is loading */
 };
 void cache_api_result_finish(struct cache_api_result *r);
 

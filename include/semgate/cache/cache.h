@@ -30,6 +30,7 @@ struct cache_result {
 	int dim;
 	enum verify_reason rejected; /* the verifier refused the best candidate */
 	char rejected_id[65];    /* that candidate, "" when none was refused */
+	bool warming;            /* no semantic lookup: the index is still loading */
 };
 void cache_result_finish(struct cache_result *r);
 
@@ -64,6 +65,7 @@ struct cache_match {
 	struct store_entry_view entry; /* the entry to serve, when hit (owned) */
 	enum verify_reason rejected;   /* why the best candidate was refused */
 	char rejected_id[65];    /* which it was; "" when none was refused */
+	bool warming;            /* not searched: the index is still loading */
 };
 void cache_match_finish(struct cache_match *m);
 
@@ -77,6 +79,8 @@ void cache_question_key(const char *q, size_t len, char out[17]);
  * verifier refuses it, up to rq->candidates rows at or above the threshold
  * are read in one round trip and the first that passes, best first, is
  * served. Rows whose entry is gone from Redis are dropped from the index.
+ * While the index is loading at start (sg_app.warming) nothing is
+ * searched: a miss with out->warming set.
  * A miss is SG_OK with out->hit false. SG_ERR_BAD_REQUEST (e filled) when
  * the index refuses the vector (dimension of another partition);
  * SG_ERR_REDIS when Redis fails. A refusal is counted in the metrics. */
@@ -126,8 +130,13 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
  * is not a JSON object or memory ran out. */
 char *cache_render_hit(const char *answer, size_t len, cJSON **doc);
 
-/* Rebuild the index from Redis (at start). *loaded receives the count. */
-enum sg_err cache_rebuild(struct sg_app *app, struct store *s, size_t *loaded,
+/* Add (or replace) the index row of every entry in Redis: at start and on
+ * every resync. Rows already in the index stay searchable throughout.
+ * seen, when not NULL, is called with the id (borrowed) of each entry
+ * found, so the caller can drop the rows Redis no longer has. *loaded
+ * receives the count. */
+enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
+			  void (*seen)(void *ud, const char *id), void *ud, size_t *loaded,
 			  struct sg_error *e);
 
 /* Make a new random entry id (32 hex chars). */

@@ -3,6 +3,7 @@
 #ifndef SEMGATE_BUF_H
 #define SEMGATE_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include "semgate/core/err.h"
 
@@ -32,5 +33,10 @@ enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
 
 /* Take ownership of the data (caller frees); the buffer becomes empty. */
 char *sg_buf_steal(struct sg_buf *b, size_t *len);
+
+/* True when word (non-empty) is one of the sep-separated items of list
+ * exactly, e.g. sg_list_has("a|bc", '|', "bc"). Both borrowed; NULL list:
+ * false. */
+bool sg_list_has(const char *list, char sep, const char *word);
 
 #endif

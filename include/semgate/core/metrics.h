@@ -22,10 +22,12 @@
 	X(CACHE_HIT_COALESCED, "semgate_cache_requests_total", "outcome=\"hit-coalesced\"", "") \
 	X(CACHE_MISS, "semgate_cache_requests_total", "outcome=\"miss\"", "") \
 	X(CACHE_BYPASS, "semgate_cache_requests_total", "outcome=\"bypass\"", "") \
+	X(CACHE_WARMING, "semgate_cache_requests_total", "outcome=\"warming\"", "") \
 	X(LOOKUP_HIT_EXACT, "semgate_cache_lookups_total", "outcome=\"hit-exact\"", \
 	  "Sidecar lookups (POST /v1/cache/lookup) answered, by outcome.") \
 	X(LOOKUP_HIT_SEMANTIC, "semgate_cache_lookups_total", "outcome=\"hit-semantic\"", "") \
 	X(LOOKUP_MISS, "semgate_cache_lookups_total", "outcome=\"miss\"", "") \
+	X(LOOKUP_WARMING, "semgate_cache_lookups_total", "outcome=\"warming\"", "") \
 	X(VERIFY_NUMBER, "semgate_verify_rejections_total", "reason=\"number\"", \
 	  "Requests whose best semantic candidate the hit verifier refused, by the rule that refused it.") \
 	X(VERIFY_ENTITY, "semgate_verify_rejections_total", "reason=\"entity\"", "") \
@@ -99,10 +101,12 @@ void metrics_request(const char *method, const char *route, int status, double m
 void metrics_inflight(int delta);
 
 /* Count a chat completion's cache outcome ("hit-exact", "hit-semantic",
- * "miss" or "bypass"; anything else is ignored). */
+ * "miss", "bypass" or "warming": a miss whose semantic lookup was skipped
+ * because the index was still loading; anything else is ignored). */
 void metrics_cache_outcome(const char *outcome);
 
-/* The same for a sidecar lookup ("hit-exact", "hit-semantic", "miss"). */
+/* The same for a sidecar lookup ("hit-exact", "hit-semantic", "miss",
+ * "warming"). */
 void metrics_lookup_outcome(const char *outcome);
 
 /* Count a verifier rejection by its reason's name ("number", "entity",

@@ -197,6 +197,12 @@ size_t vindex_expire(struct vindex *vi, int64_t now_ms);
 /* Remove every row and partition. */
 void vindex_clear(struct vindex *vi);
 
+/* Call fn(ud, id) once for every id in the index (expired rows not yet
+ * removed included), in no particular order. id is borrowed for the call
+ * only. Writers (add, remove, expire, clear) wait until it returns, and fn
+ * must not call any vindex function on vi; searches run on meanwhile. */
+void vindex_each_id(struct vindex *vi, void (*fn)(void *ud, const char *id), void *ud);
+
 /* Total rows in all partitions (expired rows not yet removed included). */
 size_t vindex_count(struct vindex *vi);
 

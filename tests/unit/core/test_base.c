@@ -156,6 +156,18 @@ static void test_json_depth_is_bounded(void)
 	cJSON_Delete(j);
 }
 
+static void test_list_has_matches_whole_items_only(void)
+{
+	CHECK(sg_list_has("off|basic|strict", '|', "basic"));
+	CHECK(sg_list_has("off|basic|strict", '|', "strict"));
+	CHECK(!sg_list_has("off|basic|strict", '|', "bas"));
+	CHECK(!sg_list_has("off|basic|strict", '|', "basic|strict"));
+	CHECK(sg_list_has("a=1&index=1", '&', "index=1"));
+	CHECK(!sg_list_has("index=10", '&', "index=1"));
+	CHECK(!sg_list_has("&&", '&', ""));
+	CHECK(!sg_list_has(NULL, '&', "x"));
+}
+
 static void test_error_body_shape(void)
 {
 	char *s = sg_json_error_body("bad \"thing\"", "invalid_request_error", "x");
@@ -227,5 +239,6 @@ int main(void)
 	RUN(test_error_body_shape);
 	RUN(test_member_cut_span_keeps_valid_json);
 	RUN(test_member_put_replaces_or_adds_in_place);
+	RUN(test_list_has_matches_whole_items_only);
 	return TEST_DONE();
 }

@@ -284,6 +284,48 @@ static void test_remove_swaps_last_row_in_and_keeps_others_findable(void)
 
 /* Equal similarities go to the row stored first, so the same query gets the
  * same answer every time. */
+struct id_tally {
+	int seen[40];
+	int bad;
+};
+
+static void tally_id(void *ud, const char *id)
+{
+	struct id_tally *t = ud;
+	int i = -1;
+	if (sscanf(id, "e%d", &i) == 1 && i >= 0 && i < 40)
+		t->seen[i]++;
+	else
+		t->bad++;
+}
+
+static void test_each_id_visits_every_live_id_once_across_partitions(void)
+{
+	const int dim = 8;
+	uint64_t seed = 11;
+	struct vindex *vi = vindex_create();
+	float *data = rand_vecs(&seed, 40, dim);
+	char id[32];
+	struct id_tally t = { { 0 }, 0 };
+	vindex_each_id(vi, tally_id, &t); /* empty: no call */
+	vindex_each_id(NULL, tally_id, &t);
+	CHECK_INT(t.bad, 0);
+	for (int i = 0; i < 40; i++) {
+		make_id(id, sizeof id, "e", (size_t)i);
+		vindex_add(vi, i % 3 ? "a" : "b", dim, id, data + i * dim, 0, NULL);
+	}
+	for (int i = 0; i < 40; i += 7) {
+		make_id(id, sizeof id, "e", (size_t)i);
+		CHECK(vindex_remove(vi, id));
+	}
+	vindex_each_id(vi, tally_id, &t);
+	CHECK_INT(t.bad, 0);
+	for (int i = 0; i < 40; i++)
+		CHECK_INT(t.seen[i], i % 7 ? 1 : 0);
+	free(data);
+	vindex_destroy(vi);
+}
+
 static void test_ties_go_to_the_first_stored_row(void)
 {
 	struct vindex *vi = vindex_create();
@@ -1800,5 +1842,6 @@ int main(void)
 	RUN(test_tuning_refuses_bad_values_and_stats_reset);
 	RUN(test_top_k_equals_brute_force_ranking);
 	RUN(test_top_k_refuses_bad_arguments_and_misses_cleanly);
+	RUN(test_each_id_visits_every_live_id_once_across_partitions);
 	return TEST_DONE();
 }
