@@ -300,6 +300,8 @@ static void add_cache_headers(struct chat *c)
 {
 	c->req->cache_outcome = c->outcome;
 	metrics_cache_outcome(c->outcome);
+	if (strcmp(c->outcome, "bypass") == 0 && c->req->app->tally)
+		tally_bypass(c->req->app->tally, c->req->tenant); /* the series counts it */
 	add_hdr(c, "X-Semgate-Cache", c->outcome);
 	if (c->cr.similarity >= -1.0) {
 		snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
@@ -343,9 +345,9 @@ static void record_miss(struct chat *c)
 	struct sg_req *req = c->req;
 	struct store *s = worker_store(req->worker);
 	if (req->app->tally)
-		tally_miss(req->app->tally, req->tenant);
+		tally_miss(req->app->tally, req->tenant, c->cr.rejected);
 	else if (s)
-		cache_api_record_miss(req->app, s, req->tenant);
+		cache_api_record_miss(req->app, s, req->tenant, c->cr.rejected);
 }
 
 /* Look the request up. Returns true when a hit was sent (*status set). */
@@ -416,10 +418,10 @@ static bool try_cache(struct chat *c, int *status)
 	cache_api_usage(doc, &saved_prompt, &saved_completion);
 	if (req->app->tally)
 		tally_hit(req->app->tally, req->tenant, c->cr.id, c->cr.semantic, saved_prompt,
-			  saved_completion);
+			  saved_completion, c->cr.rejected);
 	else
 		cache_api_record_hit(req->app, s, req->tenant, c->cr.id, c->cr.semantic,
-				     saved_prompt, saved_completion);
+				     saved_prompt, saved_completion, c->cr.rejected);
 	remember(c, doc);
 	if (c->stream)
 		*status = replay_stream(c, doc);

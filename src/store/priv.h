@@ -9,6 +9,7 @@
 #include "semgate/core/err.h"
 #include "semgate/store/store.h"
 
+
 #define RECONNECT_BACKOFF_MS 100.0
 
 struct store {
@@ -51,6 +52,15 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
 /* Read the replies of MULTI + ncmds queued commands + EXEC; returns the
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
+
+/* ---- {prefix}ts: series (series.c) ---- */
+
+/* Append to the open MULTI the HINCRBYs and EXPIREs of one row's minute
+ * and hour series (nothing when tc->minute is 0); returns the number of
+ * commands appended, or -1 on out of memory (some may be appended: drop
+ * the connection). */
+struct store_tenant_counts;
+long store_series_append(struct store *s, const struct store_tenant_counts *tc);
 
 /* ---- {prefix}events (events.c) ---- */
 

@@ -53,6 +53,8 @@ struct sg_config {
 	/* stats */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
+	long long series_minutes_ttl;
+	long long series_hours_ttl;
 	/* auth and limits */
 	char *api_keys;          /* "key:tenant,..." (secret) */
 	char *api_keys_file;     /* one "key tenant" per line */
