@@ -20,6 +20,7 @@ static const struct sg_route routes[] = {
 	{ "GET", "/v1/cache/top", route_cache_top },
 	{ "GET", "/v1/cache/timeseries", route_cache_timeseries },
 	{ "GET", "/metrics", route_metrics },
+	{ "GET", "/dashboard", route_dashboard },
 };
 
 const struct sg_route *routes_table(size_t *n)

@@ -25,6 +25,7 @@ int route_cache_calibration(struct sg_req *req);
 int route_cache_stats(struct sg_req *req);
 int route_cache_top(struct sg_req *req);
 int route_cache_timeseries(struct sg_req *req);
+int route_dashboard(struct sg_req *req);
 
 /* The guard of every /v1/ route (http.h sg_guard_fn): API key → tenant, then the
  * tenant's rate limit. */

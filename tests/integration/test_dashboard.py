@@ -1,0 +1,168 @@
+"""GET /dashboard in a real browser (Debian's chromium, headless): the page
+is served from the binary with a policy that lets it call only the gateway,
+and after known traffic the numbers and questions it shows are exactly
+those of /v1/cache/stats and /v1/cache/top for the key's tenant, never
+another tenant's; without a key it shows the 401. Screenshots go to the
+build directory."""
+import html.parser
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+from conftest import BUILD, SLOW, user
+
+KEYS = "key-alpha:alpha,key-beta:beta"
+A = {"Authorization": "Bearer key-alpha"}
+B = {"Authorization": "Bearer key-beta"}
+CHROMIUM = shutil.which("chromium")
+
+
+class Dom(html.parser.HTMLParser):
+    """The elements the test reads: data-stat values, top rows, status."""
+
+    def __init__(self):
+        super().__init__()
+        self.stats, self.rows, self.body = {}, [], {}
+        self.stack, self.status = [], ""
+        self.cur_row = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        if "data-stat" in a:
+            self.stats[a["data-stat"]] = a.get("data-value")
+        if tag == "tr" and "data-id" in a:
+            self.cur_row = {"id": a["data-id"], "cells": []}
+            self.rows.append(self.cur_row)
+        if tag == "td" and self.cur_row is not None:
+            self.cur_row["cells"].append("")
+        self.stack.append(a.get("id"))
+
+    def handle_endtag(self, tag):
+        if self.stack:
+            self.stack.pop()
+        if tag == "tr":
+            self.cur_row = None
+
+    def handle_data(self, data):
+        if self.cur_row is not None and self.cur_row["cells"]:
+            self.cur_row["cells"][-1] += data
+        if self.stack and self.stack[-1] == "status":
+            self.status += data
+
+
+def chromium(url, *extra, budget_ms=8000, size="1280,1600"):
+    assert CHROMIUM, "chromium is needed (scripts/deps installs it)"
+    with tempfile.TemporaryDirectory(prefix="semgate-chromium-") as profile:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-extensions", "--disable-background-networking", "--disable-sync",
+             "--no-default-browser-check", "--disable-component-update",
+             f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+             f"--window-size={size}", *extra, url],
+            capture_output=True, text=True, timeout=120 * SLOW)
+        took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout, took
+
+
+def dump(url):
+    out, took = chromium(url, "--dump-dom")
+    d = Dom()
+    d.feed(out)
+    return d, out, took
+
+
+def traffic(g, upstream):
+    """alpha: 10 exact lookups (4 misses, 6 hits), one semantic hit, one
+    verifier refusal (a miss), one bypass; beta: 1 miss, 2 hits."""
+    for q, n in (("How do I reset my password?", 4), ("What are your opening hours?", 3),
+                 ("Where is my order <b>#42</b>?", 2), ("Do you ship abroad?", 1)):
+        for _ in range(n):
+            assert g.chat(user(q), headers=A).status_code == 200
+    near = "how do I reset my password"
+    upstream.set_similarity(near, "How do I reset my password?", 0.97)
+    assert g.chat(user(near), headers=A).headers["X-Semgate-Cache"] == "hit-semantic"
+    dated = "What are your opening hours on March 3?"
+    upstream.set_similarity(dated, "What are your opening hours?", 0.97)
+    assert g.chat(user(dated), headers=A).headers["X-Semgate-Verify"].startswith("rejected=")
+    nostore = dict(A, **{"Cache-Control": "no-store"})
+    assert g.chat(user("anything"), headers=nostore).headers["X-Semgate-Cache"] == "bypass"
+    for _ in range(3):
+        assert g.chat(user("beta's secret question"), headers=B).status_code == 200
+
+
+@pytest.fixture
+def dash_gateway(make_gateway, redis_db, upstream):
+    g = make_gateway(SEMGATE_API_KEYS=KEYS, SEMGATE_PRICE_PROMPT_PER_1K="0.5",
+                     SEMGATE_PRICE_COMPLETION_PER_1K="2")
+    traffic(g, upstream)
+    return g
+
+
+def test_page_is_self_contained_and_calls_only_the_gateway(dash_gateway):
+    r = requests.get(dash_gateway.url + "/dashboard", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/html")
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "'unsafe-inline'" not in csp
+    body = r.text
+    assert "<script>" in body and "<style>" in body
+    # nothing is loaded from anywhere: no src/href to another origin
+    for needle in ("http://", "https://", "src=", "<link"):
+        assert needle not in body.replace("http://www.w3.org/2000/svg", ""), needle
+
+
+def test_browser_shows_exactly_stats_and_top_of_the_keys_tenant(dash_gateway):
+    g = dash_gateway
+    d, out, took = dump(g.url + "/dashboard#key=key-alpha")
+    assert d.body.get("data-loaded"), (d.status, out[-2000:])
+    print(f"\ndashboard: loaded in {d.body.get('data-load-ms')} ms of page time, "
+          f"{took:.2f} s of browser time")
+    st = requests.get(g.url + "/v1/cache/stats", headers=A, timeout=10).json()
+    top = requests.get(g.url + "/v1/cache/top?limit=20", headers=A, timeout=10).json()["top"]
+    assert st["tenant"] == "alpha" and st["hits"] == 7 and st["misses"] == 5
+    for k in ("hit_rate", "lookups", "hits_exact", "hits_semantic", "misses", "tokens_saved",
+              "estimated_cost_saved", "entries", "bytes"):
+        assert float(d.stats[k]) == pytest.approx(st[k]), k
+    shown = [(r["id"], r["cells"][0], int(r["cells"][3])) for r in d.rows]
+    assert shown == [(t["id"], t["query"], t["hits"]) for t in top]
+    assert len(shown) == 3  # the question asked once was never hit
+    assert [s[2] for s in shown] == [4, 2, 1]
+    assert "Where is my order <b>#42</b>?" in [s[1] for s in shown]  # text, not markup
+    assert "beta" not in out and "secret" not in out
+    # a screenshot of the same page, for the README
+    png = os.path.join(BUILD, "dashboard.png")
+    if os.path.exists(png):
+        os.unlink(png)
+    chromium(g.url + "/dashboard#key=key-alpha", f"--screenshot={png}", "--hide-scrollbars",
+             size="1280,1340")
+    assert os.path.getsize(png) > 10000
+
+
+def test_other_tenant_sees_only_its_own(dash_gateway):
+    d, out, _ = dump(dash_gateway.url + "/dashboard#key=key-beta")
+    assert d.body.get("data-loaded")
+    assert d.stats["lookups"] == "3" and d.stats["hits_exact"] == "2"
+    assert [r["cells"][0] for r in d.rows] == ["beta's secret question"]
+    for q in ("reset my password", "opening hours", "ship abroad", "my order"):
+        assert q not in out
+
+
+def test_no_key_or_a_wrong_key_shows_401_and_no_numbers(dash_gateway):
+    assert requests.get(dash_gateway.url + "/v1/cache/stats", timeout=10).status_code == 401
+    for frag in ("", "#key=not-a-key"):
+        d, out, _ = dump(dash_gateway.url + "/dashboard" + frag)
+        assert "401" in d.status, d.status
+        assert not d.body.get("data-loaded")
+        assert all(v is None for v in d.stats.values())
+        assert d.rows == []
+        assert "reset my password" not in out
