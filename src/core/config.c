@@ -129,6 +129,9 @@ static const struct cfg_row config_rows[] = {
 	  "gateway API keys as key:tenant,key:tenant (empty: open mode, tenant default)" },
 	{ "SEMGATE_API_KEYS_FILE", "--api-keys-file", CFG_OPTSTR, "", 0, 0, OFF(api_keys_file),
 	  "file of gateway API keys, one 'key tenant' per line" },
+	{ "SEMGATE_ADMIN_KEYS", "--admin-keys", CFG_SECRET, "", 0, 0, OFF(admin_keys),
+	  "admin keys as key,key: the cache API of any tenant named by X-Semgate-Tenant "
+	  "(the dashboard's tenant picker)" },
 	{ "SEMGATE_RATE_LIMIT", "--rate-limit", CFG_OPTSTR, "", 0, 0, OFF(rate_limit),
 	  "requests per tenant per window, as N/Ws (e.g. 100/60s; empty: no limit)" },
 };

@@ -21,6 +21,7 @@ static const struct sg_route routes[] = {
 	{ "GET", "/v1/cache/timeseries", route_cache_timeseries },
 	{ "GET", "/metrics", route_metrics },
 	{ "GET", "/dashboard", route_dashboard },
+	{ "GET", "/v1/admin/tenants", route_admin_tenants },
 };
 
 const struct sg_route *routes_table(size_t *n)

@@ -2,8 +2,9 @@
 is served from the binary with a policy that lets it call only the gateway,
 and after known traffic the numbers and questions it shows are exactly
 those of /v1/cache/stats and /v1/cache/top for the key's tenant, never
-another tenant's; without a key it shows the 401. Screenshots go to the
-build directory."""
+another tenant's; without a key it shows the 401; an admin key
+(SEMGATE_ADMIN_KEYS) lists every tenant and reads any one, and nothing
+else. Screenshots go to the build directory."""
 import html.parser
 import os
 import shutil
@@ -17,6 +18,7 @@ import requests
 from conftest import BUILD, SLOW, user
 
 KEYS = "key-alpha:alpha,key-beta:beta"
+ADMIN = {"Authorization": "Bearer key-admin"}
 A = {"Authorization": "Bearer key-alpha"}
 B = {"Authorization": "Bearer key-beta"}
 CHROMIUM = shutil.which("chromium")
@@ -27,7 +29,7 @@ class Dom(html.parser.HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.stats, self.rows, self.body = {}, [], {}
+        self.stats, self.rows, self.body, self.by_id, self.options = {}, [], {}, {}, []
         self.stack, self.status = [], ""
         self.cur_row = None
 
@@ -35,6 +37,10 @@ class Dom(html.parser.HTMLParser):
         a = dict(attrs)
         if tag == "body":
             self.body = a
+        if a.get("id"):
+            self.by_id[a["id"]] = a
+        if tag == "option" and self.stack and self.stack[-1] == "tenantsel":
+            self.options.append(a.get("value"))
         if "data-stat" in a:
             self.stats[a["data-stat"]] = a.get("data-value")
         if tag == "tr" and "data-id" in a:
@@ -101,7 +107,8 @@ def traffic(g, upstream):
 
 @pytest.fixture
 def dash_gateway(make_gateway, redis_db, upstream):
-    g = make_gateway(SEMGATE_API_KEYS=KEYS, SEMGATE_PRICE_PROMPT_PER_1K="0.5",
+    g = make_gateway(SEMGATE_API_KEYS=KEYS, SEMGATE_ADMIN_KEYS="key-admin",
+                     SEMGATE_PRICE_PROMPT_PER_1K="0.5",
                      SEMGATE_PRICE_COMPLETION_PER_1K="2")
     traffic(g, upstream)
     return g
@@ -166,3 +173,36 @@ def test_no_key_or_a_wrong_key_shows_401_and_no_numbers(dash_gateway):
         assert all(v is None for v in d.stats.values())
         assert d.rows == []
         assert "reset my password" not in out
+
+
+def test_admin_key_lists_tenants_and_reads_any_one(dash_gateway):
+    g = dash_gateway
+    get = lambda path, h: requests.get(g.url + path, headers=h, timeout=10)
+    r = get("/v1/admin/tenants", ADMIN)
+    assert r.status_code == 200 and r.json() == {"tenants": ["alpha", "beta"]}
+    assert get("/v1/admin/tenants", A).status_code == 403
+    assert get("/v1/admin/tenants", {}).status_code == 401
+    for t, h in (("alpha", A), ("beta", B)):
+        mine = get("/v1/cache/stats", h).json()
+        via_admin = get("/v1/cache/stats", dict(ADMIN, **{"X-Semgate-Tenant": t})).json()
+        assert via_admin["tenant"] == t
+        assert {k: v for k, v in via_admin.items() if k != "bytes"} == \
+            {k: v for k, v in mine.items() if k != "bytes"}
+    # a tenant key cannot borrow the header
+    assert get("/v1/cache/stats", dict(A, **{"X-Semgate-Tenant": "beta"})).json()["tenant"] == "alpha"
+    for bad in (None, "", "no spaces", "*", "x" * 65):
+        h = dict(ADMIN) if bad is None else dict(ADMIN, **{"X-Semgate-Tenant": bad})
+        r = get("/v1/cache/stats", h)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_tenant", bad
+    r = requests.post(g.url + "/v1/chat/completions", headers=dict(ADMIN, **{"X-Semgate-Tenant": "alpha"}),
+                      json={"model": "m", "messages": user("hi")}, timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    # the dashboard with the admin key offers every tenant and shows the first
+    d, out, _ = dump(g.url + "/dashboard#key=key-admin")
+    assert d.body.get("data-loaded"), d.status
+    assert "hidden" not in d.by_id["tenantpick"]
+    assert d.options == ["alpha", "beta"]
+    st = get("/v1/cache/stats", A).json()
+    assert float(d.stats["lookups"]) == st["lookups"]
+    assert "reset my password" in out.lower()
+

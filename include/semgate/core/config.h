@@ -58,6 +58,7 @@ struct sg_config {
 	/* auth and limits */
 	char *api_keys;          /* "key:tenant,..." (secret) */
 	char *api_keys_file;     /* one "key tenant" per line */
+	char *admin_keys;        /* "key,key": see every tenant (secret) */
 	char *rate_limit;        /* "N/Ws", empty: no limit */
 
 	/* set by config_load when the command line asked for these */
