@@ -132,19 +132,29 @@ static bool is_blank(char c)
 	return c == ' ' || c == '\t';
 }
 
+/* One entry of a comma-separated list starting at p: its trimmed span
+ * [*a, *b); returns where the next entry starts, or NULL after the last. */
+static const char *list_entry(const char *p, const char **a, const char **b)
+{
+	const char *end = strchr(p, ',');
+	if (!end)
+		end = p + strlen(p);
+	*a = p;
+	*b = end;
+	while (*a < *b && is_blank(**a))
+		(*a)++;
+	while (*b > *a && is_blank((*b)[-1]))
+		(*b)--;
+	return *end ? end + 1 : NULL;
+}
+
 enum sg_err auth_parse_list(struct auth_keys *k, const char *spec, const char *source,
 			    struct sg_error *e)
 {
 	const char *p = spec;
-	for (int entry = 1;; entry++) {
-		const char *end = strchr(p, ',');
-		if (!end)
-			end = p + strlen(p);
-		const char *a = p, *b = end;
-		while (a < b && is_blank(*a))
-			a++;
-		while (b > a && is_blank(b[-1]))
-			b--;
+	for (int entry = 1; p; entry++) {
+		const char *a, *b;
+		p = list_entry(p, &a, &b);
 		char where[32];
 		snprintf(where, sizeof(where), "entry %d", entry);
 		if (a == b)
@@ -161,35 +171,25 @@ enum sg_err auth_parse_list(struct auth_keys *k, const char *spec, const char *s
 					 (size_t)(b - colon - 1), source, where, false, false, e);
 		if (rc != SG_OK)
 			return rc;
-		if (!*end)
-			return SG_OK;
-		p = end + 1;
 	}
+	return SG_OK;
 }
 
 enum sg_err auth_parse_admin_list(struct auth_keys *k, const char *spec, const char *source,
 				  struct sg_error *e)
 {
 	const char *p = spec;
-	for (int entry = 1;; entry++) {
-		const char *end = strchr(p, ',');
-		if (!end)
-			end = p + strlen(p);
-		const char *a = p, *b = end;
-		while (a < b && is_blank(*a))
-			a++;
-		while (b > a && is_blank(b[-1]))
-			b--;
+	for (int entry = 1; p; entry++) {
+		const char *a, *b;
+		p = list_entry(p, &a, &b);
 		char where[32];
 		snprintf(where, sizeof(where), "entry %d", entry);
 		enum sg_err rc = add_key(k, a, (size_t)(b - a), SG_AUTH_ADMIN, 1, source, where,
 					 false, true, e);
 		if (rc != SG_OK)
 			return rc;
-		if (!*end)
-			return SG_OK;
-		p = end + 1;
 	}
+	return SG_OK;
 }
 
 static int tenant_cmp(const void *a, const void *b)
