@@ -11,7 +11,6 @@ int route_dashboard(struct sg_req *req)
 {
 	const char *const hdrs[] = {
 		"Content-Security-Policy", dashboard_csp,
-		"Cache-Control", "no-cache",
 		"X-Content-Type-Options", "nosniff",
 		"Referrer-Policy", "no-referrer",
 		NULL,
