@@ -4,7 +4,10 @@ and after known traffic the numbers and questions it shows are exactly
 those of /v1/cache/stats and /v1/cache/top for the key's tenant, never
 another tenant's; without a key it shows the 401; an admin key
 (SEMGATE_ADMIN_KEYS) lists every tenant and reads any one, and nothing
-else. Screenshots go to the build directory."""
+else; the Invalidate button, clicked in a live browser driven over the
+DevTools protocol, deletes the entry. Screenshots go to the build
+directory."""
+import base64
 import html.parser
 import os
 import shutil
@@ -15,7 +18,7 @@ import time
 import pytest
 import requests
 
-from conftest import BUILD, SLOW, user
+from conftest import BUILD, SLOW, user, wait_until
 
 KEYS = "key-alpha:alpha,key-beta:beta"
 ADMIN = {"Authorization": "Bearer key-admin"}
@@ -258,3 +261,112 @@ def test_load_time_with_100k_entries_and_7_days_of_series(make_gateway, redis_db
     t2 = time.monotonic()
     print(f"7 days of series: {1000 * (t1 - t0):.0f} ms by hour, "
           f"{1000 * (t2 - t1):.0f} ms from 10080 minute hashes")
+
+
+class Cdp:
+    """Just enough of the DevTools protocol over a websocket (RFC 6455,
+    stdlib only) to evaluate script in a page: headless Chromium started
+    with a debugging port, driven like a user."""
+
+    def __init__(self, url):
+        import json
+        import socket
+        self.json = json
+        self.profile = tempfile.mkdtemp(prefix="semgate-cdp-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-extensions", "--disable-background-networking", "--disable-sync",
+             "--no-default-browser-check", "--disable-component-update",
+             f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
+             "--window-size=1280,1340", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = os.path.join(self.profile, "DevToolsActivePort")
+        port = int(wait_until(lambda: os.path.exists(port_file) and
+                              open(port_file).read().split("\n")[0], what="devtools port"))
+        pages = wait_until(lambda: [p for p in requests.get(
+            f"http://127.0.0.1:{port}/json/list", timeout=5).json() if p["type"] == "page"],
+            what="the page target")
+        path = pages[0]["webSocketDebuggerUrl"].split(str(port), 1)[1]
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.next_id = 0
+
+    def _send(self, text):
+        data = text.encode()
+        mask = os.urandom(4)
+        n = len(data)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
+                               bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else
+                               bytes([0x80 | 127]) + n.to_bytes(8, "big"))
+        self.sock.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def _exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            assert chunk, "devtools connection closed"
+            buf += chunk
+        return buf
+
+    def _recv(self):
+        msg = b""
+        while True:
+            b0, b1 = self._exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self._exact(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self._exact(8), "big")
+            msg += self._exact(n)
+            if b0 & 0x80:
+                return msg.decode()
+
+    def eval(self, expr):
+        self.next_id += 1
+        self._send(self.json.dumps({"id": self.next_id, "method": "Runtime.evaluate",
+                                    "params": {"expression": expr, "returnByValue": True,
+                                               "awaitPromise": True}}))
+        while True:
+            m = self.json.loads(self._recv())
+            if m.get("id") == self.next_id:
+                assert "exceptionDetails" not in m["result"], m
+                return m["result"]["result"].get("value")
+
+    def close(self):
+        self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def test_invalidate_button_deletes_the_entry_in_a_live_browser(dash_gateway):
+    g = dash_gateway
+    top = requests.get(g.url + "/v1/cache/top", headers=A, timeout=10).json()["top"]
+    victim = top[0]
+    b = Cdp(g.url + "/dashboard#key=key-alpha")
+    try:
+        wait_until(lambda: b.eval("document.body.dataset.loaded || ''"), what="the page to load")
+        print(f"\ndashboard in a live browser: data in {b.eval('document.body.dataset.loadMs')} ms")
+        assert b.eval("[...document.querySelectorAll('#top tr[data-id]')].map(r => r.dataset.id)") \
+            == [t["id"] for t in top]
+        b.eval("window.confirm = () => true; document.querySelector("
+               f"'#top tr[data-id=\"{victim['id']}\"] button.invalidate').click(); true")
+        wait_until(lambda: b.eval(
+            f"!document.querySelector('#top tr[data-id=\"{victim['id']}\"]')"),
+            what="the row to go")
+    finally:
+        b.close()
+    r = requests.get(g.url + "/v1/cache/entries/" + victim["id"], headers=A, timeout=10)
+    assert r.status_code == 404
+    after = requests.get(g.url + "/v1/cache/top", headers=A, timeout=10).json()["top"]
+    assert [t["id"] for t in after] == [t["id"] for t in top[1:]]
+    # the question is asked again: a miss, answered upstream, not the deleted answer
+    assert g.chat(user(victim["query"]), headers=A).headers["X-Semgate-Cache"] == "miss"
