@@ -10,6 +10,7 @@ directory."""
 import base64
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ class Dom(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.stats, self.rows, self.body, self.by_id, self.options = {}, [], {}, {}, []
+        self.latency, self.cur_metric = {}, None
         self.stack, self.status = [], ""
         self.cur_row = None
 
@@ -46,6 +48,10 @@ class Dom(html.parser.HTMLParser):
             self.options.append(a.get("value"))
         if "data-stat" in a:
             self.stats[a["data-stat"]] = a.get("data-value")
+        if tag == "tr" and "data-metric" in a:
+            self.cur_metric = a["data-metric"]
+        if tag == "td" and "data-q" in a and self.cur_metric:
+            self.latency[(self.cur_metric, a["data-q"])] = a.get("data-value")
         if tag == "tr" and "data-id" in a:
             self.cur_row = {"id": a["data-id"], "cells": []}
             self.rows.append(self.cur_row)
@@ -57,7 +63,7 @@ class Dom(html.parser.HTMLParser):
         if self.stack:
             self.stack.pop()
         if tag == "tr":
-            self.cur_row = None
+            self.cur_row = self.cur_metric = None
 
     def handle_data(self, data):
         if self.cur_row is not None and self.cur_row["cells"]:
@@ -87,6 +93,19 @@ def dump(url):
     d = Dom()
     d.feed(out)
     return d, out, took
+
+
+def quantile(q, bs):
+    """histogram_quantile over cumulative (le, count) buckets."""
+    total = bs[-1][1]
+    rank, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in bs:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (0 if n == prev_n else (rank - prev_n) / (n - prev_n))
+        prev_le, prev_n = le, n
+    return prev_le
 
 
 def traffic(g, upstream):
@@ -148,12 +167,20 @@ def test_browser_shows_exactly_stats_and_top_of_the_keys_tenant(dash_gateway):
     assert [s[2] for s in shown] == [4, 2, 1]
     assert "Where is my order <b>#42</b>?" in [s[1] for s in shown]  # text, not markup
     assert "beta" not in out and "secret" not in out
+    # latency percentiles as PromQL's histogram_quantile gives them from /metrics
+    # (the upstream histogram: the page's own calls do not move it)
+    m = requests.get(g.url + "/metrics", timeout=10).text
+    name = "semgate_upstream_duration_seconds"
+    bs = [(float("inf") if le == "+Inf" else float(le), float(n)) for le, n in
+          re.findall(name + r'_bucket\{le="([^"]+)"\} (\S+)', m)]
+    for q in ("0.5", "0.95", "0.99"):
+        assert float(d.latency[(name, q)]) == pytest.approx(quantile(float(q), bs), rel=1e-9), q
     # a screenshot of the same page, for the README
     png = os.path.join(BUILD, "dashboard.png")
     if os.path.exists(png):
         os.unlink(png)
     chromium(g.url + "/dashboard#key=key-alpha", f"--screenshot={png}", "--hide-scrollbars",
-             size="1280,1340")
+             size="1280,1720")
     assert os.path.getsize(png) > 10000
 
 

@@ -218,6 +218,91 @@
     }
   }
 
+  // Prometheus histograms from /metrics: cumulative buckets per series
+  const LATENCY = [
+    ["chat completions", "semgate_http_request_duration_seconds", 'route="/v1/chat/completions"'],
+    ["upstream LLM", "semgate_upstream_duration_seconds", ""],
+    ["embedding", "semgate_embedding_duration_seconds", ""],
+    ["vector search", "semgate_vector_search_duration_seconds", ""],
+    ["Redis", "semgate_redis_duration_seconds", ""],
+  ];
+
+  function buckets(text, name, label) {
+    const out = [];
+    for (const line of text.split("\n")) {
+      if (!line.startsWith(name + "_bucket{")) continue;
+      const m = /le="([^"]+)"\}\s+(\S+)$/.exec(line);
+      if (!m || (label && !line.includes(label))) continue;
+      const le = m[1] === "+Inf" ? Infinity : Number(m[1]), n = Number(m[2]);
+      const same = out.find((b) => b.le === le);  // several label sets: summed
+      if (same) same.n += n; else out.push({ le, n });
+    }
+    return out.sort((a, b) => a.le - b.le);
+  }
+
+  // as PromQL's histogram_quantile: linear inside the bucket that holds q
+  function quantile(q, bs) {
+    const total = bs.length ? bs[bs.length - 1].n : 0;
+    if (!total) return null;
+    const rank = q * total;
+    let prevLe = 0, prevN = 0;
+    for (const b of bs) {
+      if (b.n >= rank) {
+        if (b.le === Infinity) return prevLe;
+        return prevLe + (b.le - prevLe) * (b.n === prevN ? 0 : (rank - prevN) / (b.n - prevN));
+      }
+      prevLe = b.le;
+      prevN = b.n;
+    }
+    return prevLe;
+  }
+
+  function fmtSec(s) {
+    if (s === null) return "–";
+    return s < 0.001 ? (s * 1e6).toFixed(0) + " µs" : s < 1 ? (s * 1000).toFixed(1) + " ms"
+                                                         : s.toFixed(2) + " s";
+  }
+
+  function showLatency(text) {
+    const tb = $("latency");
+    tb.replaceChildren();
+    for (const [title, name, label] of LATENCY) {
+      const bs = buckets(text, name, label);
+      const tr = el("tr", { "data-metric": name });
+      tr.appendChild(el("td", {}, title));
+      for (const q of [0.5, 0.95, 0.99]) {
+        const v = quantile(q, bs);
+        tr.appendChild(el("td", { class: "num", "data-q": String(q), "data-value": String(v) },
+                          fmtSec(v)));
+      }
+      tr.appendChild(el("td", { class: "num" }, fmtInt(bs.length ? bs[bs.length - 1].n : 0)));
+      tb.appendChild(tr);
+    }
+  }
+
+  function showCalibration(cal) {
+    const th = cal.thresholds || [];
+    const note = $("calibration-note");
+    if (!th.length) {
+      $("chart-calibration").replaceChildren(el("div", { class: "empty" },
+        "no shadowed hits yet (SEMGATE_SHADOW=1 or X-Semgate-Shadow: 1)"));
+      note.textContent = "";
+      return;
+    }
+    // precision of every threshold at which a sample was seen, as a curve
+    const f = frame("chart-calibration", th.length, 1, (v) => Math.round(v * 100) + "%");
+    let d = "";
+    th.forEach((t, i) => { d += (i ? "L" : "M") + f.x(i).toFixed(1) + "," + f.y(t.precision).toFixed(1); });
+    f.svg.appendChild(el("svg:path", { d, fill: "none", stroke: "var(--exact)", "stroke-width": 2 }));
+    th.forEach((t, i) => f.svg.appendChild(el("svg:circle", { cx: f.x(i), cy: f.y(t.precision), r: 2.5,
+                                                              fill: "var(--exact)" })));
+    for (const i of [0, th.length - 1])
+      f.svg.appendChild(el("svg:text", { x: f.x(i), y: f.H - 6, "text-anchor": i ? "end" : "start" },
+                           "threshold " + th[i].threshold.toFixed(2)));
+    note.textContent = fmtInt(cal.samples) + " samples; lowest threshold with precision ≥ " +
+      cal.target + ": " + (cal.recommended_threshold === null ? "none yet" : cal.recommended_threshold);
+  }
+
   function status(msg) { $("status").textContent = msg || ""; }
 
   async function loadTenants() {
@@ -248,7 +333,9 @@
         api("/v1/cache/stats").then(showStats),
         api("/v1/cache/top?limit=20").then(showTop),
         api(`/v1/cache/timeseries?from=${now - span}&to=${now}&step=${step}`)
-          .then((ts) => drawSeries(ts, span))]);
+          .then((ts) => drawSeries(ts, span)),
+        api("/v1/cache/calibration").then(showCalibration),
+        fetch("/metrics", { cache: "no-store" }).then((r) => r.text()).then(showLatency)]);
       status("");
       const ms = Math.round(performance.now() - t0);
       $("updated").textContent = "Updated " + new Date().toTimeString().slice(0, 8) + " (" + ms + " ms).";
