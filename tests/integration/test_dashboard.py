@@ -397,3 +397,41 @@ def test_invalidate_button_deletes_the_entry_in_a_live_browser(dash_gateway):
     assert [t["id"] for t in after] == [t["id"] for t in top[1:]]
     # the question is asked again: a miss, answered upstream, not the deleted answer
     assert g.chat(user(victim["query"]), headers=A).headers["X-Semgate-Cache"] == "miss"
+
+
+class Circles(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.points = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "circle" and "data-threshold" in a:
+            self.points.append({"threshold": float(a["data-threshold"]),
+                                "precision": float(a["data-precision"]),
+                                "would_hit": int(a["data-would-hit"])})
+
+
+def test_calibration_curve_is_the_endpoints(make_gateway, redis_db, upstream):
+    g = make_gateway(SEMGATE_API_KEYS=KEYS)
+    stored = "How do I renew my passport?"
+    shadow = dict(A, **{"X-Semgate-Shadow": "1"})
+    assert g.chat(user(stored), headers=A).status_code == 200
+    for q, sim, agree in (("how do i renew my passport", 0.96, 0.95),
+                          ("How do I renew my passport ?", 0.91, 0.1)):
+        upstream.set_similarity(q, stored, sim)
+        upstream.set_similarity("Mock answer: " + q, "Mock answer: " + stored, agree)
+        assert "X-Semgate-Shadow" in g.chat(user(q), headers=shadow).headers
+    cal = requests.get(g.url + "/v1/cache/calibration", headers=A, timeout=10).json()
+    assert cal["samples"] == 2
+    d, out, _ = dump(g.url + "/dashboard#key=key-alpha")
+    assert d.body.get("data-loaded"), d.status
+    c = Circles()
+    c.feed(out)
+    assert c.points == [{k: t[k] for k in ("threshold", "precision", "would_hit")}
+                        for t in cal["thresholds"]]
+    # beta has no shadowed hits: its page shows none of alpha's
+    d, out, _ = dump(g.url + "/dashboard#key=key-beta")
+    c = Circles()
+    c.feed(out)
+    assert d.body.get("data-loaded") and c.points == []

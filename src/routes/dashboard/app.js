@@ -294,8 +294,10 @@
     let d = "";
     th.forEach((t, i) => { d += (i ? "L" : "M") + f.x(i).toFixed(1) + "," + f.y(t.precision).toFixed(1); });
     f.svg.appendChild(el("svg:path", { d, fill: "none", stroke: "var(--exact)", "stroke-width": 2 }));
-    th.forEach((t, i) => f.svg.appendChild(el("svg:circle", { cx: f.x(i), cy: f.y(t.precision), r: 2.5,
-                                                              fill: "var(--exact)" })));
+    th.forEach((t, i) => f.svg.appendChild(el("svg:circle", {
+      cx: f.x(i), cy: f.y(t.precision), r: 2.5, fill: "var(--exact)",
+      "data-threshold": String(t.threshold), "data-precision": String(t.precision),
+      "data-would-hit": String(t.would_hit) })));
     for (const i of [0, th.length - 1])
       f.svg.appendChild(el("svg:text", { x: f.x(i), y: f.H - 6, "text-anchor": i ? "end" : "start" },
                            "threshold " + th[i].threshold.toFixed(2)));
