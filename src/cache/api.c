@@ -17,6 +17,7 @@
 #include "semgate/app/app.h"
 #include "semgate/cache/cache.h"
 #include "semgate/cache/api.h"
+#include "semgate/cache/series.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/core/clock.h"
 #include "semgate/core/json.h"
@@ -492,22 +493,38 @@ enum sg_err cache_api_scope(const char *tenant, const char *ns, const char *scop
 
 /* ---- accounting ---- */
 
-void cache_api_record_hit(struct sg_app *app, struct store *s, const char *tenant,
-			  const char *id, bool semantic, long long prompt_tokens,
-			  long long completion_tokens)
+/* One lookup, counted now (the sidecar path, or the chat route when the
+ * write-behind accounting is not running). */
+static void record(struct sg_app *app, struct store *s, struct store_tenant_counts *tc,
+		   const char *id, enum verify_reason rejected)
 {
 	struct sg_error e = { 0 };
-	if (store_record_hit(s, tenant, id, semantic, prompt_tokens, completion_tokens,
-			     app->cfg->cache_ttl, &e) != SG_OK)
-		sg_log(SG_LOG_DEBUG, "hit on %s not counted: %s", id, e.msg);
+	struct store_entry_hits eh = { .tenant = tc->tenant, .id = id, .hits = 1 };
+	tc->lookups = 1;
+	tc->minute = (long long)time(NULL) / 60;
+	cache_series_reject(tc, rejected);
+	if (store_record_counts(s, tc, 1, &eh, id ? 1 : 0, app->cfg->cache_ttl, &e) != SG_OK)
+		sg_log(SG_LOG_DEBUG, "lookup%s%s not counted: %s", id ? " of " : "", id ? id : "",
+		       e.msg);
 }
 
-void cache_api_record_miss(struct sg_app *app, struct store *s, const char *tenant)
+void cache_api_record_hit(struct sg_app *app, struct store *s, const char *tenant,
+			  const char *id, bool semantic, long long prompt_tokens,
+			  long long completion_tokens, enum verify_reason rejected)
 {
-	(void)app;
-	struct sg_error e = { 0 };
-	if (store_record_miss(s, tenant, &e) != SG_OK)
-		sg_log(SG_LOG_DEBUG, "miss not counted: %s", e.msg);
+	struct store_tenant_counts tc = {
+		.tenant = tenant, .hits_exact = !semantic, .hits_semantic = semantic,
+		.tokens_prompt = prompt_tokens > 0 ? prompt_tokens : 0,
+		.tokens_completion = completion_tokens > 0 ? completion_tokens : 0,
+	};
+	record(app, s, &tc, id, rejected);
+}
+
+void cache_api_record_miss(struct sg_app *app, struct store *s, const char *tenant,
+			   enum verify_reason rejected)
+{
+	struct store_tenant_counts tc = { .tenant = tenant, .misses = 1 };
+	record(app, s, &tc, NULL, rejected);
 }
 
 static long long usage_field(const cJSON *usage, const char *name)
@@ -641,9 +658,9 @@ enum sg_err cache_api_lookup(struct sg_app *app, struct store *s, struct upstrea
 	cache_match_finish(&m);
 count:
 	if (out->hit)
-		cache_api_record_hit(app, s, tenant, out->entry.id, !out->exact, 0, 0);
+		cache_api_record_hit(app, s, tenant, out->entry.id, !out->exact, 0, 0, out->rejected);
 	else
-		cache_api_record_miss(app, s, tenant);
+		cache_api_record_miss(app, s, tenant, out->rejected);
 out:
 	if (rc != SG_OK)
 		store_entry_view_finish(&out->entry);

@@ -12,6 +12,7 @@
 #include "semgate/core/log.h"
 #include "semgate/store/store.h"
 #include "semgate/store/ops.h"
+#include "semgate/cache/series.h"
 #include "semgate/cache/tally.h"
 
 #define TALLY_CAP 4096
@@ -19,12 +20,14 @@
  * a wake-up and a transaction per this interval instead of per lookup. */
 #define GATHER_NS (1000 * 1000)
 
-enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC };
+enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC, JOB_BYPASS };
 
 struct job {
 	char tenant[65];
 	char id[65];          /* "" for a miss */
 	int kind;
+	enum verify_reason rejected;
+	long long minute;     /* unix minute the request was answered in */
 	long long prompt, completion;
 };
 
@@ -53,20 +56,31 @@ static int job_cmp(const void *a, const void *b)
 {
 	const struct job *x = a, *y = b;
 	int c = strcmp(x->tenant, y->tenant);
-	return c ? c : strcmp(x->id, y->id);
+	if (c)
+		return c;
+	if (x->minute != y->minute)
+		return x->minute < y->minute ? -1 : 1;
+	return strcmp(x->id, y->id);
 }
 
-/* Sum n jobs (sorted here) into per-tenant counters and per-entry hits;
- * the arrays point into the jobs. */
+/* Sum n jobs (sorted here) into per-tenant-and-minute counters and
+ * per-entry hits; the arrays point into the jobs. */
 static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, size_t *neh)
 {
 	qsort(jobs, n, sizeof(*jobs), job_cmp);
 	*ntc = *neh = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct job *j = &jobs[i];
-		if (*ntc == 0 || strcmp(t->tc[*ntc - 1].tenant, j->tenant) != 0)
-			t->tc[(*ntc)++] = (struct store_tenant_counts){ .tenant = j->tenant };
+		if (*ntc == 0 || strcmp(t->tc[*ntc - 1].tenant, j->tenant) != 0 ||
+		    t->tc[*ntc - 1].minute != j->minute)
+			t->tc[(*ntc)++] = (struct store_tenant_counts){ .tenant = j->tenant,
+									.minute = j->minute };
 		struct store_tenant_counts *c = &t->tc[*ntc - 1];
+		cache_series_reject(c, j->rejected);
+		if (j->kind == JOB_BYPASS) {
+			c->bypass++;
+			continue;
+		}
 		c->lookups++;
 		if (j->kind == JOB_MISS) {
 			c->misses++;
@@ -210,8 +224,9 @@ void tally_stop(struct tally *t)
 }
 
 static void enqueue(struct tally *t, const char *tenant, const char *id, int kind,
-		    long long prompt, long long completion)
+		    enum verify_reason rejected, long long prompt, long long completion)
 {
+	long long minute = (long long)time(NULL) / 60;
 	pthread_mutex_lock(&t->mu);
 	while (t->count == TALLY_CAP && !t->stop)
 		pthread_cond_wait(&t->room, &t->mu);
@@ -220,6 +235,8 @@ static void enqueue(struct tally *t, const char *tenant, const char *id, int kin
 		snprintf(j->tenant, sizeof(j->tenant), "%s", tenant);
 		snprintf(j->id, sizeof(j->id), "%s", id);
 		j->kind = kind;
+		j->rejected = rejected;
+		j->minute = minute;
 		j->prompt = prompt > 0 ? prompt : 0;
 		j->completion = completion > 0 ? completion : 0;
 		t->count++;
@@ -232,15 +249,21 @@ static void enqueue(struct tally *t, const char *tenant, const char *id, int kin
 }
 
 void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
-	       long long prompt_tokens, long long completion_tokens)
+	       long long prompt_tokens, long long completion_tokens,
+	       enum verify_reason rejected)
 {
-	enqueue(t, tenant, id, semantic ? JOB_HIT_SEMANTIC : JOB_HIT_EXACT, prompt_tokens,
-		completion_tokens);
+	enqueue(t, tenant, id, semantic ? JOB_HIT_SEMANTIC : JOB_HIT_EXACT, rejected,
+		prompt_tokens, completion_tokens);
 }
 
-void tally_miss(struct tally *t, const char *tenant)
+void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected)
 {
-	enqueue(t, tenant, "", JOB_MISS, 0, 0);
+	enqueue(t, tenant, "", JOB_MISS, rejected, 0, 0);
+}
+
+void tally_bypass(struct tally *t, const char *tenant)
+{
+	enqueue(t, tenant, "", JOB_BYPASS, SG_VERIFY_PASS, 0, 0);
 }
 
 void tally_settle(struct tally *t)

@@ -78,7 +78,7 @@ static bool key_chars_ok(const char *key, size_t len, bool allow_comma)
 /* Validate and append one pair. where is "entry 3" or "line 7". */
 static enum sg_err add_key(struct auth_keys *k, const char *key, size_t klen,
 			   const char *tenant, size_t tlen, const char *source,
-			   const char *where, bool allow_comma, struct sg_error *e)
+			   const char *where, bool allow_comma, bool admin, struct sg_error *e)
 {
 	if (klen == 0)
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "%s: %s: the key is empty",
@@ -90,7 +90,8 @@ static enum sg_err add_key(struct auth_keys *k, const char *key, size_t klen,
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
 			"%s: %s: the key may only hold visible ASCII characters%s", source,
 			where, allow_comma ? "" : " other than ','");
-	if (!auth_tenant_valid(tenant, tlen))
+	/* only SEMGATE_ADMIN_KEYS makes admin keys: "key:*" is no tenant */
+	if (!admin && !auth_tenant_valid(tenant, tlen))
 		return sg_error_set(e, SG_ERR_BAD_REQUEST,
 			"%s: %s: the tenant must match [A-Za-z0-9._-]{1,64}", source, where);
 	unsigned char d[32];
@@ -131,19 +132,29 @@ static bool is_blank(char c)
 	return c == ' ' || c == '\t';
 }
 
+/* One entry of a comma-separated list starting at p: its trimmed span
+ * [*a, *b); returns where the next entry starts, or NULL after the last. */
+static const char *list_entry(const char *p, const char **a, const char **b)
+{
+	const char *end = strchr(p, ',');
+	if (!end)
+		end = p + strlen(p);
+	*a = p;
+	*b = end;
+	while (*a < *b && is_blank(**a))
+		(*a)++;
+	while (*b > *a && is_blank((*b)[-1]))
+		(*b)--;
+	return *end ? end + 1 : NULL;
+}
+
 enum sg_err auth_parse_list(struct auth_keys *k, const char *spec, const char *source,
 			    struct sg_error *e)
 {
 	const char *p = spec;
-	for (int entry = 1;; entry++) {
-		const char *end = strchr(p, ',');
-		if (!end)
-			end = p + strlen(p);
-		const char *a = p, *b = end;
-		while (a < b && is_blank(*a))
-			a++;
-		while (b > a && is_blank(b[-1]))
-			b--;
+	for (int entry = 1; p; entry++) {
+		const char *a, *b;
+		p = list_entry(p, &a, &b);
 		char where[32];
 		snprintf(where, sizeof(where), "entry %d", entry);
 		if (a == b)
@@ -157,13 +168,48 @@ enum sg_err auth_parse_list(struct auth_keys *k, const char *spec, const char *s
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"%s: %s has no ':' (expected key:tenant)", source, where);
 		enum sg_err rc = add_key(k, a, (size_t)(colon - a), colon + 1,
-					 (size_t)(b - colon - 1), source, where, false, e);
+					 (size_t)(b - colon - 1), source, where, false, false, e);
 		if (rc != SG_OK)
 			return rc;
-		if (!*end)
-			return SG_OK;
-		p = end + 1;
 	}
+	return SG_OK;
+}
+
+enum sg_err auth_parse_admin_list(struct auth_keys *k, const char *spec, const char *source,
+				  struct sg_error *e)
+{
+	const char *p = spec;
+	for (int entry = 1; p; entry++) {
+		const char *a, *b;
+		p = list_entry(p, &a, &b);
+		char where[32];
+		snprintf(where, sizeof(where), "entry %d", entry);
+		enum sg_err rc = add_key(k, a, (size_t)(b - a), SG_AUTH_ADMIN, 1, source, where,
+					 false, true, e);
+		if (rc != SG_OK)
+			return rc;
+	}
+	return SG_OK;
+}
+
+static int tenant_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+size_t auth_tenants(const struct auth_keys *k, const char **out, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; k && i < k->n; i++) {
+		const char *t = k->v[i].tenant;
+		bool seen = strcmp(t, SG_AUTH_ADMIN) == 0;
+		for (size_t j = 0; j < n && !seen; j++)
+			seen = strcmp(out[j], t) == 0;
+		if (!seen && n < max)
+			out[n++] = t;
+	}
+	qsort(out, n, sizeof(*out), tenant_cmp);
+	return n;
 }
 
 enum sg_err auth_parse_text(struct auth_keys *k, const char *text, size_t len,
@@ -202,7 +248,7 @@ enum sg_err auth_parse_text(struct auth_keys *k, const char *text, size_t len,
 		if (memchr(s, '\0', n))
 			return sg_error_set(e, SG_ERR_BAD_REQUEST, "%s: %s: NUL byte", source, where);
 		enum sg_err rc = add_key(k, s + k0, k1 - k0, s + t0, t1 - t0, source, where,
-					 true, e);
+					 true, false, e);
 		if (rc != SG_OK)
 			return rc;
 	}
@@ -266,7 +312,8 @@ enum sg_err auth_load(const struct sg_config *cfg, struct auth_keys **out,
 	*out = NULL;
 	bool have_list = cfg->api_keys && cfg->api_keys[0];
 	bool have_file = cfg->api_keys_file && cfg->api_keys_file[0];
-	if (!have_list && !have_file)
+	bool have_admin = cfg->admin_keys && cfg->admin_keys[0];
+	if (!have_list && !have_file && !have_admin)
 		return SG_OK;
 	struct auth_keys *k = auth_create();
 	if (!k)
@@ -281,6 +328,8 @@ enum sg_err auth_load(const struct sg_config *cfg, struct auth_keys **out,
 			rc = sg_error_set(e, SG_ERR_BAD_REQUEST,
 				"SEMGATE_API_KEYS_FILE: '%s' holds no keys", cfg->api_keys_file);
 	}
+	if (rc == SG_OK && have_admin)
+		rc = auth_parse_admin_list(k, cfg->admin_keys, "SEMGATE_ADMIN_KEYS", e);
 	if (rc != SG_OK) {
 		auth_destroy(k);
 		return rc;

@@ -1,14 +1,17 @@
 /* The cache API (RAG sidecar): /v1/cache/lookup, /v1/cache/entries[/{id}],
- * /v1/cache/invalidate, /v1/cache/stats and /v1/cache/top. Every body is
+ * /v1/cache/invalidate, /v1/cache/stats, /v1/cache/top and
+ * /v1/cache/timeseries. Every body is
  * read with its cap and validated field by field before anything touches
  * Redis or the index; everything runs inside the caller's tenant. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "semgate/app/app.h"
 #include "semgate/cache/api.h"
+#include "semgate/cache/series.h"
 #include "semgate/core/json.h"
 #include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
@@ -369,4 +372,34 @@ int route_cache_top(struct sg_req *req)
 	}
 	store_top_finish(&top);
 	return send_obj(req, 200, o);
+}
+
+int route_cache_timeseries(struct sg_req *req)
+{
+	struct sg_error e = { 0 };
+	struct cache_series_query q;
+	if (cache_series_parse(req->query, (long long)time(NULL), &q, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	struct store *s = worker_store(req->worker);
+	struct store_series_point *p = calloc(q.npoints, sizeof(*p));
+	if (!s || !p) {
+		free(p);
+		return no_memory(req);
+	}
+	int status;
+	if (store_series_read(s, req->tenant, q.hourly, q.first, q.npoints, q.per,
+			      cache_series_reasons(), p, &e) != SG_OK) {
+		status = http_send_sg_error(req, &e);
+	} else {
+		const struct sg_config *cfg = req->app->cfg;
+		cJSON *o = cache_series_json(&q, p, cfg->price_prompt_per_1k,
+					     cfg->price_completion_per_1k);
+		if (o && !cJSON_AddStringToObject(o, "tenant", req->tenant)) {
+			cJSON_Delete(o);
+			o = NULL;
+		}
+		status = send_obj(req, 200, o);
+	}
+	free(p);
+	return status;
 }

@@ -320,6 +320,8 @@ static void add_cache_headers(struct chat *c)
 {
 	c->req->cache_outcome = counted_outcome(c);
 	metrics_cache_outcome(c->req->cache_outcome);
+	if (strcmp(c->outcome, "bypass") == 0 && c->req->app->tally)
+		tally_bypass(c->req->app->tally, c->req->tenant); /* the series counts it */
 	add_hdr(c, "X-Semgate-Cache", c->outcome);
 	if (c->cr.warming)
 		add_hdr(c, "X-Semgate-Index", "warming");
@@ -365,16 +367,17 @@ static void record_miss(struct chat *c)
 	struct sg_req *req = c->req;
 	struct store *s = worker_store(req->worker);
 	if (req->app->tally)
-		tally_miss(req->app->tally, req->tenant);
+		tally_miss(req->app->tally, req->tenant, c->cr.rejected);
 	else if (s)
-		cache_api_record_miss(req->app, s, req->tenant);
+		cache_api_record_miss(req->app, s, req->tenant, c->cr.rejected);
 }
 
 /* Send a cached answer (doc, rendered as body; both freed here) as outcome
- * for entry id: headers, savings, the tenant's counts, the turn in memory
- * mode. Returns the status sent. */
+ * for entry id: headers, savings, the tenant's counts (with the verifier's
+ * refusal of a better candidate, if any), the turn in memory mode. Returns
+ * the status sent. */
 static int send_hit(struct chat *c, const char *outcome, const char *id, bool semantic,
-		    cJSON *doc, char *body)
+		    enum verify_reason rejected, cJSON *doc, char *body)
 {
 	struct sg_req *req = c->req;
 	struct store *s = worker_store(req->worker);
@@ -389,10 +392,10 @@ static int send_hit(struct chat *c, const char *outcome, const char *id, bool se
 	cache_api_usage(doc, &saved_prompt, &saved_completion);
 	if (req->app->tally && id[0])
 		tally_hit(req->app->tally, req->tenant, id, semantic, saved_prompt,
-			  saved_completion);
+			  saved_completion, rejected);
 	else if (s && id[0])
 		cache_api_record_hit(req->app, s, req->tenant, id, semantic, saved_prompt,
-				     saved_completion);
+				     saved_completion, rejected);
 	remember(c, doc);
 	int status = c->stream ? replay_stream(c, doc)
 			       : http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
@@ -459,7 +462,7 @@ static bool try_cache(struct chat *c, int *status)
 		return false;
 	}
 	*status = send_hit(c, c->cr.semantic ? "hit-semantic" : "hit-exact", c->cr.id,
-			   c->cr.semantic, doc, body);
+			   c->cr.semantic, c->cr.rejected, doc, body);
 	return true;
 }
 
@@ -516,7 +519,7 @@ static int serve_coalesced(struct chat *c, struct flight_answer *fa)
 	if (!body)
 		return -1;
 	c->cr.similarity = fa->similarity;
-	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, doc, body);
+	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, SG_VERIFY_PASS, doc, body);
 }
 
 /* A miss about to go upstream: lead its flight, or wait for the one that

@@ -1,5 +1,6 @@
 /* The guard in front of every /v1/ handler: the Bearer key chooses the
- * tenant (401 when keys are configured and it is missing or unknown), then
+ * tenant (401 when keys are configured and it is missing or unknown; an
+ * admin key names one in X-Semgate-Tenant, on /v1/cache/ routes only), then
  * the tenant's sliding-window rate limit (429 with Retry-After). It never
  * logs or echoes a key, and a Redis outage never blocks a request here:
  * the limiter lets it through and counts the bypass. */
@@ -39,6 +40,37 @@ static int unauthorized(struct sg_req *req, const char *why)
 				 hdrs);
 }
 
+static bool admin_route(const struct sg_req *req)
+{
+	return strncmp(req->route, "/v1/admin/", 10) == 0;
+}
+
+static int forbidden(struct sg_req *req, const char *why)
+{
+	return send_with_headers(req, 403, "permission_error", "forbidden", why, NULL);
+}
+
+/* An admin key (SEMGATE_ADMIN_KEYS): the /v1/admin/ routes, and the cache
+ * API of the tenant X-Semgate-Tenant names. Nothing else: an admin key
+ * never chats, stores memory or spends the upstream as some tenant. */
+static int admin(struct sg_req *req)
+{
+	req->admin = true;
+	if (admin_route(req)) {
+		snprintf(req->tenant, sizeof(req->tenant), "%s", SG_AUTH_ADMIN);
+		return 0;
+	}
+	if (strncmp(req->route, "/v1/cache/", 10) != 0)
+		return forbidden(req, "an admin key may use only /v1/cache/ and /v1/admin/ routes");
+	const char *t = http_header(req, "X-Semgate-Tenant");
+	if (!t || !auth_tenant_valid(t, strlen(t)))
+		return send_with_headers(req, 400, "invalid_request_error", "invalid_tenant",
+			"an admin key must name the tenant in X-Semgate-Tenant "
+			"([A-Za-z0-9._-]{1,64})", NULL);
+	snprintf(req->tenant, sizeof(req->tenant), "%s", t);
+	return 0;
+}
+
 static int authenticate(struct sg_req *req)
 {
 	const struct auth_keys *keys = req->app->auth;
@@ -51,6 +83,8 @@ static int authenticate(struct sg_req *req)
 	const char *tenant = auth_lookup(keys, token, len);
 	if (!tenant)
 		return unauthorized(req, "incorrect API key provided");
+	if (strcmp(tenant, SG_AUTH_ADMIN) == 0)
+		return admin(req);
 	snprintf(req->tenant, sizeof(req->tenant), "%s", tenant);
 	return 0;
 }
@@ -95,12 +129,37 @@ static int rate_limit(struct sg_req *req)
 				 hdrs);
 }
 
+int route_admin_tenants(struct sg_req *req)
+{
+	const char *t[1024];
+	size_t n = auth_tenants(req->app->auth, t, sizeof(t) / sizeof(t[0]));
+	cJSON *o = cJSON_CreateObject();
+	cJSON *a = o ? cJSON_AddArrayToObject(o, "tenants") : NULL;
+	bool ok = a != NULL;
+	for (size_t i = 0; ok && i < n; i++) {
+		cJSON *x = cJSON_CreateString(t[i]);
+		ok = x != NULL;
+		if (x)
+			cJSON_AddItemToArray(a, x);
+	}
+	char *body = ok ? sg_json_render(o) : NULL;
+	cJSON_Delete(o);
+	if (!body)
+		return http_send_error(req, 503, "server_error", "out_of_memory", "out of memory");
+	int rc = http_send_json(req, 200, body, NULL);
+	free(body);
+	return rc;
+}
+
 int route_guard(struct sg_req *req)
 {
 	int status = authenticate(req);
 	if (status)
 		return status;
-	status = rate_limit(req);
+	if (admin_route(req) && !req->admin)
+		return forbidden(req, "this route needs an admin key (SEMGATE_ADMIN_KEYS)");
+	/* admin reads are not the tenant's traffic: they do not spend its limit */
+	status = req->admin ? 0 : rate_limit(req);
 	/* the cache API routes that read what chat lookups count (stats,
 	 * leaderboard, an entry's hits) or delete entries: first let the
 	 * counts of every lookup answered so far reach Redis (tally.h).

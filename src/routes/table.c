@@ -18,7 +18,10 @@ static const struct sg_route routes[] = {
 	{ "GET", "/v1/cache/stats", route_cache_stats },
 	{ "GET", "/v1/cache/calibration", route_cache_calibration },
 	{ "GET", "/v1/cache/top", route_cache_top },
+	{ "GET", "/v1/cache/timeseries", route_cache_timeseries },
 	{ "GET", "/metrics", route_metrics },
+	{ "GET", "/dashboard", route_dashboard },
+	{ "GET", "/v1/admin/tenants", route_admin_tenants },
 };
 
 const struct sg_route *routes_table(size_t *n)

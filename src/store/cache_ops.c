@@ -608,6 +608,11 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 			}
 		}
 		free(skey);
+		long ns = store_series_append(s, &tc[i]);
+		if (ns < 0)
+			oom = true;
+		else
+			queued += (size_t)ns;
 	}
 	for (size_t i = 0; i < neh && !oom; i++) {
 		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
@@ -639,26 +644,6 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		return SG_ERR_REDIS;
 	freeReplyObject(exec);
 	return SG_OK;
-}
-
-enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id,
-			     bool semantic, long long prompt_tokens,
-			     long long completion_tokens, long long top_ttl_s,
-			     struct sg_error *e)
-{
-	struct store_tenant_counts tc = {
-		.tenant = tenant, .lookups = 1, .hits_exact = !semantic,
-		.hits_semantic = semantic, .tokens_prompt = prompt_tokens,
-		.tokens_completion = completion_tokens,
-	};
-	struct store_entry_hits eh = { .tenant = tenant, .id = id, .hits = 1 };
-	return store_record_counts(s, &tc, 1, &eh, 1, top_ttl_s, e);
-}
-
-enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e)
-{
-	struct store_tenant_counts tc = { .tenant = tenant, .lookups = 1, .misses = 1 };
-	return store_record_counts(s, &tc, 1, NULL, 0, 0, e);
 }
 
 /* ---- leaderboard ---- */

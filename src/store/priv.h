@@ -10,6 +10,7 @@
 #include "semgate/store/store.h"
 #include "codec.h"
 
+
 #define RECONNECT_BACKOFF_MS 100.0
 
 struct store {
@@ -106,6 +107,15 @@ bool store_acct_append_sync(struct store *s, const char *tenant, const char *id)
 /* Log the accounting EVAL's reply at exec->element[pos] if Redis refused it
  * (the entry itself was still written or deleted). */
 void store_acct_check(const redisReply *exec, size_t pos);
+
+/* ---- {prefix}ts: series (series.c) ---- */
+
+/* Append to the open MULTI the HINCRBYs and EXPIREs of one row's minute
+ * and hour series (nothing when tc->minute is 0); returns the number of
+ * commands appended, or -1 on out of memory (some may be appended: drop
+ * the connection). */
+struct store_tenant_counts;
+long store_series_append(struct store *s, const struct store_tenant_counts *tc);
 
 /* ---- {prefix}events (events.c) ---- */
 

@@ -507,7 +507,7 @@ def test_every_key_has_a_ttl_except_stats_and_follows_the_layout(gateway, upstre
     stats(gateway)
     layout = re.compile(rb"sg:(chat:default:[A-Za-z0-9._:-]+|x:default:[0-9a-f]{64}|"
                         rb"e:default:[0-9a-f]{32}|tag:default:[A-Za-z0-9._:-]+|top:default|"
-                        rb"stats:default|emb:default:.+|rl:default|live:default|size:default)")
+                        rb"stats:default|emb:default:.+|rl:default|live:default|size:default|ts:default:[mh]:[0-9]+)")
     keys = all_keys(redis_db)
     assert {k.split(b":")[1] for k in keys} >= {b"chat", b"x", b"e", b"tag", b"top", b"stats"}
     for k in keys:

@@ -27,6 +27,7 @@ LAYOUT = [re.compile(p) for p in (
     rf"^sg:e:{T}:[A-Za-z0-9._:-]{{1,64}}$",
     rf"^sg:tag:{T}:[A-Za-z0-9._:-]{{1,128}}$",
     rf"^sg:(top|rl|stats|live|size):{T}$",
+    rf"^sg:ts:{T}:[mh]:[0-9]{{1,12}}$",
     rf"^sg:emb:{T}:[^\s*?\[\]]+:[0-9a-f]{{64}}$",
 )]
 

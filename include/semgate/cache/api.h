@@ -167,14 +167,17 @@ enum sg_err cache_api_invalidate(struct sg_app *app, struct store *s, const char
 				 const char *ns, const char *tag, long long *deleted,
 				 struct sg_error *e);
 
-/* Count a hit (one pipelined MULTI: entry hits, leaderboard, stats).
- * Failures are logged, never returned: accounting must not fail a hit. */
+/* Count a hit (one pipelined MULTI: entry hits, leaderboard, stats and
+ * the per-minute series), with the verifier's refusal of the best
+ * candidate (SG_VERIFY_PASS: none). Failures are logged, never returned:
+ * accounting must not fail a hit. */
 void cache_api_record_hit(struct sg_app *app, struct store *s, const char *tenant,
 			  const char *id, bool semantic, long long prompt_tokens,
-			  long long completion_tokens);
+			  long long completion_tokens, enum verify_reason rejected);
 
 /* Count a lookup that missed. */
-void cache_api_record_miss(struct sg_app *app, struct store *s, const char *tenant);
+void cache_api_record_miss(struct sg_app *app, struct store *s, const char *tenant,
+			   enum verify_reason rejected);
 
 /* prompt_tokens and completion_tokens of a completion's usage (0 when
  * absent or not a non-negative number). */

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include "semgate/core/err.h"
+#include "semgate/cache/verify.h"
 
 struct sg_config;
 struct tally;
@@ -21,10 +22,16 @@ void tally_stop(struct tally *t);
 
 /* Queue one lookup of tenant. A full queue (the writer far behind, e.g.
  * Redis slow) makes the caller wait for room: accounting is never
- * dropped while Redis answers. */
+ * dropped while Redis answers.
+ * Each is also counted in the tenant's per-minute series (series.h), with
+ * the verifier's refusal of its best candidate (SG_VERIFY_PASS: none). */
 void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
-	       long long prompt_tokens, long long completion_tokens);
-void tally_miss(struct tally *t, const char *tenant);
+	       long long prompt_tokens, long long completion_tokens,
+	       enum verify_reason rejected);
+void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected);
+/* A request answered without a lookup (X-Semgate-Cache: bypass): counted
+ * in the series only. */
+void tally_bypass(struct tally *t, const char *tenant);
 
 /* Return once every lookup queued before the call has been written (or
  * found Redis unavailable, in which case it is dropped and logged). */

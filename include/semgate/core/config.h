@@ -54,9 +54,12 @@ struct sg_config {
 	/* stats */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
+	long long series_minutes_ttl;
+	long long series_hours_ttl;
 	/* auth and limits */
 	char *api_keys;          /* "key:tenant,..." (secret) */
 	char *api_keys_file;     /* one "key tenant" per line */
+	char *admin_keys;        /* "key,key": see every tenant (secret) */
 	char *rate_limit;        /* "N/Ws", empty: no limit */
 
 	/* set by config_load when the command line asked for these */

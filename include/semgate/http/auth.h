@@ -14,6 +14,9 @@
 #define SG_AUTH_KEY_MAX 1024     /* longest key accepted, in bytes */
 #define SG_AUTH_TENANT_MAX 64
 #define SG_AUTH_FILE_MAX (16u << 20)
+/* The tenant auth_lookup returns for an admin key (SEMGATE_ADMIN_KEYS): no
+ * real tenant can be named so. */
+#define SG_AUTH_ADMIN "*"
 
 /* A set of keys. Read-only after loading; lookups are thread-safe. */
 struct auth_keys;
@@ -51,7 +54,16 @@ enum sg_err auth_parse_text(struct auth_keys *k, const char *text, size_t len,
 enum sg_err auth_parse_file(struct auth_keys *k, const char *path, const char *source,
 			    struct sg_error *e);
 
-/* From cfg->api_keys and cfg->api_keys_file (both may be set; their keys
+/* Add the admin keys of a "key,key" list (SEMGATE_ADMIN_KEYS): each is
+ * held with the tenant SG_AUTH_ADMIN. Errors as auth_parse_list. */
+enum sg_err auth_parse_admin_list(struct auth_keys *k, const char *spec, const char *source,
+				  struct sg_error *e);
+
+/* The distinct tenants of k's (non-admin) keys, sorted, into out[0..max)
+ * (borrowed from k); returns how many. */
+size_t auth_tenants(const struct auth_keys *k, const char **out, size_t max);
+
+/* From cfg->api_keys, cfg->api_keys_file and cfg->admin_keys (both may be set; their keys
  * are merged and must not repeat). *out gets NULL when neither is set
  * (open mode), else a set the caller destroys. An empty key file is an
  * error (it would silently mean open mode). */

@@ -29,6 +29,7 @@ struct sg_req {
 	struct sg_worker *worker;    /* borrowed: this thread's connections */
 	struct sg_buf body;          /* filled by http_read_body */
 	char tenant[65];             /* "default" until auth sets it */
+	bool admin;                  /* an admin key (SEMGATE_ADMIN_KEYS) was presented */
 	/* filled by handlers for the access log */
 	const char *cache_outcome;   /* static string or NULL */
 	double similarity;           /* < -1 when not computed */

@@ -24,6 +24,10 @@ int route_cache_feedback(struct sg_req *req);
 int route_cache_calibration(struct sg_req *req);
 int route_cache_stats(struct sg_req *req);
 int route_cache_top(struct sg_req *req);
+int route_cache_timeseries(struct sg_req *req);
+int route_dashboard(struct sg_req *req);
+/* GET /v1/admin/tenants (admin keys only): the tenants of the configured keys. */
+int route_admin_tenants(struct sg_req *req);
 
 /* The guard of every /v1/ route (http.h sg_guard_fn): API key → tenant, then the
  * tenant's rate limit. */

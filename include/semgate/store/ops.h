@@ -122,23 +122,22 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 
 /* ---- accounting: {prefix}stats:{tenant}, {prefix}top:{tenant} ---- */
 
-/* One pipelined MULTI/EXEC: the entry's hits (only while the entry
- * exists), its leaderboard score (ZINCRBY, key TTL set to top_ttl_s), and
- * the tenant's counters lookups, hits_exact or hits_semantic, and
- * tokens_saved_prompt / tokens_saved_completion. */
-enum sg_err store_record_hit(struct store *s, const char *tenant, const char *id,
-			     bool semantic, long long prompt_tokens,
-			     long long completion_tokens, long long top_ttl_s,
-			     struct sg_error *e);
+/* Most verifier reasons a series counts apart. */
+#define STORE_REASONS_MAX 16
 
-/* lookups and misses, in one MULTI/EXEC. */
-enum sg_err store_record_miss(struct store *s, const char *tenant, struct sg_error *e);
-
-/* A batch of lookups, summed: per tenant its counters, per entry its hits. */
+/* A batch of lookups, summed: per tenant and minute its counters, per
+ * entry its hits. */
 struct store_tenant_counts {
 	const char *tenant;
 	long long lookups, hits_exact, hits_semantic, misses;
 	long long tokens_prompt, tokens_completion;
+	/* The per-minute series ({prefix}ts:{tenant}:m:{minute} and its hour
+	 * {prefix}ts:{tenant}:h:{hour}); written only when minute > 0. */
+	long long minute;             /* unix time / 60 of these lookups */
+	long long bypass;             /* requests answered without a lookup */
+	long long rejected[STORE_REASONS_MAX]; /* verifier refusals by reason */
+	const char *const *reasons;   /* reasons[i] names rejected[i], NULL-ended;
+					 borrowed (static); NULL: none */
 };
 struct store_entry_hits {
 	const char *tenant;
@@ -147,12 +146,34 @@ struct store_entry_hits {
 };
 
 /* The whole batch in one MULTI/EXEC, with the same effect as recording
- * each lookup alone: HINCRBY of every non-zero tenant counter, and per
- * entry its hits (only while it exists) and ZINCRBY on the leaderboard,
- * whose TTL is set to top_ttl_s. */
+ * each lookup alone: HINCRBY of every non-zero tenant counter
+ * ({prefix}stats:{tenant}, no TTL), of the minute and hour series hashes
+ * (their TTLs SEMGATE_SERIES_MINUTES_TTL and SEMGATE_SERIES_HOURS_TTL),
+ * and per entry its hits (only while it exists) and ZINCRBY on the
+ * leaderboard, whose TTL is set to top_ttl_s. Several rows may name the
+ * same tenant (one per minute). */
 enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
 				size_t ntc, const struct store_entry_hits *eh, size_t neh,
 				long long top_ttl_s, struct sg_error *e);
+
+/* ---- per-minute series (src/store/series.c) ---- */
+
+/* One bucket of the series, summed over the keys it covers. requests is
+ * lookups + bypass. */
+struct store_series_point {
+	long long requests, hits_exact, hits_semantic, misses, bypass, rejections;
+	long long tokens_prompt, tokens_completion;
+	long long rejected[STORE_REASONS_MAX];
+};
+
+/* Read npoints buckets of per keys each: the minute (hourly: hour) hashes
+ * first, first + 1, ... first + npoints * per - 1 of the tenant, pipelined
+ * in chunks; out[i] sums keys [first + i*per, first + (i+1)*per). reasons
+ * as in store_tenant_counts. Missing keys count zero. */
+enum sg_err store_series_read(struct store *s, const char *tenant, bool hourly,
+			      long long first, size_t npoints, size_t per,
+			      const char *const *reasons, struct store_series_point *out,
+			      struct sg_error *e);
 
 struct store_stats {
 	long long lookups, hits_exact, hits_semantic, misses;

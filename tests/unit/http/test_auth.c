@@ -228,6 +228,27 @@ static void test_bearer_header_parsing(void)
 	CHECK(!auth_bearer("Bearerabc", &t, &n));
 }
 
+static void test_admin_keys_are_apart_and_only_from_their_list(void)
+{
+	struct sg_error e = { 0 };
+	struct auth_keys *k = parse_list("ka:alpha,kb:beta,kc:alpha", SG_OK, &e);
+	CHECK(k != NULL);
+	CHECK_INT(auth_parse_admin_list(k, " adm1 ,adm2", "SEMGATE_ADMIN_KEYS", &e), SG_OK);
+	CHECK_STR(lookup(k, "adm1"), SG_AUTH_ADMIN);
+	CHECK_STR(lookup(k, "adm2"), SG_AUTH_ADMIN);
+	CHECK_STR(lookup(k, "ka"), "alpha");
+	const char *t[4];
+	CHECK_INT(auth_tenants(k, t, 4), 2);
+	CHECK_STR(t[0], "alpha");
+	CHECK_STR(t[1], "beta");
+	CHECK_INT(auth_parse_admin_list(k, "ka", "SEMGATE_ADMIN_KEYS", &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "duplicate") != NULL);
+	CHECK_INT(auth_parse_admin_list(k, "x,,y", "SEMGATE_ADMIN_KEYS", &e), SG_ERR_BAD_REQUEST);
+	auth_destroy(k);
+	/* a tenant key can never be made an admin key by naming the tenant "*" */
+	check_refused("s3cr3t:*", "tenant must match");
+}
+
 int main(void)
 {
 	RUN(test_list_maps_each_key_to_its_tenant);
@@ -240,5 +261,6 @@ int main(void)
 	RUN(test_bad_files_name_the_line);
 	RUN(test_load_merges_list_and_file_and_refuses_cross_duplicates);
 	RUN(test_bearer_header_parsing);
+	RUN(test_admin_keys_are_apart_and_only_from_their_list);
 	return TEST_DONE();
 }
