@@ -301,69 +301,58 @@ enum sg_err cache_api_parse(enum cache_api_op op, const cJSON *body,
 
 enum sg_err cache_api_parse_limit(const char *query, long *limit, struct sg_error *e)
 {
+	static const char *const names[] = { "limit" };
+	struct sg_param v[1];
 	*limit = CACHE_API_TOP_DEFAULT;
-	if (!query || !*query)
-		return SG_OK;
-	bool seen = false;
-	const char *p = query;
-	while (*p) {
-		const char *amp = strchr(p, '&');
-		size_t n = amp ? (size_t)(amp - p) : strlen(p);
-		if (n > 6 && strncmp(p, "limit=", 6) == 0 && !seen) {
-			long v = 0;
-			size_t i = 6;
-			for (; i < n && p[i] >= '0' && p[i] <= '9' && v <= CACHE_API_TOP_MAX; i++)
-				v = v * 10 + (p[i] - '0');
-			if (i != n || v < 1 || v > CACHE_API_TOP_MAX)
-				return sg_error_set(e, SG_ERR_BAD_REQUEST,
-					"'limit' must be an integer in 1..%d", CACHE_API_TOP_MAX);
-			*limit = v;
-			seen = true;
-		} else if (n > 0) {
-			return sg_error_set(e, SG_ERR_BAD_REQUEST,
-				"unknown or repeated query parameter (only 'limit' is accepted)");
-		}
-		p += n + (amp ? 1 : 0);
-	}
+	enum sg_err rc = sg_query_split(query, names, 1, v, e);
+	if (rc != SG_OK || !v[0].value)
+		return rc;
+	long n = 0;
+	size_t i = 0;
+	for (; i < v[0].len && v[0].value[i] >= '0' && v[0].value[i] <= '9' &&
+	       n <= CACHE_API_TOP_MAX; i++)
+		n = n * 10 + (v[0].value[i] - '0');
+	if (v[0].len == 0 || i != v[0].len || n < 1 || n > CACHE_API_TOP_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "'limit' must be an integer in 1..%d",
+				    CACHE_API_TOP_MAX);
+	*limit = n;
 	return SG_OK;
 }
 
 enum sg_err cache_api_parse_calibration(const char *query, char ns[CACHE_API_NAME_MAX + 1],
 					double *target, struct sg_error *e)
 {
+	static const char *const names[] = { "namespace", "target" };
+	struct sg_param v[2];
 	ns[0] = '\0';
 	*target = 0.99;
-	bool seen_ns = false, seen_target = false;
-	for (const char *p = query ? query : ""; *p;) {
-		const char *amp = strchr(p, '&');
-		size_t n = amp ? (size_t)(amp - p) : strlen(p);
-		char v[CACHE_API_NAME_MAX + 2];
-		if (n > 10 && strncmp(p, "namespace=", 10) == 0 && !seen_ns) {
-			size_t vl = n - 10;
-			if (vl > CACHE_API_NAME_MAX)
-				vl = CACHE_API_NAME_MAX + 1; /* refused below */
-			memcpy(v, p + 10, vl);
-			v[vl] = '\0';
-			if (!cache_api_name_valid(v))
-				return sg_error_set(e, SG_ERR_BAD_REQUEST,
-					"'namespace' must match [A-Za-z0-9._:-]{1,%d}", CACHE_API_NAME_MAX);
-			memcpy(ns, v, vl + 1);
-			seen_ns = true;
-		} else if (n > 7 && n < 7 + 32 && strncmp(p, "target=", 7) == 0 && !seen_target) {
-			memcpy(v, p + 7, n - 7);
-			v[n - 7] = '\0';
-			char *end = NULL;
-			double t = strtod(v, &end);
-			if (end == v || *end || !isfinite(t) || t <= 0.0 || t > 1.0)
-				return sg_error_set(e, SG_ERR_BAD_REQUEST,
-					"'target' must be a number in (0, 1]");
-			*target = t;
-			seen_target = true;
-		} else if (n > 0) {
+	enum sg_err rc = sg_query_split(query, names, 2, v, e);
+	if (rc != SG_OK)
+		return rc;
+	if (v[0].value) {
+		if (v[0].len < 1 || v[0].len > CACHE_API_NAME_MAX)
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
-				"unknown or repeated query parameter (only 'namespace' and 'target' are accepted)");
+				"'namespace' must match [A-Za-z0-9._:-]{1,%d}", CACHE_API_NAME_MAX);
+		memcpy(ns, v[0].value, v[0].len);
+		ns[v[0].len] = '\0';
+		if (!cache_api_name_valid(ns)) {
+			ns[0] = '\0';
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"'namespace' must match [A-Za-z0-9._:-]{1,%d}", CACHE_API_NAME_MAX);
 		}
-		p += n + (amp ? 1 : 0);
+	}
+	if (v[1].value) {
+		char t[32];
+		char *end = NULL;
+		double x = 0;
+		if (v[1].len >= 1 && v[1].len < sizeof(t)) {
+			memcpy(t, v[1].value, v[1].len);
+			t[v[1].len] = '\0';
+			x = strtod(t, &end);
+		}
+		if (!end || end == t || *end || !isfinite(x) || x <= 0.0 || x > 1.0)
+			return sg_error_set(e, SG_ERR_BAD_REQUEST, "'target' must be a number in (0, 1]");
+		*target = x;
 	}
 	return SG_OK;
 }

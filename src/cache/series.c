@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "semgate/cache/series.h"
+#include "semgate/core/buf.h"
 
 #define NREASONS (SG_VERIFY_REASON_COUNT - 1)
 _Static_assert(NREASONS < STORE_REASONS_MAX, "too many verifier reasons for the series");
@@ -56,25 +57,18 @@ enum sg_err cache_series_parse(const char *query, long long now, struct cache_se
 	static const char *const names[] = { "from", "to", "step" };
 	long long v[3] = { 0 };
 	bool seen[3] = { false };
+	struct sg_param pv[3];
 	memset(q, 0, sizeof(*q));
-	for (const char *p = query ? query : ""; *p;) {
-		const char *amp = strchr(p, '&');
-		size_t n = amp ? (size_t)(amp - p) : strlen(p);
-		const char *eq = memchr(p, '=', n);
-		int k = -1;
-		for (int i = 0; eq && i < 3; i++)
-			if ((size_t)(eq - p) == strlen(names[i]) && strncmp(p, names[i], eq - p) == 0)
-				k = i;
-		if (n > 0 && (k < 0 || seen[k]))
+	enum sg_err rc = sg_query_split(query, names, 3, pv, e);
+	if (rc != SG_OK)
+		return rc;
+	for (int k = 0; k < 3; k++) {
+		if (!pv[k].value)
+			continue;
+		if (!parse_ll(pv[k].value, pv[k].len, &v[k]))
 			return sg_error_set(e, SG_ERR_BAD_REQUEST,
-				"unknown or repeated query parameter (only 'from', 'to' and 'step' are accepted)");
-		if (k >= 0) {
-			if (!parse_ll(eq + 1, n - (size_t)(eq + 1 - p), &v[k]))
-				return sg_error_set(e, SG_ERR_BAD_REQUEST,
-					"'%s' must be a whole number of unix seconds", names[k]);
-			seen[k] = true;
-		}
-		p += n + (amp ? 1 : 0);
+				"'%s' must be a whole number of unix seconds", names[k]);
+		seen[k] = true;
 	}
 	long long to = seen[1] ? v[1] : now;
 	long long step = seen[2] ? v[2] : 60;

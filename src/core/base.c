@@ -653,3 +653,36 @@ bool sg_list_has(const char *list, char sep, const char *word)
 	}
 	return false;
 }
+
+enum sg_err sg_query_split(const char *query, const char *const *names, size_t n,
+			   struct sg_param *out, struct sg_error *e)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = (struct sg_param){ NULL, 0 };
+	for (const char *p = query ? query : ""; *p;) {
+		const char *amp = strchr(p, '&');
+		size_t len = amp ? (size_t)(amp - p) : strlen(p);
+		const char *eq = memchr(p, '=', len);
+		size_t k = n;
+		for (size_t i = 0; eq && i < n; i++)
+			if ((size_t)(eq - p) == strlen(names[i]) && memcmp(p, names[i], eq - p) == 0)
+				k = i;
+		if (len > 0 && (k == n || out[k].value)) {
+			char list[160] = "";
+			size_t used = 0;
+			for (size_t i = 0; i < n && used < sizeof(list); i++)
+				used += (size_t)snprintf(list + used, sizeof(list) - used, "%s'%s'",
+							 i == 0 ? "" : i + 1 == n ? " and " : ", ",
+							 names[i]);
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+					    "unknown or repeated query parameter (only %s %s accepted)",
+					    list, n == 1 ? "is" : "are");
+		}
+		if (len > 0) {
+			out[k].value = eq + 1;
+			out[k].len = len - (size_t)(eq + 1 - p);
+		}
+		p += len + (amp ? 1 : 0);
+	}
+	return SG_OK;
+}

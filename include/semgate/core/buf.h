@@ -39,4 +39,18 @@ char *sg_buf_steal(struct sg_buf *b, size_t *len);
  * false. */
 bool sg_list_has(const char *list, char sep, const char *word);
 
+/* One parameter of a raw query string: its value, not NUL-terminated. */
+struct sg_param {
+	const char *value; /* NULL: not given */
+	size_t len;
+};
+
+/* Split a raw query string ("a=1&b=2", NULL or "" for none) into the n
+ * parameters named by names (each at most once; borrowed): out[i] gets
+ * names[i]'s value. Empty pieces ("a=1&&b=2") are skipped. Any other or
+ * repeated name is SG_ERR_BAD_REQUEST with a message that lists the
+ * accepted names. */
+enum sg_err sg_query_split(const char *query, const char *const *names, size_t n,
+			   struct sg_param *out, struct sg_error *e);
+
 #endif

@@ -227,8 +227,27 @@ static void test_member_put_replaces_or_adds_in_place(void)
 	CHECK(sg_json_member_put("[1]", 3, "so", "1") == NULL);
 }
 
+static void test_query_split_names_values_and_refusals(void)
+{
+	static const char *const names[] = { "from", "to" };
+	struct sg_param v[2];
+	struct sg_error e = { 0 };
+	CHECK_INT(sg_query_split("to=5&&from=", names, 2, v, &e), SG_OK);
+	CHECK(v[0].value && v[0].len == 0);
+	CHECK(v[1].value && v[1].len == 1 && v[1].value[0] == '5');
+	CHECK_INT(sg_query_split(NULL, names, 2, v, &e), SG_OK);
+	CHECK(!v[0].value && !v[1].value);
+	CHECK_INT(sg_query_split("from=1&from=2", names, 2, v, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "only 'from' and 'to' are accepted") != NULL);
+	CHECK_INT(sg_query_split("fromx=1", names, 2, v, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_query_split("from", names, 2, v, &e), SG_ERR_BAD_REQUEST);
+	CHECK_INT(sg_query_split("=1", names, 1, v, &e), SG_ERR_BAD_REQUEST);
+	CHECK(strstr(e.msg, "only 'from' is accepted") != NULL);
+}
+
 int main(void)
 {
+	RUN(test_query_split_names_values_and_refusals);
 	RUN(test_buf_refuses_to_grow_past_its_cap);
 	RUN(test_buf_printf_handles_long_output);
 	RUN(test_buf_on_caller_storage_moves_to_the_heap_when_outgrown);
