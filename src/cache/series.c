@@ -134,6 +134,34 @@ static double field_at(const struct store_series_point *p, const void *ud)
 	return (double)*(const long long *)((const char *)p + *(const size_t *)ud);
 }
 
+static double extra_at(const struct store_series_point *p, const void *ud)
+{
+	return (double)p->extra[*(const size_t *)ud];
+}
+
+/* The latency histograms: {"hit": {"1": column, "5": …, "inf": …},
+ * "upstream": {…}} in o, their totals likewise in tot. */
+static bool add_latency(cJSON *o, cJSON *tot, const struct store_series_point *p, size_t n)
+{
+	static const char *const bounds[STORE_LAT_BUCKETS] = { "1", "5", "25", "100", "500",
+							       "2500", "inf" };
+	cJSON *lo = cJSON_AddObjectToObject(o, "latency_ms");
+	cJSON *lt = cJSON_AddObjectToObject(tot, "latency_ms");
+	bool ok = lo && lt;
+	for (int k = 0; ok && k < 2; k++) {
+		const char *name = k == 0 ? "hit" : "upstream";
+		cJSON *ho = cJSON_AddObjectToObject(lo, name), *ht = cJSON_AddObjectToObject(lt, name);
+		ok = ho && ht;
+		for (size_t b = 0; ok && b < STORE_LAT_BUCKETS; b++) {
+			size_t x = (k == 0 ? STORE_X_LAT_HIT : STORE_X_LAT_UP) + b;
+			double sum = 0;
+			ok = add_column(ho, bounds[b], p, n, extra_at, &x, &sum) &&
+			     cJSON_AddNumberToObject(ht, bounds[b], sum);
+		}
+	}
+	return ok;
+}
+
 static double reason_at(const struct store_series_point *p, const void *ud)
 {
 	return (double)p->rejected[*(const size_t *)ud];
@@ -184,6 +212,11 @@ cJSON *cache_series_json(const struct cache_series_query *q, const struct store_
 	for (size_t c = 0; ok && c < sizeof(cols) / sizeof(cols[0]); c++)
 		ok = add_column(o, cols[c].name, p, q->npoints, field_at, &cols[c].off, &sum[c]) &&
 		     cJSON_AddNumberToObject(tot, cols[c].name, sum[c]);
+	size_t xc = STORE_X_COALESCED;
+	double coalesced = 0;
+	ok = ok && add_column(o, "hits_coalesced", p, q->npoints, extra_at, &xc, &coalesced) &&
+	     cJSON_AddNumberToObject(tot, "hits_coalesced", coalesced) &&
+	     add_latency(o, tot, p, q->npoints);
 	struct prices pr = { price_prompt_per_1k, price_completion_per_1k };
 	double total_cost = 0;
 	ok = ok && add_column(o, "cost_saved", p, q->npoints, cost_at, &pr, &total_cost);

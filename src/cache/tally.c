@@ -20,7 +20,8 @@
  * a wake-up and a transaction per this interval instead of per lookup. */
 #define GATHER_NS (1000 * 1000)
 
-enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC, JOB_BYPASS };
+enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC, JOB_BYPASS, JOB_COALESCED, JOB_LAT_HIT,
+       JOB_LAT_UP };
 
 struct job {
 	char tenant[65];
@@ -79,6 +80,16 @@ static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, 
 		cache_series_reject(c, j->rejected);
 		if (j->kind == JOB_BYPASS) {
 			c->bypass++;
+			continue;
+		}
+		if (j->kind == JOB_COALESCED) {
+			c->extra[STORE_X_COALESCED]++;
+			continue;
+		}
+		if (j->kind == JOB_LAT_HIT || j->kind == JOB_LAT_UP) {
+			/* the bucket rides in prompt */
+			c->extra[(j->kind == JOB_LAT_HIT ? STORE_X_LAT_HIT : STORE_X_LAT_UP) +
+				 j->prompt]++;
 			continue;
 		}
 		c->lookups++;
@@ -264,6 +275,17 @@ void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected
 void tally_bypass(struct tally *t, const char *tenant)
 {
 	enqueue(t, tenant, "", JOB_BYPASS, SG_VERIFY_PASS, 0, 0);
+}
+
+void tally_coalesced(struct tally *t, const char *tenant)
+{
+	enqueue(t, tenant, "", JOB_COALESCED, SG_VERIFY_PASS, 0, 0);
+}
+
+void tally_latency(struct tally *t, const char *tenant, bool hit, double ms)
+{
+	enqueue(t, tenant, "", hit ? JOB_LAT_HIT : JOB_LAT_UP, SG_VERIFY_PASS,
+		store_lat_bucket(ms), 0);
 }
 
 void tally_settle(struct tally *t)

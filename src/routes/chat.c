@@ -14,6 +14,7 @@
 #include "semgate/cache/cache.h"
 #include "semgate/cache/api.h"
 #include "semgate/cache/flight.h"
+#include "semgate/core/clock.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/memory/memory.h"
@@ -32,6 +33,8 @@ struct chat {
 	cJSON *body;            /* the client's request */
 	const char *conv;       /* X-Conversation-Id, validated, or NULL */
 	bool had_history;       /* memory mode: the conversation had messages */
+	double t0;              /* when the route began (sg_now_ms) */
+	bool miss_pending;      /* the lookup missed: count it unless a flight answers */
 	const char *prompt;     /* system prompt text to prepend, or NULL */
 	cJSON *turn;            /* this turn's non-system messages (to store) */
 	char *upstream_body;    /* rendered request when it differs from the client's */
@@ -372,6 +375,20 @@ static void record_miss(struct chat *c)
 		cache_api_record_miss(req->app, s, req->tenant, c->cr.rejected);
 }
 
+/* Count this request's latency in the tenant's series, before its answer
+ * goes out (so a read right after it sees it): a hit's whole time, or a
+ * miss's upstream call. */
+static void count_latency(struct chat *c, bool hit)
+{
+	struct sg_req *req = c->req;
+	if (!req->app->tally)
+		return;
+	if (hit)
+		tally_latency(req->app->tally, req->tenant, true, sg_now_ms() - c->t0);
+	else if (req->upstream_ms >= 0)
+		tally_latency(req->app->tally, req->tenant, false, req->upstream_ms);
+}
+
 /* Send a cached answer (doc, rendered as body; both freed here) as outcome
  * for entry id: headers, savings, the tenant's counts (with the verifier's
  * refusal of a better candidate, if any), the turn in memory mode. Returns
@@ -397,6 +414,7 @@ static int send_hit(struct chat *c, const char *outcome, const char *id, bool se
 		cache_api_record_hit(req->app, s, req->tenant, id, semantic, saved_prompt,
 				     saved_completion, rejected);
 	remember(c, doc);
+	count_latency(c, true);
 	int status = c->stream ? replay_stream(c, doc)
 			       : http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
 	cJSON_Delete(doc);
@@ -451,7 +469,7 @@ static bool try_cache(struct chat *c, int *status)
 		add_hdr(c, "X-Semgate-Shadow", c->hdr_shadow);
 	}
 	if (!c->cr.hit) {
-		record_miss(c);
+		c->miss_pending = true; /* counted once no flight answers it */
 		return false;
 	}
 	cJSON *doc = NULL;
@@ -519,7 +537,10 @@ static int serve_coalesced(struct chat *c, struct flight_answer *fa)
 	if (!body)
 		return -1;
 	c->cr.similarity = fa->similarity;
-	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, SG_VERIFY_PASS, doc, body);
+	if (c->req->app->tally)
+		tally_coalesced(c->req->app->tally, c->req->tenant);
+	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, c->cr.rejected, doc,
+			body);
 }
 
 /* A miss about to go upstream: lead its flight, or wait for the one that
@@ -586,6 +607,7 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 	if (status == (int)r->status)
 		add_upstream_headers(c, r);
 	cJSON_Delete(doc);
+	count_latency(c, false);
 	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
 
@@ -735,6 +757,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 				free(err);
 			}
 		}
+		count_latency(c, false);
 		if (!st.client_gone)
 			http_stream_end(req);
 	} else if (rc != SG_OK && !(rc == SG_ERR_CLIENT_GONE && st.status != 200)) {
@@ -763,7 +786,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 int route_chat_completions(struct sg_req *req)
 {
 	struct sg_error e = { 0 };
-	struct chat c = { .req = req, .outcome = "bypass" };
+	struct chat c = { .req = req, .outcome = "bypass", .t0 = sg_now_ms() };
 	c.cr.similarity = -2.0; /* "not computed" until a lookup runs */
 	int status;
 	if (http_read_body(req, &e) != SG_OK)
@@ -783,6 +806,8 @@ int route_chat_completions(struct sg_req *req)
 	}
 	if (try_cache(&c, &status) || join_flight(&c, &status))
 		goto out;
+	if (c.miss_pending)
+		record_miss(&c);
 	struct upstream *up = worker_upstream(req->worker);
 	if (!up) {
 		status = http_send_error(req, 503, "service_unavailable", "out_of_memory",

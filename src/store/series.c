@@ -20,6 +20,24 @@ static const char *const fixed[] = {
 	"tokens_saved_prompt", "tokens_saved_completion",
 };
 #define NFIXED (sizeof(fixed) / sizeof(fixed[0]))
+#define NX STORE_X_COUNT
+
+const char *const store_series_extra[STORE_X_COUNT] = {
+	"hits_coalesced",
+	"lat_hit:1", "lat_hit:5", "lat_hit:25", "lat_hit:100", "lat_hit:500", "lat_hit:2500",
+	"lat_hit:inf",
+	"lat_up:1", "lat_up:5", "lat_up:25", "lat_up:100", "lat_up:500", "lat_up:2500",
+	"lat_up:inf",
+};
+
+int store_lat_bucket(double ms)
+{
+	static const double bounds[STORE_LAT_BUCKETS - 1] = { 1, 5, 25, 100, 500, 2500 };
+	int b = 0;
+	while (b < STORE_LAT_BUCKETS - 1 && !(ms <= bounds[b]))
+		b++;
+	return b;
+}
 
 static size_t nreasons(const char *const *reasons)
 {
@@ -36,7 +54,8 @@ static char *series_key(const struct store *s, const char *tenant, bool hourly, 
 	return store_key(s, "ts", tenant, rest);
 }
 
-/* The values of one row, in field order: fixed, then "rej:<reason>". */
+/* The values of one row, in field order: fixed, extra, then
+ * "rej:<reason>". */
 static size_t row_values(const struct store_tenant_counts *tc, long long *v)
 {
 	long long rej = 0;
@@ -47,16 +66,17 @@ static size_t row_values(const struct store_tenant_counts *tc, long long *v)
 				tc->misses, tc->bypass, rej, tc->tokens_prompt,
 				tc->tokens_completion };
 	memcpy(v, f, sizeof(f));
+	memcpy(v + NFIXED, tc->extra, sizeof(tc->extra));
 	for (size_t i = 0; i < nr; i++)
-		v[NFIXED + i] = tc->rejected[i];
-	return NFIXED + nr;
+		v[NFIXED + NX + i] = tc->rejected[i];
+	return NFIXED + NX + nr;
 }
 
 long store_series_append(struct store *s, const struct store_tenant_counts *tc)
 {
 	if (tc->minute <= 0)
 		return 0;
-	long long v[NFIXED + STORE_REASONS_MAX];
+	long long v[NFIXED + NX + STORE_REASONS_MAX];
 	size_t nv = row_values(tc, v);
 	long queued = 0;
 	for (int hourly = 0; hourly < 2; hourly++) {
@@ -66,11 +86,13 @@ long store_series_append(struct store *s, const struct store_tenant_counts *tc)
 		for (size_t f = 0; f < nv; f++) {
 			if (v[f] <= 0)
 				continue;
-			if (f < NFIXED)
-				redisAppendCommand(s->c, "HINCRBY %s %s %lld", key, fixed[f], v[f]);
+			if (f < NFIXED + NX)
+				redisAppendCommand(s->c, "HINCRBY %s %s %lld", key,
+						   f < NFIXED ? fixed[f] : store_series_extra[f - NFIXED],
+						   v[f]);
 			else
 				redisAppendCommand(s->c, "HINCRBY %s rej:%s %lld", key,
-						   tc->reasons[f - NFIXED], v[f]);
+						   tc->reasons[f - NFIXED - NX], v[f]);
 			queued++;
 		}
 		redisAppendCommand(s->c, "EXPIRE %s %lld", key,
@@ -84,12 +106,12 @@ long store_series_append(struct store *s, const struct store_tenant_counts *tc)
 /* Add one HMGET reply (fields as asked by store_series_read) to p. */
 static void add_reply(struct store_series_point *p, const redisReply *r, size_t nr)
 {
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != NFIXED + nr)
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != NFIXED + NX + nr)
 		return;
 	long long *dst[NFIXED] = { &p->requests, &p->hits_exact, &p->hits_semantic,
 				   &p->misses, &p->bypass, &p->rejections,
 				   &p->tokens_prompt, &p->tokens_completion };
-	for (size_t f = 0; f < NFIXED + nr; f++) {
+	for (size_t f = 0; f < NFIXED + NX + nr; f++) {
 		const redisReply *x = r->element[f];
 		if (x->type != REDIS_REPLY_STRING)
 			continue;
@@ -98,8 +120,10 @@ static void add_reply(struct store_series_point *p, const redisReply *r, size_t 
 			continue;
 		if (f < NFIXED)
 			*dst[f] += n;
+		else if (f < NFIXED + NX)
+			p->extra[f - NFIXED] += n;
 		else
-			p->rejected[f - NFIXED] += n;
+			p->rejected[f - NFIXED - NX] += n;
 	}
 }
 
@@ -111,16 +135,18 @@ enum sg_err store_series_read(struct store *s, const char *tenant, bool hourly,
 	memset(out, 0, npoints * sizeof(*out));
 	size_t nr = nreasons(reasons), nkeys = npoints * per;
 	/* the HMGET's argv after the key: every field */
-	const char *argv[2 + NFIXED + STORE_REASONS_MAX];
+	const char *argv[2 + NFIXED + NX + STORE_REASONS_MAX];
 	char rejf[STORE_REASONS_MAX][48];
 	argv[0] = "HMGET";
 	for (size_t f = 0; f < NFIXED; f++)
 		argv[2 + f] = fixed[f];
+	for (size_t f = 0; f < NX; f++)
+		argv[2 + NFIXED + f] = store_series_extra[f];
 	for (size_t i = 0; i < nr; i++) {
 		snprintf(rejf[i], sizeof(rejf[i]), "rej:%s", reasons[i]);
-		argv[2 + NFIXED + i] = rejf[i];
+		argv[2 + NFIXED + NX + i] = rejf[i];
 	}
-	int argc = (int)(2 + NFIXED + nr);
+	int argc = (int)(2 + NFIXED + NX + nr);
 	enum sg_err rc = store_conn(s, e);
 	for (size_t done = 0; rc == SG_OK && done < nkeys; done += READ_CHUNK) {
 		size_t n = nkeys - done < READ_CHUNK ? nkeys - done : READ_CHUNK;

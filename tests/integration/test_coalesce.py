@@ -49,6 +49,13 @@ def test_identical_burst_makes_one_upstream_call(gateway, upstream):
                for r in coalesced)
     m = requests.get(gateway.url + "/metrics", timeout=10).text
     assert f'semgate_cache_requests_total{{outcome="hit-coalesced"}} {len(coalesced)}' in m
+    # and in the tenant's series, among its hits
+    tot = requests.get(gateway.url + "/v1/cache/timeseries", timeout=10).json()["totals"]
+    assert tot["hits_coalesced"] == len(coalesced)
+    assert tot["hits_exact"] == 31 and tot["misses"] == 1
+    # each request is one lookup in the stats: a follower is a hit, not a miss too
+    st = requests.get(gateway.url + "/v1/cache/stats", timeout=10).json()
+    assert st["lookups"] == 32 and st["misses"] == 1 and st["hits_exact"] == 31
 
 
 def test_similar_questions_wait_for_the_first(gateway, upstream):

@@ -66,6 +66,13 @@ def test_exact_counts_after_known_traffic_and_they_sum_to_stats(make_gateway, re
     cost = 3 * usage["prompt_tokens"] / 1000 * 0.5 + 3 * usage["completion_tokens"] / 1000 * 2
     assert abs(tot["cost_saved"] - cost) < 1e-6
     assert tot["hit_rate"] == round(3 / 5, 6)
+    # latency histograms: the 3 hits' answers and the 3 upstream calls
+    # (2 misses and the bypass), each in one bucket
+    assert sum(tot["latency_ms"]["hit"].values()) == 3
+    assert sum(tot["latency_ms"]["upstream"].values()) == 3
+    assert list(tot["latency_ms"]["hit"]) == ["1", "5", "25", "100", "500", "2500", "inf"]
+    assert sum(sum(col) for col in s["latency_ms"]["hit"].values()) == 3
+    assert tot["hits_coalesced"] == 0 and sum(s["hits_coalesced"]) == 0
     # the columns add up to the totals, and everything is in the minutes of the traffic
     for k in ("requests", "hits_exact", "misses", "tokens_saved_prompt"):
         assert sum(s[k]) == tot[k]

@@ -40,7 +40,9 @@ struct cache_series_query {
 enum sg_err cache_series_parse(const char *query, long long now, struct cache_series_query *q,
 			       struct sg_error *e);
 
-/* The answer: columns t, requests, hits_exact, ..., cost_saved,
+/* The answer: columns t, requests, hits_exact, ..., hits_coalesced (of the
+ * hits, those answered by a concurrent miss's call), cost_saved,
+ * latency_ms{hit, upstream}{bucket upper bound in ms: column},
  * rejections_by_reason{reason: column}, and totals. NULL on out of memory. */
 cJSON *cache_series_json(const struct cache_series_query *q, const struct store_series_point *p,
 			 double price_prompt_per_1k, double price_completion_per_1k);

@@ -32,6 +32,12 @@ void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected
 /* A request answered without a lookup (X-Semgate-Cache: bypass): counted
  * in the series only. */
 void tally_bypass(struct tally *t, const char *tenant);
+/* A hit that came from a concurrent miss's answer (also counted by its
+ * tally_hit): the series' hits_coalesced. */
+void tally_coalesced(struct tally *t, const char *tenant);
+/* How long a request took: a hit's whole answer, or a miss's upstream
+ * call; the series' latency histograms. */
+void tally_latency(struct tally *t, const char *tenant, bool hit, double ms);
 
 /* Return once every lookup queued before the call has been written (or
  * found Redis unavailable, in which case it is dropped and logged). */

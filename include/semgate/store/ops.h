@@ -127,6 +127,21 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 
 /* A batch of lookups, summed: per tenant and minute its counters, per
  * entry its hits. */
+/* Series counters after the fixed ones: coalesced hits, then the hit and
+ * the upstream latency histograms, STORE_LAT_BUCKETS buckets each with
+ * upper bounds of 1, 5, 25, 100, 500 and 2500 ms, and the rest. */
+#define STORE_LAT_BUCKETS 7
+enum {
+	STORE_X_COALESCED = 0,
+	STORE_X_LAT_HIT = 1,
+	STORE_X_LAT_UP = 1 + STORE_LAT_BUCKETS,
+	STORE_X_COUNT = 1 + 2 * STORE_LAT_BUCKETS,
+};
+/* Their field names ("hits_coalesced", "lat_hit:1", …, "lat_up:inf"). */
+extern const char *const store_series_extra[STORE_X_COUNT];
+/* The latency bucket of ms: 0 .. STORE_LAT_BUCKETS - 1. */
+int store_lat_bucket(double ms);
+
 struct store_tenant_counts {
 	const char *tenant;
 	long long lookups, hits_exact, hits_semantic, misses;
@@ -136,6 +151,7 @@ struct store_tenant_counts {
 	long long minute;             /* unix time / 60 of these lookups */
 	long long bypass;             /* requests answered without a lookup */
 	long long rejected[STORE_REASONS_MAX]; /* verifier refusals by reason */
+	long long extra[STORE_X_COUNT];  /* series only: see STORE_X_* */
 	const char *const *reasons;   /* reasons[i] names rejected[i], NULL-ended;
 					 borrowed (static); NULL: none */
 };
@@ -164,6 +180,7 @@ struct store_series_point {
 	long long requests, hits_exact, hits_semantic, misses, bypass, rejections;
 	long long tokens_prompt, tokens_completion;
 	long long rejected[STORE_REASONS_MAX];
+	long long extra[STORE_X_COUNT];
 };
 
 /* Read npoints buckets of per keys each: the minute (hourly: hour) hashes
