@@ -159,14 +159,19 @@ static void *run(void *arg)
 		t->count = 0;
 		pthread_cond_broadcast(&t->room);
 		pthread_mutex_unlock(&t->mu);
+		/* the stats count requests: not the coalesced and latency notes
+		 * that ride along (sum_batch sorts the batch, so count first) */
+		size_t requests = 0;
+		for (size_t i = 0; i < n; i++)
+			requests += t->batch[i].kind <= JOB_BYPASS;
 		bool ok = write_batch(t, t->batch, n);
 		pthread_mutex_lock(&t->mu);
 		t->done += n;
 		t->batches++;
 		if (ok)
-			t->written += n;
+			t->written += requests;
 		else
-			t->dropped += n;
+			t->dropped += requests;
 		pthread_cond_broadcast(&t->settled);
 	}
 	pthread_mutex_unlock(&t->mu);
