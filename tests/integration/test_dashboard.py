@@ -35,6 +35,7 @@ class Dom(html.parser.HTMLParser):
         super().__init__()
         self.stats, self.rows, self.body, self.by_id, self.options = {}, [], {}, {}, []
         self.latency, self.cur_metric = {}, None
+        self.tenant_lat, self.cur_tlat = {}, None
         self.stack, self.status = [], ""
         self.cur_row = None
 
@@ -50,6 +51,10 @@ class Dom(html.parser.HTMLParser):
             self.stats[a["data-stat"]] = a.get("data-value")
         if tag == "tr" and "data-metric" in a:
             self.cur_metric = a["data-metric"]
+        if tag == "tr" and "data-tenant-latency" in a:
+            self.cur_tlat = a["data-tenant-latency"]
+        if tag == "td" and "data-count" in a and self.cur_tlat:
+            self.tenant_lat[self.cur_tlat] = int(a["data-count"])
         if tag == "td" and "data-q" in a and self.cur_metric:
             self.latency[(self.cur_metric, a["data-q"])] = a.get("data-value")
         if tag == "tr" and "data-id" in a:
@@ -175,6 +180,13 @@ def test_browser_shows_exactly_stats_and_top_of_the_keys_tenant(dash_gateway):
           re.findall(name + r'_bucket\{le="([^"]+)"\} (\S+)', m)]
     for q in ("0.5", "0.95", "0.99"):
         assert float(d.latency[(name, q)]) == pytest.approx(quantile(float(q), bs), rel=1e-9), q
+    # the tenant's own latency rows count its series' histograms, not the gateway's
+    now = int(time.time())
+    ts = requests.get(g.url + f"/v1/cache/timeseries?from={now - 3600}&to={now + 60}&step=60",
+                      headers=A, timeout=10).json()["totals"]["latency_ms"]
+    assert d.tenant_lat == {"hit": sum(ts["hit"].values()),
+                            "upstream": sum(ts["upstream"].values())}, d.tenant_lat
+    assert d.tenant_lat["hit"] == 7  # alpha's 7 hits; beta's requests are not in it
     # a screenshot of the same page, for the README
     png = os.path.join(BUILD, "dashboard.png")
     if os.path.exists(png):

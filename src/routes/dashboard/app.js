@@ -280,6 +280,37 @@
     }
   }
 
+  // this tenant's, over the range: the series' latency histograms (per
+  // bucket counts, upper bounds in ms) made cumulative, in seconds
+  function showTenantLatency(ts) {
+    const tb = $("latency-tenant");
+    tb.replaceChildren();
+    const lat = (ts.totals || {}).latency_ms || {};
+    for (const [title, kind] of [["your hits", "hit"], ["your upstream calls", "upstream"]]) {
+      const h = lat[kind] || {};
+      let cum = 0;
+      const bs = Object.keys(h).map((k) => {
+        cum += Number(h[k]);
+        return { le: k === "inf" ? Infinity : Number(k) / 1000, n: cum };
+      });
+      const tr = el("tr", { "data-tenant-latency": kind });
+      tr.appendChild(el("td", {}, title));
+      for (const q of [0.5, 0.95, 0.99]) {
+        const v = quantile(q, bs);
+        tr.appendChild(el("td", { class: "num", "data-q": String(q), "data-value": String(v) },
+                          v === null ? "–" : "≤ " + fmtSec(bucketTop(v, bs))));
+      }
+      tr.appendChild(el("td", { class: "num", "data-count": String(cum) }, fmtInt(cum)));
+      tb.appendChild(tr);
+    }
+  }
+
+  // the upper bound of the bucket a value falls in (the series' resolution)
+  function bucketTop(v, bs) {
+    for (const b of bs) if (v <= b.le) return b.le === Infinity ? v : b.le;
+    return v;
+  }
+
   function showCalibration(cal) {
     const th = cal.thresholds || [];
     const note = $("calibration-note");
@@ -335,7 +366,7 @@
         api("/v1/cache/stats").then(showStats),
         api("/v1/cache/top?limit=20").then(showTop),
         api(`/v1/cache/timeseries?from=${now - span}&to=${now}&step=${step}`)
-          .then((ts) => drawSeries(ts, span)),
+          .then((ts) => { drawSeries(ts, span); showTenantLatency(ts); }),
         api("/v1/cache/calibration").then(showCalibration),
         fetch("/metrics", { cache: "no-store" }).then((r) => r.text()).then(showLatency)]);
       status("");
