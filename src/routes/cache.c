@@ -91,21 +91,26 @@ static double round6(double x)
 	return round(x * 1e6) / 1e6;
 }
 
+enum sg_err route_verify_mode(struct sg_req *req, enum verify_mode *out, struct sg_error *e)
+{
+	const char *cv = req->app->cfg->verify;
+	if (!verify_mode_parse(cv, strlen(cv), out))
+		*out = SG_VERIFY_STRICT; /* config.c checked it already */
+	const char *vh = http_header(req, "X-Semgate-Verify");
+	if (vh && !verify_mode_parse(vh, strlen(vh), out))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				    "X-Semgate-Verify must be one of off, basic, strict");
+	return SG_OK;
+}
+
 int route_cache_lookup(struct sg_req *req)
 {
 	cJSON *doc;
 	struct cache_api_req rq;
-	enum verify_mode verify = SG_VERIFY_STRICT;
-	const char *cv = req->app->cfg->verify;
-	if (!verify_mode_parse(cv, strlen(cv), &verify))
-		verify = SG_VERIFY_STRICT; /* config.c checked it already */
-	const char *vh = http_header(req, "X-Semgate-Verify");
-	if (vh && !verify_mode_parse(vh, strlen(vh), &verify)) {
-		struct sg_error he = { 0 };
-		sg_error_set(&he, SG_ERR_BAD_REQUEST,
-			     "X-Semgate-Verify must be one of off, basic, strict");
+	enum verify_mode verify;
+	struct sg_error he = { 0 };
+	if (route_verify_mode(req, &verify, &he) != SG_OK)
 		return http_send_sg_error(req, &he);
-	}
 	struct store *s;
 	int status = read_request(req, CACHE_API_LOOKUP, &doc, &rq, &s);
 	if (status)

@@ -147,12 +147,9 @@ static enum sg_err read_headers(struct chat *c, struct sg_error *e)
 				"X-Semgate-Threshold must be a number in (0, 1]");
 		c->threshold = v;
 	}
-	if (!verify_mode_parse(cfg->verify, strlen(cfg->verify), &c->verify))
-		c->verify = SG_VERIFY_STRICT; /* config.c checked it already */
-	const char *vh = http_header(req, "X-Semgate-Verify");
-	if (vh && !verify_mode_parse(vh, strlen(vh), &c->verify))
-		return sg_error_set(e, SG_ERR_BAD_REQUEST,
-			"X-Semgate-Verify must be one of off, basic, strict");
+	enum sg_err rc = route_verify_mode(req, &c->verify, e);
+	if (rc != SG_OK)
+		return rc;
 	c->shadow = cfg->shadow != 0;
 	const char *sh = http_header(req, "X-Semgate-Shadow");
 	if (sh) {

@@ -4,6 +4,7 @@
 #define SEMGATE_ROUTES_H
 
 #include <stddef.h>
+#include "semgate/cache/verify.h"
 #include "semgate/http/http.h"
 
 int route_chat_completions(struct sg_req *req);
@@ -37,6 +38,10 @@ int route_guard(struct sg_req *req);
  * a hit (from its usage) in the tokens-saved metrics. */
 struct cJSON;
 void route_metrics_hit_tokens(const struct cJSON *completion);
+
+/* The hit verifier's mode for req: X-Semgate-Verify when given, else
+ * SEMGATE_VERIFY. SG_ERR_BAD_REQUEST (e filled) for a bad header value. */
+enum sg_err route_verify_mode(struct sg_req *req, enum verify_mode *out, struct sg_error *e);
 
 /* The full table; *n receives its length. */
 const struct sg_route *routes_table(size_t *n);
