@@ -20,8 +20,7 @@
  * a wake-up and a transaction per this interval instead of per lookup. */
 #define GATHER_NS (1000 * 1000)
 
-enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC, JOB_BYPASS, JOB_COALESCED, JOB_LAT_HIT,
-       JOB_LAT_UP };
+enum { JOB_MISS, JOB_HIT_EXACT, JOB_HIT_SEMANTIC, JOB_BYPASS, JOB_COALESCED, JOB_LAT_UP };
 
 struct job {
 	char tenant[65];
@@ -29,6 +28,7 @@ struct job {
 	int kind;
 	enum verify_reason rejected;
 	long long minute;     /* unix minute the request was answered in */
+	int lat;              /* a hit's latency bucket, -1: none */
 	long long prompt, completion;
 };
 
@@ -86,10 +86,8 @@ static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, 
 			c->extra[STORE_X_COALESCED]++;
 			continue;
 		}
-		if (j->kind == JOB_LAT_HIT || j->kind == JOB_LAT_UP) {
-			/* the bucket rides in prompt */
-			c->extra[(j->kind == JOB_LAT_HIT ? STORE_X_LAT_HIT : STORE_X_LAT_UP) +
-				 j->prompt]++;
+		if (j->kind == JOB_LAT_UP) {
+			c->extra[STORE_X_LAT_UP + j->prompt]++; /* the bucket rides in prompt */
 			continue;
 		}
 		c->lookups++;
@@ -101,6 +99,8 @@ static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, 
 			c->hits_exact++;
 		else
 			c->hits_semantic++;
+		if (j->lat >= 0)
+			c->extra[STORE_X_LAT_HIT + j->lat]++;
 		c->tokens_prompt += j->prompt;
 		c->tokens_completion += j->completion;
 		if (*neh == 0 || strcmp(t->eh[*neh - 1].tenant, j->tenant) != 0 ||
@@ -240,7 +240,7 @@ void tally_stop(struct tally *t)
 }
 
 static void enqueue(struct tally *t, const char *tenant, const char *id, int kind,
-		    enum verify_reason rejected, long long prompt, long long completion)
+		    enum verify_reason rejected, long long prompt, long long completion, int lat)
 {
 	long long minute = (long long)time(NULL) / 60;
 	pthread_mutex_lock(&t->mu);
@@ -253,6 +253,7 @@ static void enqueue(struct tally *t, const char *tenant, const char *id, int kin
 		j->kind = kind;
 		j->rejected = rejected;
 		j->minute = minute;
+		j->lat = lat;
 		j->prompt = prompt > 0 ? prompt : 0;
 		j->completion = completion > 0 ? completion : 0;
 		t->count++;
@@ -266,31 +267,30 @@ static void enqueue(struct tally *t, const char *tenant, const char *id, int kin
 
 void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
 	       long long prompt_tokens, long long completion_tokens,
-	       enum verify_reason rejected)
+	       enum verify_reason rejected, double ms)
 {
 	enqueue(t, tenant, id, semantic ? JOB_HIT_SEMANTIC : JOB_HIT_EXACT, rejected,
-		prompt_tokens, completion_tokens);
+		prompt_tokens, completion_tokens, ms >= 0 ? store_lat_bucket(ms) : -1);
 }
 
 void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected)
 {
-	enqueue(t, tenant, "", JOB_MISS, rejected, 0, 0);
+	enqueue(t, tenant, "", JOB_MISS, rejected, 0, 0, -1);
 }
 
 void tally_bypass(struct tally *t, const char *tenant)
 {
-	enqueue(t, tenant, "", JOB_BYPASS, SG_VERIFY_PASS, 0, 0);
+	enqueue(t, tenant, "", JOB_BYPASS, SG_VERIFY_PASS, 0, 0, -1);
 }
 
 void tally_coalesced(struct tally *t, const char *tenant)
 {
-	enqueue(t, tenant, "", JOB_COALESCED, SG_VERIFY_PASS, 0, 0);
+	enqueue(t, tenant, "", JOB_COALESCED, SG_VERIFY_PASS, 0, 0, -1);
 }
 
-void tally_latency(struct tally *t, const char *tenant, bool hit, double ms)
+void tally_upstream_latency(struct tally *t, const char *tenant, double ms)
 {
-	enqueue(t, tenant, "", hit ? JOB_LAT_HIT : JOB_LAT_UP, SG_VERIFY_PASS,
-		store_lat_bucket(ms), 0);
+	enqueue(t, tenant, "", JOB_LAT_UP, SG_VERIFY_PASS, store_lat_bucket(ms), 0, -1);
 }
 
 void tally_settle(struct tally *t)

@@ -372,18 +372,14 @@ static void record_miss(struct chat *c)
 		cache_api_record_miss(req->app, s, req->tenant, c->cr.rejected);
 }
 
-/* Count this request's latency in the tenant's series, before its answer
- * goes out (so a read right after it sees it): a hit's whole time, or a
- * miss's upstream call. */
-static void count_latency(struct chat *c, bool hit)
+/* Count this request's upstream call in the tenant's series, before its
+ * answer goes out (so a read right after it sees it). A hit's time rides
+ * with its tally_hit. */
+static void count_upstream_latency(struct chat *c)
 {
 	struct sg_req *req = c->req;
-	if (!req->app->tally)
-		return;
-	if (hit)
-		tally_latency(req->app->tally, req->tenant, true, sg_now_ms() - c->t0);
-	else if (req->upstream_ms >= 0)
-		tally_latency(req->app->tally, req->tenant, false, req->upstream_ms);
+	if (req->app->tally && req->upstream_ms >= 0)
+		tally_upstream_latency(req->app->tally, req->tenant, req->upstream_ms);
 }
 
 /* Send a cached answer (doc, rendered as body; both freed here) as outcome
@@ -406,12 +402,11 @@ static int send_hit(struct chat *c, const char *outcome, const char *id, bool se
 	cache_api_usage(doc, &saved_prompt, &saved_completion);
 	if (req->app->tally && id[0])
 		tally_hit(req->app->tally, req->tenant, id, semantic, saved_prompt,
-			  saved_completion, rejected);
+			  saved_completion, rejected, sg_now_ms() - c->t0);
 	else if (s && id[0])
 		cache_api_record_hit(req->app, s, req->tenant, id, semantic, saved_prompt,
 				     saved_completion, rejected);
 	remember(c, doc);
-	count_latency(c, true);
 	int status = c->stream ? replay_stream(c, doc)
 			       : http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
 	cJSON_Delete(doc);
@@ -604,7 +599,7 @@ static int relay(struct chat *c, const struct upstream_resp *r)
 	if (status == (int)r->status)
 		add_upstream_headers(c, r);
 	cJSON_Delete(doc);
-	count_latency(c, false);
+	count_upstream_latency(c);
 	return http_send(req, status, "application/json", r->body.data, r->body.len, c->hdrs);
 }
 
@@ -754,7 +749,7 @@ static int stream_upstream(struct chat *c, struct upstream *up, const char *body
 				free(err);
 			}
 		}
-		count_latency(c, false);
+		count_upstream_latency(c);
 		if (!st.client_gone)
 			http_stream_end(req);
 	} else if (rc != SG_OK && !(rc == SG_ERR_CLIENT_GONE && st.status != 200)) {

@@ -24,10 +24,12 @@ void tally_stop(struct tally *t);
  * Redis slow) makes the caller wait for room: accounting is never
  * dropped while Redis answers.
  * Each is also counted in the tenant's per-minute series (series.h), with
- * the verifier's refusal of its best candidate (SG_VERIFY_PASS: none). */
+ * the verifier's refusal of its best candidate (SG_VERIFY_PASS: none), and
+ * a hit with how long its answer took (ms < 0: not measured) in the hit
+ * latency histogram. */
 void tally_hit(struct tally *t, const char *tenant, const char *id, bool semantic,
 	       long long prompt_tokens, long long completion_tokens,
-	       enum verify_reason rejected);
+	       enum verify_reason rejected, double ms);
 void tally_miss(struct tally *t, const char *tenant, enum verify_reason rejected);
 /* A request answered without a lookup (X-Semgate-Cache: bypass): counted
  * in the series only. */
@@ -35,9 +37,9 @@ void tally_bypass(struct tally *t, const char *tenant);
 /* A hit that came from a concurrent miss's answer (also counted by its
  * tally_hit): the series' hits_coalesced. */
 void tally_coalesced(struct tally *t, const char *tenant);
-/* How long a request took: a hit's whole answer, or a miss's upstream
- * call; the series' latency histograms. */
-void tally_latency(struct tally *t, const char *tenant, bool hit, double ms);
+/* How long a miss's (or bypass's) upstream call took: the series' upstream
+ * latency histogram. */
+void tally_upstream_latency(struct tally *t, const char *tenant, double ms);
 
 /* Return once every lookup queued before the call has been written (or
  * found Redis unavailable, in which case it is dropped and logged). */
