@@ -16,6 +16,7 @@
 #include "semgate/core/log.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/store.h"
+#include "semgate/cache/behind.h"
 #include "semgate/cache/tally.h"
 #include "semgate/vindex/vindex.h"
 #include "semgate/upstream/upstream.h"
@@ -74,6 +75,13 @@ static void drain(struct sg_http *http, long long grace_ms)
 
 /* Load every cached vector from Redis into the index. Redis being down at
  * start is not fatal: the cache fills again as answers are stored. */
+/* The accounting's hook (tally_before_write): hits are counted on entries
+ * that Redis has. */
+static void settle_stores(void *b)
+{
+	behind_settle(b);
+}
+
 static void rebuild_index(struct sg_app *app)
 {
 	struct store *s = store_create(app->cfg);
@@ -153,6 +161,10 @@ int main(int argc, char **argv)
 	app.tally = tally_start(&cfg, &e);
 	if (!app.tally)
 		sg_log(SG_LOG_WARN, "%s: hits and misses are counted inline", e.msg);
+	if (cfg.store_behind && !(app.behind = behind_start(&app, &e)))
+		sg_log(SG_LOG_WARN, "%s: answers are stored before they are sent", e.msg);
+	if (app.behind)
+		tally_before_write(app.tally, settle_stores, app.behind);
 
 	size_t nroutes;
 	const struct sg_route *routes = routes_table(&nroutes);
@@ -190,6 +202,8 @@ int main(int argc, char **argv)
 out:
 	tally_stop(app.tally);  /* after http_stop: no request can queue more */
 	app.tally = NULL;
+	behind_stop(app.behind); /* after the tally, which settles it */
+	app.behind = NULL;
 	cache_sync_stop(sync);
 	hot_destroy(app.hot);
 	app.hot = NULL;

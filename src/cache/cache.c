@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "semgate/app/app.h"
+#include "semgate/cache/behind.h"
 #include "semgate/cache/cache.h"
 #include "semgate/core/clock.h"
 #include "semgate/embed/embed.h"
@@ -83,7 +84,13 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	}
 	uint64_t token = hot ? hot_token(app->hot, hkey) : 0;
 	long long pttl = -2;
-	enum sg_err rc = store_exact_get(s, tenant, si->exact, &a, &found, hot ? &pttl : NULL, e);
+	/* an answer whose store is still queued (behind.h) first: asked after
+	 * Redis, it could be written and forgotten in between */
+	bool pending = behind_get_exact(app->behind, tenant, si->exact, &a);
+	found = pending;
+	enum sg_err rc = pending ? SG_OK
+				 : store_exact_get(s, tenant, si->exact, &a, &found,
+						   hot ? &pttl : NULL, e);
 	if (rc != SG_OK)
 		return rc;
 	if (found && strcmp(a.kind, "chat") != 0) {
@@ -91,7 +98,7 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 		store_answer_finish(&a);
 		found = false;
 	}
-	if (found && hot)
+	if (found && hot && !pending)
 		hot_put(app->hot, hkey, token, a.id, a.answer, a.answer_len, pttl);
 	if (found) {
 		out->hit = true;
@@ -234,6 +241,38 @@ static bool take(struct cache_match *out, enum verify_reason r, struct store_ent
 	return false;
 }
 
+/* store_entry_read_many, with the entries whose store is still queued
+ * (behind.h) read from there first: asked after Redis, one could be
+ * written and forgotten in between, and its row dropped as if deleted. */
+static enum sg_err read_entries(struct sg_app *app, struct store *s, const char *tenant,
+				const char **ids, size_t m, struct store_entry_view *views,
+				bool *found, struct sg_error *e)
+{
+	const char *rest[VINDEX_TOPK_MAX];
+	size_t at[VINDEX_TOPK_MAX], n = 0;
+	for (size_t i = 0; i < m; i++)
+		if (!(found[i] = behind_get_entry(app->behind, tenant, ids[i], &views[i]))) {
+			at[n] = i;
+			rest[n++] = ids[i];
+		}
+	if (n == 0)
+		return SG_OK;
+	struct store_entry_view rv[VINDEX_TOPK_MAX];
+	bool rf[VINDEX_TOPK_MAX];
+	enum sg_err rc = store_entry_read_many(s, tenant, rest, n, rv, rf, e);
+	if (rc != SG_OK) {
+		for (size_t i = 0; i < m; i++)
+			if (found[i])
+				store_entry_view_finish(&views[i]);
+		return rc;
+	}
+	for (size_t k = 0; k < n; k++) {
+		views[at[k]] = rv[k];
+		found[at[k]] = rf[k];
+	}
+	return SG_OK;
+}
+
 /* The best row was refused: try the next ones at or above the threshold,
  * read in one round trip, best first. */
 static enum sg_err match_more(struct sg_app *app, struct store *s,
@@ -260,7 +299,7 @@ static enum sg_err match_more(struct sg_app *app, struct store *s,
 		}
 	struct store_entry_view views[VINDEX_TOPK_MAX];
 	bool found[VINDEX_TOPK_MAX];
-	if ((rc = store_entry_read_many(s, rq->tenant, ids, m, views, found, e)) != SG_OK)
+	if ((rc = read_entries(app, s, rq->tenant, ids, m, views, found, e)) != SG_OK)
 		return rc;
 	for (size_t i = 0; i < m; i++) {
 		if (!found[i])
@@ -300,7 +339,8 @@ enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct c
 			return SG_OK;
 		struct store_entry_view v;
 		bool found = false;
-		if ((rc = store_entry_read(s, rq->tenant, best.id, &v, &found, e)) != SG_OK)
+		if (!(found = behind_get_entry(app->behind, rq->tenant, best.id, &v)) &&
+		    (rc = store_entry_read(s, rq->tenant, best.id, &v, &found, e)) != SG_OK)
 			return rc;
 		if (!found) {
 			/* expired or deleted in Redis: forget it and look again */
@@ -438,8 +478,18 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 			struct sg_error *e)
 {
 	cache_new_id(id_out);
+	return cache_store_as(app, s, tenant, ns, si, exact, answer, answer_len, tokens, vec, dim,
+			      ttl_s, id_out, e);
+}
+
+enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *tenant,
+			      const char *ns, const struct scope_info *si, bool exact,
+			      const char *answer, size_t answer_len, long long tokens,
+			      const float *vec, int dim, long long ttl_s, const char *id,
+			      struct sg_error *e)
+{
 	struct store_entry en = {
-		.id = id_out,
+		.id = id,
 		.query = si->query,
 		.query_len = si->query_len,
 		.answer = answer,
@@ -461,17 +511,35 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 	if (rc != SG_ERR_NOMEM && exact && app->hot &&
 	    store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey)))
 		hot_invalidate(app->hot, hkey, strlen(hkey));
+	return rc;
+}
+
+enum sg_err cache_index_add(struct sg_app *app, const char *tenant, const char *scope,
+			    const float *vec, int dim, long long ttl_s, const char *id,
+			    struct sg_error *e)
+{
+	char part[VINDEX_KEY_MAX];
+	partition_key(part, sizeof(part), tenant, scope, app->embedder.model);
+	return vindex_add(app->vindex, part, dim, id, vec, sg_wall_ms() + ttl_s * 1000, e);
+}
+
+enum sg_err cache_store_as(struct sg_app *app, struct store *s, const char *tenant,
+			   const char *ns, const struct scope_info *si, bool exact,
+			   const char *answer, size_t answer_len, long long tokens,
+			   const float *vec, int dim, long long ttl_s, const char *id,
+			   struct sg_error *e)
+{
+	enum sg_err rc = cache_store_redis(app, s, tenant, ns, si, exact, answer, answer_len,
+					   tokens, vec, dim, ttl_s, id, e);
 	/* SG_ERR_REDIS: the EXEC may have run before the connection failed,
 	 * and this process skips its own add events, so it keeps a row; a
 	 * semantic match on a row whose entry is missing drops it */
 	if ((rc != SG_OK && rc != SG_ERR_REDIS) || !vec)
 		return rc;
-	char part[VINDEX_KEY_MAX];
-	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
 	struct sg_error ve = { 0 };
-	if (vindex_add(app->vindex, part, dim, id_out, vec, sg_wall_ms() + ttl_s * 1000, &ve) !=
-	    SG_OK && rc == SG_OK)
-		sg_log(SG_LOG_WARN, "entry %s stored without an index row: %s", id_out, ve.msg);
+	if (cache_index_add(app, tenant, si->scope, vec, dim, ttl_s, id, &ve) != SG_OK &&
+	    rc == SG_OK)
+		sg_log(SG_LOG_WARN, "entry %s stored without an index row: %s", id, ve.msg);
 	return rc;
 }
 

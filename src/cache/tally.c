@@ -47,6 +47,8 @@ struct tally {
 	bool flush;               /* someone settles: write without gathering */
 	bool idle;                /* the writer waits for a first job */
 	bool failing;             /* the last batch could not be written */
+	void (*before)(void *);   /* run before each batch is written */
+	void *before_ud;
 	/* the writer's scratch, sized for a full ring */
 	struct job *batch;
 	struct store_tenant_counts *tc;
@@ -115,6 +117,8 @@ static bool write_batch(struct tally *t, struct job *jobs, size_t n)
 {
 	size_t ntc, neh;
 	sum_batch(t, jobs, n, &ntc, &neh);
+	if (t->before)
+		t->before(t->before_ud);
 	struct sg_error e = { 0 };
 	enum sg_err rc = store_record_counts(t->store, t->tc, ntc, t->eh, neh,
 					    t->cfg->cache_ttl, &e);
@@ -291,6 +295,14 @@ void tally_coalesced(struct tally *t, const char *tenant)
 void tally_upstream_latency(struct tally *t, const char *tenant, double ms)
 {
 	enqueue(t, tenant, "", JOB_LAT_UP, SG_VERIFY_PASS, store_lat_bucket(ms), 0, -1);
+}
+
+void tally_before_write(struct tally *t, void (*fn)(void *), void *ud)
+{
+	if (t) {
+		t->before = fn;
+		t->before_ud = ud;
+	}
 }
 
 void tally_settle(struct tally *t)

@@ -260,6 +260,16 @@ enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
 	return rc;
 }
 
+char *sg_memdup0(const char *p, size_t n)
+{
+	char *out = malloc(n + 1);
+	if (out) {
+		memcpy(out, p, n);
+		out[n] = '\0';
+	}
+	return out;
+}
+
 char *sg_buf_steal(struct sg_buf *b, size_t *len)
 {
 	if (!b->data && sg_buf_append(b, "", 0) != SG_OK)

@@ -104,6 +104,9 @@ static const struct cfg_row config_rows[] = {
 	  OFF(coalesce_wait_ms),
 	  "concurrent misses that the first one's answer would answer wait this long for it "
 	  "instead of calling the LLM again (0: off)" },
+	{ "SEMGATE_STORE_BEHIND", "--store-behind", CFG_INT, "1", 0, 1, OFF(store_behind),
+	  "1: a miss's answer goes to the client before its store is written to Redis (a "
+	  "repeat meanwhile is answered from the gateway's memory); 0: stored first" },
 	{ "SEMGATE_SHADOW", "--shadow", CFG_INT, "0", 0, 1, OFF(shadow),
 	  "shadow mode: a would-be semantic hit goes upstream anyway and the two answers are "
 	  "compared, for GET /v1/cache/calibration (per request: X-Semgate-Shadow)" },

@@ -388,6 +388,9 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 	    (rc = header(out, "semgate_hot_cache_bytes", "gauge",
 			 "Answer bytes held in the in-process hot cache.")) ||
 	    (rc = sg_buf_printf(out, "semgate_hot_cache_bytes %zu\n", x->hot_bytes)) ||
+	    (rc = header(out, "semgate_cache_stores_pending", "gauge",
+			 "Miss answers already sent whose store is still queued.")) ||
+	    (rc = sg_buf_printf(out, "semgate_cache_stores_pending %zu\n", x->stores_pending)) ||
 	    (rc = header(out, "semgate_requests_in_flight", "gauge",
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))

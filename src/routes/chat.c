@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "semgate/app/app.h"
+#include "semgate/cache/behind.h"
 #include "semgate/cache/cache.h"
 #include "semgate/cache/api.h"
 #include "semgate/cache/flight.h"
@@ -497,6 +498,29 @@ static void shadow_compare(struct chat *c, const cJSON *doc)
 		 agree ? "agree" : "disagree");
 }
 
+/* Store a miss's answer behind the reply (behind.h): the entry is named,
+ * indexed and readable from this process now, and written to Redis by the
+ * store writer. False when it must be stored inline: no writer, or out of
+ * memory. */
+static bool store_behind(struct chat *c, const cJSON *doc, const struct upstream_resp *r)
+{
+	struct sg_app *app = c->req->app;
+	if (!app->behind)
+		return false;
+	struct behind_store in = {
+		.tenant = c->req->tenant,
+		.ns = c->ns,
+		.si = &c->si,
+		.answer = r->body.data,
+		.answer_len = r->body.len,
+		.tokens = cache_answer_tokens(doc),
+		.vec = c->cr.vec,
+		.dim = c->cr.dim,
+		.ttl_s = c->ttl,
+	};
+	return behind_queue(app->behind, &in, c->entry);
+}
+
 static void store_answer(struct chat *c, const cJSON *doc, const struct upstream_resp *r)
 {
 	if (c->shadow_answer) {
@@ -508,14 +532,16 @@ static void store_answer(struct chat *c, const cJSON *doc, const struct upstream
 	struct sg_req *req = c->req;
 	struct store *s = worker_store(req->worker);
 	struct sg_error e = { 0 };
-	if (!s || cache_store(req->app, s, req->tenant, c->ns, &c->si, true, r->body.data,
-			      r->body.len, cache_answer_tokens(doc), c->cr.vec, c->cr.dim,
-			      c->ttl, c->entry, &e) != SG_OK) {
+	bool behind = store_behind(c, doc, r);
+	if (!behind && (!s || cache_store(req->app, s, req->tenant, c->ns, &c->si, true,
+					  r->body.data, r->body.len, cache_answer_tokens(doc),
+					  c->cr.vec, c->cr.dim, c->ttl, c->entry, &e) != SG_OK)) {
 		c->entry[0] = '\0';
 		sg_log(SG_LOG_WARN, "answer not cached: %s", e.msg);
 	}
 	if (c->flight) {
-		/* stored first, so a follower's repeat finds the entry */
+		/* stored (or readable while its store is queued) first, so a
+		 * follower's repeat finds the entry */
 		flight_land(req->app->flights, c->flight, r->body.data, r->body.len, c->entry);
 		c->flight = NULL;
 	}

@@ -16,6 +16,7 @@
 #include "semgate/core/ratelimit.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/store.h"
+#include "semgate/cache/behind.h"
 #include "semgate/cache/tally.h"
 
 static int send_with_headers(struct sg_req *req, int status, const char *type,
@@ -164,6 +165,11 @@ int route_guard(struct sg_req *req)
 	 * leaderboard, an entry's hits) or delete entries: first let the
 	 * counts of every lookup answered so far reach Redis (tally.h).
 	 * Sidecar lookups and stores need not wait. */
+	/* every cache API route first lets the answers already sent reach
+	 * Redis (behind.h): a lookup or a read right after a chat answer finds
+	 * its entry */
+	if (status == 0 && strncmp(req->route, "/v1/cache/", 10) == 0)
+		behind_settle(req->app->behind);
 	if (status == 0 && strncmp(req->route, "/v1/cache/", 10) == 0 &&
 	    strcmp(req->route, "/v1/cache/lookup") != 0 &&
 	    !(strcmp(req->route, "/v1/cache/entries") == 0 && strcmp(req->method, "POST") == 0))

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "semgate/app/app.h"
+#include "semgate/cache/behind.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/core/json.h"
 #include "semgate/core/metrics.h"
@@ -19,6 +20,8 @@ int route_metrics(struct sg_req *req)
 	tally_get_stats(req->app->tally, &ts);
 	struct hot_stats hs;
 	hot_get_stats(req->app->hot, &hs);
+	struct behind_stats bs;
+	behind_get_stats(req->app->behind, &bs);
 	struct metrics_extra x = {
 		.redis_reconnects = store_reconnects(),
 		.index_entries = vindex_count(req->app->vindex),
@@ -29,6 +32,7 @@ int route_metrics(struct sg_req *req)
 		.hot_hits = hs.hits,
 		.hot_keys = hs.keys,
 		.hot_bytes = hs.bytes,
+		.stores_pending = bs.pending,
 		.price_prompt_per_1k = cfg->price_prompt_per_1k,
 		.price_completion_per_1k = cfg->price_completion_per_1k,
 	};

@@ -16,6 +16,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "semgate/core/buf.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/store/ops.h"
@@ -285,16 +286,6 @@ void store_sub_msg_finish(struct store_sub_msg *m)
 	memset(m, 0, sizeof(*m));
 }
 
-static char *dup_bytes(const char *p, size_t n)
-{
-	char *out = malloc(n + 1);
-	if (out) {
-		memcpy(out, p, n);
-		out[n] = '\0';
-	}
-	return out;
-}
-
 /* Fill m from a ["message", channel, payload] reply; anything else (a
  * subscribe confirmation) leaves it empty. An invalidation's payload is
  * an array of keys, or nil for all of them; one that cannot be copied
@@ -308,7 +299,7 @@ static void take_message(redisReply *r, struct store_sub_msg *m)
 		return;
 	redisReply *p = r->element[2];
 	if (strcmp(r->element[1]->str, "__redis__:invalidate") != 0) {
-		if (p->type == REDIS_REPLY_STRING && (m->payload = dup_bytes(p->str, p->len)))
+		if (p->type == REDIS_REPLY_STRING && (m->payload = sg_memdup0(p->str, p->len)))
 			m->len = p->len;
 		return;
 	}
@@ -325,7 +316,7 @@ static void take_message(redisReply *r, struct store_sub_msg *m)
 	}
 	for (size_t i = 0; i < p->elements; i++) {
 		redisReply *k = p->element[i];
-		if (k->type != REDIS_REPLY_STRING || !(m->keys[i] = dup_bytes(k->str, k->len))) {
+		if (k->type != REDIS_REPLY_STRING || !(m->keys[i] = sg_memdup0(k->str, k->len))) {
 			store_sub_msg_finish(m);
 			m->invalidate_all = true;
 			return;

@@ -175,6 +175,13 @@ class Gateway:
         return requests.post(self.url + "/v1/chat/completions", json=body,
                              headers=headers or {}, timeout=timeout)
 
+    def settle(self, headers=None):
+        """Return once every answer this gateway has sent is stored in Redis:
+        a miss's store is written behind its answer (src/cache/behind.h),
+        and every cache API route waits for it first."""
+        r = requests.get(self.url + "/v1/cache/stats", headers=headers or {}, timeout=30)
+        assert r.status_code == 200, r.text
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

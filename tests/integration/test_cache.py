@@ -128,6 +128,7 @@ def test_tools_requests_use_the_exact_cache_only(gateway, upstream):
 def test_every_key_has_a_ttl_and_x_semgate_ttl_sets_it(gateway, upstream, redis_db):
     ask(gateway, "ttl default")
     ask(gateway, "ttl custom", headers={"X-Semgate-TTL": "600"})
+    gateway.settle()  # the stores are written behind the answers
     keys = redis_db.keys("sg:*")
     assert keys
     for k in keys:
@@ -142,6 +143,7 @@ def test_every_key_has_a_ttl_and_x_semgate_ttl_sets_it(gateway, upstream, redis_
 
 def test_entry_hash_holds_the_documented_fields(gateway, upstream, redis_db):
     r = ask(gateway, "field check", headers={"X-Semgate-Namespace": "docs"})
+    gateway.settle()
     key = f"sg:e:default:{r.headers['X-Semgate-Entry']}".encode()
     h = redis_db.hgetall(key)
     for f in (b"query", b"answer", b"scope", b"namespace", b"vector", b"dim", b"model",
@@ -192,6 +194,7 @@ def test_restart_keeps_semantic_hits(make_gateway, redis_db, upstream):
 
 def test_entry_gone_from_redis_is_a_miss(gateway, upstream, redis_db):
     r = ask(gateway, "ephemeral")
+    gateway.settle()
     redis_db.delete(f"sg:e:default:{r.headers['X-Semgate-Entry']}".encode())
     for k in redis_db.keys("sg:x:*"):
         redis_db.delete(k)
@@ -203,6 +206,7 @@ def test_entry_gone_from_redis_is_a_miss(gateway, upstream, redis_db):
 
 def test_redis_down_bypasses_the_cache_and_recovers(gateway, upstream, redis_server):
     ask(gateway, "before outage")
+    gateway.settle()  # stored: the outage below is not a pending store's
     redis_server.stop()
     r = ask(gateway, "before outage")
     assert r.headers["X-Semgate-Cache"] == "bypass"

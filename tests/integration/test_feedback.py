@@ -109,6 +109,7 @@ def test_third_wrong_deletes_the_entry(gateway, upstream, redis_db):
 
 def test_bad_input_is_400_and_changes_nothing(gateway, upstream, redis_db):
     eid = ask(gateway, STORED).headers["X-Semgate-Entry"]
+    gateway.settle()  # its store is written behind the answer
     key = f"sg:e:default:{eid}"
     before = redis_db.hgetall(key)
     bad = [
@@ -140,6 +141,7 @@ def test_bad_input_is_400_and_changes_nothing(gateway, upstream, redis_db):
 def test_feedback_is_tenant_scoped(make_gateway, redis_db, upstream):
     g = make_gateway(SEMGATE_API_KEYS=f"{KEY_A}:tenantA,{KEY_B}:tenantB")
     eid = ask(g, STORED, headers=HA).headers["X-Semgate-Entry"]
+    g.settle(HA)
     before = redis_db.hgetall(f"sg:e:tenantA:{eid}")
     assert before
     r = feedback(g, headers=HB, id=eid, query=STORED, verdict="wrong")

@@ -17,14 +17,15 @@ def turns(gw, conv, texts):
     return out
 
 
-def entries(redis_db):
+def entries(gw, redis_db):
+    gw.settle()  # a miss's store is written behind its answer
     return len(redis_db.keys("sg:e:*"))
 
 
 def test_default_caches_only_the_first_turn(gateway, upstream, redis_db):
     hs = turns(gateway, "mc1", ["What is Redis?", "And Valkey?", "Which is faster?"])
     assert [h["X-Semgate-Cache"] for h in hs] == ["miss", "bypass", "bypass"]
-    assert entries(redis_db) == 1
+    assert entries(gateway, redis_db) == 1
     # the first turn is a question anyone may ask: a stateless request hits it
     r = gateway.chat(user("What is Redis?"))
     assert r.headers["X-Semgate-Cache"] == "hit-exact"
@@ -41,14 +42,14 @@ def test_all_caches_every_turn(make_gateway, redis_db, upstream):
     g = make_gateway(SEMGATE_MEMORY_CACHE="all")
     hs = turns(g, "mc3", ["What is Redis?", "And Valkey?", "Which is faster?"])
     assert [h["X-Semgate-Cache"] for h in hs] == ["miss", "miss", "miss"]
-    assert entries(redis_db) == 3
+    assert entries(g, redis_db) == 3
 
 
 def test_off_never_caches_memory_mode(make_gateway, redis_db, upstream):
     g = make_gateway(SEMGATE_MEMORY_CACHE="off")
     hs = turns(g, "mc4", ["What is Redis?", "And Valkey?"])
     assert [h["X-Semgate-Cache"] for h in hs] == ["bypass", "bypass"]
-    assert entries(redis_db) == 0
+    assert entries(g, redis_db) == 0
     # stateless requests still use the cache
     assert g.chat(user("What is Redis?")).headers["X-Semgate-Cache"] == "miss"
-    assert entries(redis_db) == 1
+    assert entries(g, redis_db) == 1

@@ -57,6 +57,7 @@ def test_chat_answers_and_invalidations_travel_between_gateways(pair, upstream):
     hdr = {"X-Semgate-Namespace": "travel"}
     r = a.chat(user("Best time to visit Japan?"), headers=hdr)
     assert r.headers["X-Semgate-Cache"] == "miss"
+    a.settle()  # stored behind the answer: only then can b see it
     upstream.set_similarity("best time to visit japan", "Best time to visit Japan?", 0.98)
     within_a_second(lambda: b.chat(user("best time to visit japan"), headers=hdr)
                     .headers["X-Semgate-Cache"] == "hit-semantic",

@@ -31,6 +31,7 @@ struct sg_app {
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
 	struct flights *flights;      /* single-flight of misses; NULL: off */
+	struct behind *behind;        /* miss stores written behind; NULL: inline */
 	/* True from start until the index has been loaded from Redis once
 	 * (set by main.c, cleared by the event follower): semantic lookups
 	 * are skipped and counted as "warming" meanwhile. */

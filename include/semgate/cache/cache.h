@@ -122,6 +122,23 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 			const char *answer, size_t answer_len, long long tokens,
 			const float *vec, int dim, long long ttl_s, char id_out[65],
 			struct sg_error *e);
+/* cache_store under an id the caller made with cache_new_id. It is
+ * cache_store_redis then cache_index_add, the two halves that a store
+ * written behind the answer (behind.h) runs apart: the row at once, Redis
+ * from the writer thread. */
+enum sg_err cache_store_as(struct sg_app *app, struct store *s, const char *tenant,
+			   const char *ns, const struct scope_info *si, bool exact,
+			   const char *answer, size_t answer_len, long long tokens,
+			   const float *vec, int dim, long long ttl_s, const char *id,
+			   struct sg_error *e);
+enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *tenant,
+			      const char *ns, const struct scope_info *si, bool exact,
+			      const char *answer, size_t answer_len, long long tokens,
+			      const float *vec, int dim, long long ttl_s, const char *id,
+			      struct sg_error *e);
+enum sg_err cache_index_add(struct sg_app *app, const char *tenant, const char *scope,
+			    const float *vec, int dim, long long ttl_s, const char *id,
+			    struct sg_error *e);
 
 /* Render a stored completion as a fresh answer: new id and created,
  * spliced into the stored bytes (one parse, no re-rendering). Returns the

@@ -41,6 +41,12 @@ void tally_coalesced(struct tally *t, const char *tenant);
  * latency histogram. */
 void tally_upstream_latency(struct tally *t, const char *tenant, double ms);
 
+/* Run fn(ud) in the writer before each batch is written (set it before
+ * any lookup is queued). main.c makes it settle the stores written behind
+ * (behind.h): a hit on an entry whose store is still queued is then
+ * counted on the entry, which exists by the time its count is written. */
+void tally_before_write(struct tally *t, void (*fn)(void *), void *ud);
+
 /* Return once every lookup queued before the call has been written (or
  * found Redis unavailable, in which case it is dropped and logged). */
 void tally_settle(struct tally *t);

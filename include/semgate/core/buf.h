@@ -34,6 +34,10 @@ enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
 /* Take ownership of the data (caller frees); the buffer becomes empty. */
 char *sg_buf_steal(struct sg_buf *b, size_t *len);
 
+/* A malloc'd NUL-terminated copy of the n bytes at p (which may hold NULs);
+ * NULL when out of memory. */
+char *sg_memdup0(const char *p, size_t n);
+
 /* True when word (non-empty) is one of the sep-separated items of list
  * exactly, e.g. sg_list_has("a|bc", '|', "bc"). Both borrowed; NULL list:
  * false. */

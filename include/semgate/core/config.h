@@ -44,6 +44,7 @@ struct sg_config {
 	char *verify;            /* "strict", "basic" or "off" */
 	long long verify_candidates;
 	long long coalesce_wait_ms;
+	long long store_behind;     /* 1: a miss's store is written behind its answer */
 	long long shadow;        /* 0 or 1 */
 	double shadow_agree;
 	char *embed_url;

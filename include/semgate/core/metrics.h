@@ -49,6 +49,9 @@
 	  "Inputs of POST /v1/embeddings, by where their vector came from.") \
 	X(EMB_INPUTS_UPSTREAM, "semgate_embedding_inputs_total", "source=\"upstream\"", "") \
 	X(EMB_INPUTS_BYPASS, "semgate_embedding_inputs_total", "source=\"bypass\"", "") \
+	X(STORE_BEHIND_STORED, "semgate_cache_stores_behind_total", "result=\"stored\"", \
+	  "Miss answers stored in Redis behind the reply, by result.") \
+	X(STORE_BEHIND_FAILED, "semgate_cache_stores_behind_total", "result=\"failed\"", "") \
 	X(AUTH_FAILURES, "semgate_auth_failures_total", "", \
 	  "Requests refused with 401 (missing or unknown API key).") \
 	X(RATE_LIMITED, "semgate_rate_limited_total", "", \
@@ -136,6 +139,7 @@ struct metrics_extra {
 	unsigned long long tally_dropped;   /* lookups not counted (Redis down) */
 	unsigned long long hot_hits;        /* exact hits served from process memory */
 	size_t hot_keys, hot_bytes;         /* hot copies held */
+	size_t stores_pending;              /* answers sent, their store still queued */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
 };
