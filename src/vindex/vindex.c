@@ -40,6 +40,17 @@ _Static_assert(VINDEX_DIM_MAX <= VQ_DIM_MAX, "the int8 kernels encode rows of ev
 /* A batch scans rows in blocks of about this many code bytes, which stay
  * in L2 while every query of the batch passes over them. */
 #define BATCH_BLOCK_BYTES (256u * 1024u)
+/* Single searches of a partition of at least this many rows that arrive
+ * while COALESCE_ACTIVE scans of it run wait and are served together by
+ * one pass (vindex_tuning.coalesce_min_rows). */
+#define COALESCE_MIN_ROWS 16384
+#define COALESCE_ACTIVE 2
+/* Most queries one coalesced pass serves, and most bytes of their
+ * per-row first-pass sums (4 per row and query). */
+#define COALESCE_MAX 32
+#define COALESCE_DH_BYTES ((size_t)64 << 20)
+/* Scratch buffers of coalesced passes kept for reuse. */
+#define POOL_MAX 4
 /* Code planes at least this big are 2 MiB-aligned and asked to use huge
  * pages: the scan is bound by memory reads and 4 KiB pages cost ~20%. */
 #define HUGE_BYTES ((size_t)2 << 20)
@@ -66,6 +77,13 @@ struct part {
 	float *qscale;         /* per row: mat row ~ qscale * codes */
 	float *qerr;           /* per row: >= |mat row - qscale * codes| */
 	float *qlam;           /* per row: what the hi plane alone misses */
+	/* Coalesced searches (see "coalesced searches"), under cmu: scans
+	 * running or about to, and the single searches waiting to be served
+	 * by one pass together. */
+	pthread_mutex_t cmu;
+	pthread_cond_t ccv;
+	int active;
+	struct waiter *wait_head, *wait_tail;
 };
 
 /* id -> (partition, row), open addressing with linear probing. The key is
@@ -93,6 +111,12 @@ struct vindex {
 	/* Set by vindex_set_tuning() before searches run. */
 	enum vq_kernel kernel;
 	size_t split_min_rows;
+	size_t coalesce_min_rows;
+	/* Scratch of coalesced passes (their <codes, H> arrays are too big to
+	 * keep one per thread), reused under pool_mu. */
+	pthread_mutex_t pool_mu;
+	struct pooled { void *buf; size_t cap; } pool[POOL_MAX];
+	int npool;
 	double bound_scale;
 	bool share_evenly;
 };
@@ -334,9 +358,17 @@ static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
 	pthread_rwlockattr_destroy(&attr);
 	if (rc != 0)
 		goto fail_attr;
+	if (pthread_mutex_init(&p->cmu, NULL) != 0)
+		goto fail_cmu;
+	if (pthread_cond_init(&p->ccv, NULL) != 0)
+		goto fail_ccv;
 	account(vi, 0, part_bytes(p));
 	return p;
 
+fail_ccv:
+	pthread_mutex_destroy(&p->cmu);
+fail_cmu:
+	pthread_rwlock_destroy(&p->lock);
 fail_attr:
 	free(p->key);
 fail_key:
@@ -350,6 +382,8 @@ static void part_unref(struct part *p)
 		return;
 	account(p->owner, part_bytes(p), 0);
 	pthread_rwlock_destroy(&p->lock);
+	pthread_cond_destroy(&p->ccv);
+	pthread_mutex_destroy(&p->cmu);
 	free(p->mat);
 	free(p->exp);
 	free(p->ids);
@@ -684,11 +718,16 @@ struct vindex *vindex_create(void)
 	pthread_rwlockattr_destroy(&attr);
 	if (rc != 0)
 		goto fail_attr;
+	if (pthread_mutex_init(&vi->pool_mu, NULL) != 0) {
+		pthread_rwlock_destroy(&vi->tlock);
+		goto fail_attr;
+	}
 	atomic_init(&vi->nparts, 0);
 	atomic_init(&vi->rows, 0);
 	atomic_init(&vi->bytes, 0);
 	vi->kernel = vq_kernel_best();
 	vi->split_min_rows = SPLIT_MIN_ROWS;
+	vi->coalesce_min_rows = COALESCE_MIN_ROWS;
 	vi->bound_scale = 1.0;
 	return vi;
 
@@ -704,6 +743,9 @@ void vindex_destroy(struct vindex *vi)
 	if (!vi)
 		return;
 	vindex_clear(vi);
+	for (int i = 0; i < vi->npool; i++)
+		free(vi->pool[i].buf);
+	pthread_mutex_destroy(&vi->pool_mu);
 	pthread_rwlock_destroy(&vi->tlock);
 	pthread_mutex_destroy(&vi->wlock);
 	free(vi);
@@ -1097,13 +1139,260 @@ out:
 	return rc;
 }
 
+/* ---- coalesced searches ----
+ *
+ * A scan of a big partition reads every row's codes; when many single
+ * searches of one partition are in flight, each reading the same bytes,
+ * the memory traffic, not the arithmetic, is what they wait for. So at
+ * most COALESCE_ACTIVE scans of a partition run at once; a search that
+ * arrives beyond that waits, and when a scan ends, the first waiter leads
+ * one pass for every waiter queued (up to COALESCE_MAX): each block of
+ * rows is read once and scanned for all of them while it is in cache,
+ * first pass for all, then second pass for all. Every query keeps its own
+ * state and goes through the very kernels of a single search in the same
+ * row order, so its answer is bit for bit the one it would get alone. */
+struct waiter {
+	struct waiter *next;
+	const float *query;
+	double norm;
+	float min_sim;
+	int64_t now_ms;
+	struct vindex_hit *best;
+	bool lead, done;
+};
+
+/* Under p->cmu: let the first waiter lead a pass if a scan slot is free. */
+static void promote_locked(struct part *p)
+{
+	if (p->active >= COALESCE_ACTIVE || !p->wait_head)
+		return;
+	struct waiter *w = p->wait_head;
+	p->wait_head = w->next;
+	if (!p->wait_head)
+		p->wait_tail = NULL;
+	w->next = NULL;
+	w->lead = true;
+	p->active++;
+	pthread_cond_broadcast(&p->ccv);
+}
+
+static void scan_end(struct part *p)
+{
+	pthread_mutex_lock(&p->cmu);
+	p->active--;
+	promote_locked(p);
+	pthread_mutex_unlock(&p->cmu);
+}
+
+/* A buffer of at least want bytes from vi's pool (or new); NULL: none. */
+static void *pool_get(struct vindex *vi, size_t want, size_t *cap)
+{
+	void *buf = NULL;
+	pthread_mutex_lock(&vi->pool_mu);
+	for (int i = 0; i < vi->npool; i++)
+		if (vi->pool[i].cap >= want) {
+			buf = vi->pool[i].buf;
+			*cap = vi->pool[i].cap;
+			vi->pool[i] = vi->pool[--vi->npool];
+			break;
+		}
+	pthread_mutex_unlock(&vi->pool_mu);
+	if (!buf && posix_memalign(&buf, VQ_ALIGN, want) == 0)
+		*cap = want;
+	return buf;
+}
+
+static void pool_put(struct vindex *vi, void *buf, size_t cap)
+{
+	pthread_mutex_lock(&vi->pool_mu);
+	if (vi->npool == POOL_MAX) { /* keep the biggest */
+		int small = 0;
+		for (int i = 1; i < vi->npool; i++)
+			if (vi->pool[i].cap < vi->pool[small].cap)
+				small = i;
+		if (vi->pool[small].cap < cap) {
+			free(vi->pool[small].buf);
+			vi->pool[small] = (struct pooled){ buf, cap };
+			buf = NULL;
+		}
+	} else {
+		vi->pool[vi->npool++] = (struct pooled){ buf, cap };
+		buf = NULL;
+	}
+	pthread_mutex_unlock(&vi->pool_mu);
+	free(buf);
+}
+
+/* One pass over p for the nw waiters (validated: dim matches, norm > 0).
+ * Sets every w->best; false when scratch could not be had (nothing set). */
+static bool coalesced_pass(struct vindex *vi, struct part *p, struct waiter **w, size_t nw)
+{
+	size_t d = (size_t)p->dim, qbytes = vq_query_bytes(p->dim), cap = CAND_CAP_SINGLE;
+	pthread_rwlock_rdlock(&p->lock);
+	size_t n = p->n;
+	size_t o_codes = round_up(nw * d * sizeof(float), VQ_ALIGN);
+	size_t o_q = o_codes + nw * qbytes;
+	size_t o_st = round_up(o_q + nw * sizeof(struct vq_query), VQ_ALIGN);
+	size_t o_cand = round_up(o_st + nw * sizeof(struct vq_state), VQ_ALIGN);
+	size_t o_dh = round_up(o_cand + nw * cap * sizeof(struct vq_cand), VQ_ALIGN);
+	size_t bcap = 0;
+	char *buf = pool_get(vi, o_dh + nw * n * sizeof(int32_t) + 1, &bcap);
+	if (!buf) {
+		pthread_rwlock_unlock(&p->lock);
+		return false;
+	}
+	float *xn = (float *)(void *)buf;
+	struct vq_query *q = (struct vq_query *)(void *)(buf + o_q);
+	struct vq_state *st = (struct vq_state *)(void *)(buf + o_st);
+	struct vq_cand *cand = (struct vq_cand *)(void *)(buf + o_cand);
+	int32_t *dh = (int32_t *)(void *)(buf + o_dh);
+	for (size_t i = 0; i < nw; i++) {
+		double inv = 1.0 / w[i]->norm;
+		for (size_t j = 0; j < d; j++)
+			xn[i * d + j] = (float)(w[i]->query[j] * inv);
+		vq_query_init(&q[i], xn + i * d, p->dim, (int8_t *)(buf + o_codes + i * qbytes),
+		              vi->bound_scale);
+		vq_state_init(&st[i], w[i]->min_sim, cand + i * cap, cap);
+	}
+	struct vq_rows rows = {
+		.mat = p->mat, .hi = p->hi, .lo = p->lo, .scale = p->qscale, .err = p->qerr,
+		.lam = p->qlam, .exp = p->exp, .n = n, .plane = p->plane, .dim = p->dim,
+	};
+	/* blocks of whole 8-row groups whose planes stay in L2 meanwhile */
+	size_t block = BATCH_BLOCK_BYTES / (2 * p->plane) / 8 * 8;
+	if (block < 8)
+		block = 8;
+	for (size_t b = 0; b < n; b += block) {
+		size_t e = n - b < block ? n : b + block;
+		for (size_t i = 0; i < nw; i++)
+			vq_scan_hi(vi->kernel, &rows, &q[i], &st[i], b, e, w[i]->now_ms, dh + i * n);
+	}
+	for (size_t b = 0; b < n; b += block) {
+		size_t e = n - b < block ? n : b + block;
+		for (size_t i = 0; i < nw; i++)
+			vq_scan_lo(vi->kernel, &rows, &q[i], &st[i], b, e, w[i]->now_ms, dh + i * n);
+	}
+	for (size_t i = 0; i < nw; i++) {
+		double sim;
+		size_t row = vq_finish(&rows, &q[i], &st[i], 1, &sim);
+		hit_none(w[i]->best);
+		if (row != SIZE_MAX) {
+			hit_set(w[i]->best, p->ids[row], sim);
+			if (!(w[i]->best->similarity >= w[i]->min_sim))
+				hit_none(w[i]->best);
+		}
+	}
+	memset(&last_stats, 0, sizeof last_stats);
+	last_stats.rows = n;
+	last_stats.refined = st[0].refined;
+	last_stats.candidates = st[0].taken;
+	last_stats.reranked = st[0].reranked;
+	last_stats.threads = 1;
+	last_stats.kernel = kernel_name(vi->kernel);
+	last_stats.coalesced = (int)nw;
+	pthread_rwlock_unlock(&p->lock);
+	pool_put(vi, buf, bcap);
+	return true;
+}
+
+/* Lead: serve self and up to COALESCE_MAX - 1 queued waiters in one pass
+ * (a slot is already counted in p->active for it). */
+static enum sg_err lead_pass(struct vindex *vi, struct part *p, struct waiter *self,
+                             const char *partition, int dim, struct sg_error *e)
+{
+	struct waiter *batch[COALESCE_MAX];
+	size_t nw = 0, most = COALESCE_DH_BYTES / (4 * (p->n + 1));
+	if (most > COALESCE_MAX)
+		most = COALESCE_MAX;
+	if (most < 1)
+		most = 1;
+	batch[nw++] = self;
+	pthread_mutex_lock(&p->cmu);
+	while (nw < most && p->wait_head) {
+		struct waiter *w = p->wait_head;
+		p->wait_head = w->next;
+		w->next = NULL;
+		batch[nw++] = w;
+	}
+	if (!p->wait_head)
+		p->wait_tail = NULL;
+	pthread_mutex_unlock(&p->cmu);
+	bool ok = coalesced_pass(vi, p, batch, nw);
+	enum sg_err rc = SG_OK;
+	if (!ok) { /* no scratch for all: each of them alone */
+		for (size_t i = 0; i < nw; i++) {
+			struct sg_error we = { 0 };
+			enum sg_err r = search(vi, partition, dim, batch[i]->query, 1, batch[i]->min_sim,
+			                       batch[i]->now_ms, batch[i]->best, &we);
+			if (i == 0 && r != SG_OK) {
+				rc = r;
+				*e = we;
+			}
+		}
+	}
+	pthread_mutex_lock(&p->cmu);
+	for (size_t i = 1; i < nw; i++)
+		batch[i]->done = true;
+	p->active--;
+	promote_locked(p);
+	pthread_cond_broadcast(&p->ccv);
+	pthread_mutex_unlock(&p->cmu);
+	return rc;
+}
+
+/* One query: alone when the partition is small or few scans of it run,
+ * otherwise in the next coalesced pass of its partition. */
+static enum sg_err search_single(struct vindex *vi, const char *partition, int dim,
+                                 const float *query, float min_sim, int64_t now_ms,
+                                 struct vindex_hit *best, struct sg_error *e)
+{
+	size_t keylen = 0;
+	struct part *p = NULL;
+	if (!vi || vi->coalesce_min_rows == SIZE_MAX || check_key(partition, &keylen, NULL) != SG_OK ||
+	    check_dim(dim, NULL) != SG_OK || !query ||
+	    part_for_search(vi, partition, keylen, dim, &p, NULL) != SG_OK || !p)
+		return search(vi, partition, dim, query, 1, min_sim, now_ms, best, e);
+	if (p->n < vi->coalesce_min_rows) { /* read racily: only to choose */
+		part_unref(p);
+		return search(vi, partition, dim, query, 1, min_sim, now_ms, best, e);
+	}
+	struct waiter self = {
+		.query = query, .min_sim = min_sim, .now_ms = now_ms, .best = best,
+		.norm = norm_of(query, dim),
+	};
+	pthread_mutex_lock(&p->cmu);
+	bool alone = self.norm == 0 || (p->active < COALESCE_ACTIVE && !p->wait_head);
+	if (alone) {
+		p->active++;
+		pthread_mutex_unlock(&p->cmu);
+		enum sg_err rc = search(vi, partition, dim, query, 1, min_sim, now_ms, best, e);
+		scan_end(p);
+		part_unref(p);
+		return rc;
+	}
+	if (p->wait_tail)
+		p->wait_tail->next = &self;
+	else
+		p->wait_head = &self;
+	p->wait_tail = &self;
+	promote_locked(p);
+	while (!self.lead && !self.done)
+		pthread_cond_wait(&p->ccv, &p->cmu);
+	pthread_mutex_unlock(&p->cmu);
+	enum sg_err rc = SG_OK;
+	if (self.lead)
+		rc = lead_pass(vi, p, &self, partition, dim, e);
+	part_unref(p);
+	return rc;
+}
+
 enum sg_err vindex_search(struct vindex *vi, const char *partition, int dim,
                           const float *query, int64_t now_ms,
                           struct vindex_hit *best, struct sg_error *e)
 {
 	if (!best)
 		return sg_error_set(e, SG_ERR_INTERNAL, "result pointer is missing");
-	return search(vi, partition, dim, query, 1, -INFINITY, now_ms, best, e);
+	return search_single(vi, partition, dim, query, -INFINITY, now_ms, best, e);
 }
 
 enum sg_err vindex_search_min(struct vindex *vi, const char *partition, int dim,
@@ -1116,7 +1405,7 @@ enum sg_err vindex_search_min(struct vindex *vi, const char *partition, int dim,
 		hit_none(best);
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "minimum similarity is not a number");
 	}
-	return search(vi, partition, dim, query, 1, min_similarity, now_ms, best, e);
+	return search_single(vi, partition, dim, query, min_similarity, now_ms, best, e);
 }
 
 enum sg_err vindex_search_batch(struct vindex *vi, const char *partition, int dim,
@@ -1286,6 +1575,7 @@ enum sg_err vindex_set_tuning(struct vindex *vi, const struct vindex_tuning *t,
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "bound scale must be >= 0");
 	vi->kernel = k;
 	vi->split_min_rows = t->split_min_rows ? t->split_min_rows : SPLIT_MIN_ROWS;
+	vi->coalesce_min_rows = t->coalesce_min_rows ? t->coalesce_min_rows : COALESCE_MIN_ROWS;
 	vi->bound_scale = t->bound_scale;
 	vi->share_evenly = t->share_evenly;
 	return SG_OK;

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +39,11 @@ struct row {
 	double ref_near, cand_near, rr_near, ref_hard, cand_hard, rr_hard, rr_min;
 	int threads;
 	double old_batch_ms, new_batch_ms, batch_rr; /* per query */
+	/* CONC_THREADS threads of single random-direction searches (misses):
+	 * searches/s each alone and coalesced (medians of CONC_ROUNDS), the
+	 * largest pass seen */
+	double conc_alone_qps, conc_coal_qps;
+	int conc_most;
 	bool ok;
 	int bad;
 };
@@ -222,6 +228,72 @@ static void set_threads(struct vindex *vi, bool one)
 	vindex_set_tuning(vi, &t, NULL);
 }
 
+/* ---- many threads searching one partition at once (the gateway at 16
+ * connections, every lookup a miss) ---- */
+
+#define CONC_THREADS 16
+#define CONC_ROUNDS 3
+
+struct conc {
+	struct vindex *vi;
+	const float *queries;       /* NQ random directions */
+	double until;
+	pthread_barrier_t go;
+	atomic_long done;
+	atomic_int most, next;
+};
+
+static void *conc_main(void *arg)
+{
+	struct conc *c = arg;
+	struct vindex_hit hit;
+	struct vindex_stats st;
+	long n = 0;
+	int most = 0, who = atomic_fetch_add(&c->next, 1);
+	pthread_barrier_wait(&c->go);
+	while (now_s() < c->until) {
+		vindex_search(c->vi, PART, DIM, c->queries + (size_t)((n + who) % NQ) * DIM, 0, &hit,
+		              NULL);
+		vindex_last_stats(&st);
+		if (st.coalesced > most)
+			most = st.coalesced;
+		n++;
+	}
+	atomic_fetch_add(&c->done, n);
+	for (int m = atomic_load(&c->most); most > m &&
+	     !atomic_compare_exchange_weak(&c->most, &m, most);)
+		;
+	return NULL;
+}
+
+/* Searches per second of CONC_THREADS threads for secs, coalescing on or
+ * off; *most gets the largest number of queries one pass served. */
+static double conc_qps(struct vindex *vi, const float *queries, bool coalesce, double secs,
+                       int *most)
+{
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0,
+		                   .coalesce_min_rows = coalesce ? 0 : SIZE_MAX };
+	vindex_set_tuning(vi, &t, NULL);
+	struct conc c = { .vi = vi, .queries = queries };
+	atomic_init(&c.done, 0);
+	atomic_init(&c.most, 0);
+	atomic_init(&c.next, 0);
+	pthread_barrier_init(&c.go, NULL, CONC_THREADS + 1);
+	pthread_t th[CONC_THREADS];
+	for (int i = 0; i < CONC_THREADS; i++)
+		pthread_create(&th[i], NULL, conc_main, &c);
+	c.until = now_s() + secs;
+	pthread_barrier_wait(&c.go);
+	double t0 = now_s();
+	for (int i = 0; i < CONC_THREADS; i++)
+		pthread_join(th[i], NULL);
+	double el = now_s() - t0;
+	pthread_barrier_destroy(&c.go);
+	set_threads(vi, false);
+	*most = atomic_load(&c.most);
+	return (double)atomic_load(&c.done) / el;
+}
+
 static const char *kernel_used = "?";
 
 static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
@@ -368,6 +440,18 @@ static bool run_size(size_t n, struct helper *h, struct row *out, bool verify)
 	out->old_batch_ms = pct(t_ob, batch_runs, 50) * 1e3 / BATCH;
 	out->new_batch_ms = pct(t_nb, batch_runs, 50) * 1e3 / BATCH;
 
+	/* concurrent misses, alone and coalesced, interleaved */
+	double qa[CONC_ROUNDS], qc[CONC_ROUNDS], secs = n >= 1000000 ? 3.0 : 1.5;
+	for (int r = 0; r < CONC_ROUNDS; r++) {
+		int most = 0;
+		qa[r] = conc_qps(vi, hard, false, secs, &most);
+		qc[r] = conc_qps(vi, hard, true, secs, &most);
+		if (most > out->conc_most)
+			out->conc_most = most;
+	}
+	out->conc_alone_qps = pct(qa, CONC_ROUNDS, 50);
+	out->conc_coal_qps = pct(qc, CONC_ROUNDS, 50);
+
 	/* The answers must be right, or the timings mean nothing: every query
 	 * of both sets against an exhaustive exact scan (a sample at 1M). */
 	out->ok = true;
@@ -433,6 +517,15 @@ static void print_rows(FILE *f, const struct row *rows, int nrows)
 		        r->bw2_gbs, r->ratio, r->ref_near, r->cand_near, r->rr_near, r->hard_p50,
 		        r->hard_p99, r->ref_hard, r->rr_hard, r->min_p50, r->rr_min,
 		        r->ok ? "yes" : "NO");
+	}
+	fprintf(f, "\n%d threads of single searches at once, random directions (every one a "
+	        "miss), %d rounds interleaved, medians:\n\n"
+	        "| N | each alone searches/s | coalesced searches/s | x | largest pass |\n"
+	        "|---:|---:|---:|---:|---:|\n", CONC_THREADS, CONC_ROUNDS);
+	for (int i = 0; i < nrows; i++) {
+		const struct row *r = &rows[i];
+		fprintf(f, "| %zu | %.0f | %.0f | %.2fx | %d |\n", r->n, r->conc_alone_qps,
+		        r->conc_coal_qps, r->conc_coal_qps / r->conc_alone_qps, r->conc_most);
 	}
 	fprintf(f, "\nBatch of %d queries in one call:\n\n%s", BATCH, HEAD2);
 	for (int i = 0; i < nrows; i++) {

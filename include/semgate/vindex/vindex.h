@@ -68,6 +68,16 @@
  *   for a chunk it is scanning; a helper that cannot start or is scheduled
  *   late costs nothing but its share. The module does not use BLAS and
  *   never reads or sets OPENBLAS_* variables.
+ * - Single searches (vindex_search, vindex_search_min) of a partition of
+ *   at least vindex_tuning.coalesce_min_rows rows (default 16384) are
+ *   coalesced: at most two scans of a partition run at once, and a search
+ *   that arrives beyond that waits until one ends; then the first waiter
+ *   scans for every waiter queued (up to 32, and at most 64 MB of their
+ *   first-pass sums), block by block, so each block of codes is read from
+ *   memory once for all of them. Each query keeps its own state and the
+ *   kernels and row order of a search alone: its answer is bit for bit the
+ *   same. A coalesced pass runs in one thread; its scratch comes from a
+ *   small pool shared by the index (4 bytes per row and query).
  * - Each searching thread keeps a grow-only scratch buffer, freed when the
  *   thread exits: per query its normalised copy and codes (4*dim + S
  *   bytes) plus 2 x 4096 candidates of 8 bytes (2 x 256 per query for a
@@ -226,6 +236,7 @@ struct vindex_stats {
 	                    * floor of the moment */
 	size_t reranked;   /* exact float32 dot products computed */
 	int threads;       /* threads that scanned rows: 1 or 2 */
+	int coalesced;     /* queries the pass served (1: this one alone) */
 	const char *kernel;
 };
 void vindex_last_stats(struct vindex_stats *out);
@@ -249,6 +260,9 @@ struct vindex_tuning {
 	/* Tests: with two threads, chunks alternate between them and the
 	 * search waits for the helper, so the helper's share always runs. */
 	bool share_evenly;
+	/* Coalesce concurrent single searches of partitions of at least this
+	 * many rows; 0 = the default, 16384; SIZE_MAX = never. */
+	size_t coalesce_min_rows;
 };
 /* Returns SG_OK, or SG_ERR_BAD_REQUEST (kernel the CPU lacks, negative or
  * NaN bound_scale; nothing changed) or SG_ERR_INTERNAL (NULL argument). */

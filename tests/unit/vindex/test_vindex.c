@@ -1809,6 +1809,125 @@ static void test_top_k_refuses_bad_arguments_and_misses_cleanly(void)
 	vindex_destroy(vi);
 }
 
+/* ---- coalesced searches: many threads on one partition ---- */
+
+#define CO_DIM 64
+#define CO_ROWS 20000
+#define CO_QUERIES 48
+#define CO_THREADS 12
+
+struct co_shared {
+	struct vindex *vi;
+	const float *queries;
+	struct vindex_hit want[CO_QUERIES], want_min[CO_QUERIES];
+	float min_sim[CO_QUERIES];
+	pthread_barrier_t start;
+	pthread_mutex_t mu;
+	int mismatches, errors, most_coalesced;
+};
+
+static struct co_arg {
+	struct co_shared *sh;
+	int who;
+} co_args[CO_THREADS];
+
+static bool same_hit(const struct vindex_hit *a, const struct vindex_hit *b)
+{
+	return a->found == b->found && strcmp(a->id, b->id) == 0 &&
+	       memcmp(&a->similarity, &b->similarity, sizeof a->similarity) == 0;
+}
+
+static void *co_searcher(void *arg)
+{
+	struct co_arg *a = arg;
+	struct co_shared *sh = a->sh;
+	int bad = 0, errs = 0, most = 0;
+	pthread_barrier_wait(&sh->start);
+	for (int k = 0; k < CO_QUERIES; k++) {
+		int i = (k + a->who * 5) % CO_QUERIES;
+		const float *q = sh->queries + (size_t)i * CO_DIM;
+		struct vindex_hit h, hm;
+		struct vindex_stats st;
+		if (vindex_search(sh->vi, "co", CO_DIM, q, 0, &h, NULL) != SG_OK)
+			errs++;
+		vindex_last_stats(&st);
+		if (st.coalesced > most)
+			most = st.coalesced;
+		if (vindex_search_min(sh->vi, "co", CO_DIM, q, sh->min_sim[i], 0, &hm, NULL) != SG_OK)
+			errs++;
+		vindex_last_stats(&st);
+		if (st.coalesced > most)
+			most = st.coalesced;
+		bad += !same_hit(&h, &sh->want[i]) + !same_hit(&hm, &sh->want_min[i]);
+	}
+	pthread_mutex_lock(&sh->mu);
+	sh->mismatches += bad;
+	sh->errors += errs;
+	if (most > sh->most_coalesced)
+		sh->most_coalesced = most;
+	pthread_mutex_unlock(&sh->mu);
+	return NULL;
+}
+
+/* Concurrent single searches of one partition are served by shared passes
+ * (vindex_tuning.coalesce_min_rows) and every answer is bit for bit the
+ * one the same search gets alone, with and without a minimum. */
+static void test_coalesced_searches_equal_single_searches(void)
+{
+	static struct co_shared sh;
+	uint64_t seed = 0xc0a1e5ce;
+	char id[32];
+	memset(&sh, 0, sizeof sh);
+	sh.vi = vindex_create();
+	float *data = rand_vecs(&seed, CO_ROWS, CO_DIM);
+	for (size_t i = 0; i < CO_ROWS; i++) {
+		make_id(id, sizeof id, "r", i);
+		CHECK_INT(vindex_add(sh.vi, "co", CO_DIM, id, data + i * CO_DIM, 0, NULL), SG_OK);
+	}
+	float *queries = malloc((size_t)CO_QUERIES * CO_DIM * sizeof *queries);
+	for (int i = 0; i < CO_QUERIES; i++) {
+		/* random questions, near-duplicates of a row, and rows themselves */
+		const float *row = data + (size_t)(rng_next(&seed) % CO_ROWS) * CO_DIM;
+		for (int j = 0; j < CO_DIM; j++) {
+			float noise = rng_float(&seed);
+			queries[i * CO_DIM + j] = i % 3 == 0 ? noise : i % 3 == 1 ? row[j] + 0.1f * noise
+			                                                            : row[j];
+		}
+		sh.min_sim[i] = i % 2 ? 0.9f : 0.2f;
+	}
+	sh.queries = queries;
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0,
+	                           .coalesce_min_rows = SIZE_MAX };
+	CHECK_INT(vindex_set_tuning(sh.vi, &t, NULL), SG_OK);
+	for (int i = 0; i < CO_QUERIES; i++) {
+		CHECK_INT(vindex_search(sh.vi, "co", CO_DIM, queries + i * CO_DIM, 0, &sh.want[i], NULL),
+		          SG_OK);
+		CHECK_INT(vindex_search_min(sh.vi, "co", CO_DIM, queries + i * CO_DIM, sh.min_sim[i], 0,
+		                            &sh.want_min[i], NULL), SG_OK);
+	}
+	t.coalesce_min_rows = 1;
+	CHECK_INT(vindex_set_tuning(sh.vi, &t, NULL), SG_OK);
+	pthread_barrier_init(&sh.start, NULL, CO_THREADS);
+	pthread_mutex_init(&sh.mu, NULL);
+	pthread_t th[CO_THREADS];
+	for (int i = 0; i < CO_THREADS; i++) {
+		co_args[i] = (struct co_arg){ &sh, i };
+		CHECK_INT(pthread_create(&th[i], NULL, co_searcher, &co_args[i]), 0);
+	}
+	for (int i = 0; i < CO_THREADS; i++)
+		pthread_join(th[i], NULL);
+	printf("# %d threads: passes served up to %d queries at once\n", CO_THREADS,
+	       sh.most_coalesced);
+	CHECK_INT(sh.errors, 0);
+	CHECK_INT(sh.mismatches, 0);
+	CHECK(sh.most_coalesced > 1);
+	pthread_barrier_destroy(&sh.start);
+	pthread_mutex_destroy(&sh.mu);
+	free(queries);
+	free(data);
+	vindex_destroy(sh.vi);
+}
+
 int main(void)
 {
 	RUN(test_create_destroy_accept_null_and_empty_index_is_empty);
@@ -1843,5 +1962,6 @@ int main(void)
 	RUN(test_top_k_equals_brute_force_ranking);
 	RUN(test_top_k_refuses_bad_arguments_and_misses_cleanly);
 	RUN(test_each_id_visits_every_live_id_once_across_partitions);
+	RUN(test_coalesced_searches_equal_single_searches);
 	return TEST_DONE();
 }
