@@ -388,6 +388,10 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 	    (rc = header(out, "semgate_hot_cache_bytes", "gauge",
 			 "Answer bytes held in the in-process hot cache.")) ||
 	    (rc = sg_buf_printf(out, "semgate_hot_cache_bytes %zu\n", x->hot_bytes)) ||
+	    (rc = header(out, "semgate_summary_backlog", "gauge",
+			 "Conversations with messages waiting for their summary that the summarizer "
+			 "holds (queued, running or backing off after a failure).")) ||
+	    (rc = sg_buf_printf(out, "semgate_summary_backlog %zu\n", x->summary_backlog)) ||
 	    (rc = header(out, "semgate_requests_in_flight", "gauge",
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))
