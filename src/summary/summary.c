@@ -57,6 +57,7 @@ struct summarizer {
 static enum sg_err message_text(const cJSON *m, struct sg_buf *b)
 {
 	const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+	size_t start = b->len;
 	enum sg_err rc = SG_OK;
 	if (cJSON_IsString(content)) {
 		rc = sg_buf_puts(b, content->valuestring);
@@ -80,7 +81,8 @@ static enum sg_err message_text(const cJSON *m, struct sg_buf *b)
 	const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
 	if (rc == SG_OK && calls) {
 		char *j = sg_json_render(calls);
-		rc = j ? sg_buf_printf(b, "%s(tool calls: %s)", b->len ? " " : "", j) : SG_ERR_NOMEM;
+		rc = j ? sg_buf_printf(b, "%s(tool calls: %s)", b->len > start ? " " : "", j)
+		       : SG_ERR_NOMEM;
 		free(j);
 	}
 	return rc;
