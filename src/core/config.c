@@ -104,12 +104,16 @@ static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_SUMMARY_RETRY_MAX_MS", "--summary-retry-max-ms", CFG_INT, "300000", 10,
 	  86400000, OFF(summary_retry_max_ms),
 	  "longest back-off: a failing conversation is retried at most once per this long" },
+	{ "SEMGATE_SUMMARY_SWEEP_S", "--summary-sweep-s", CFG_INT, "300", 0, 86400,
+	  OFF(summary_sweep_s),
+	  "how often the summarizer scans Redis for conversations with messages still waiting "
+	  "(left by a restart or a full queue); it always scans once at start (0: only then)" },
 	{ "SEMGATE_SUMMARY_THREADS", "--summary-threads", CFG_INT, "1", 1, 4,
 	  OFF(summary_threads), "summarizer threads (summary calls in flight at once)" },
 	{ "SEMGATE_SUMMARY_QUEUE", "--summary-queue", CFG_INT, "1024", 1, 1000000,
 	  OFF(summary_queue),
 	  "conversations the summarizer tracks at once; when full, a conversation's messages "
-	  "stay pending until its next turn" },
+	  "stay pending until its next turn or the next sweep" },
 	{ "SEMGATE_PROMPTS_DIR", "--prompts-dir", CFG_STR, "prompts", 0, 0,
 	  OFF(prompts_dir), "directory of named system prompts (NAME.txt)" },
 	{ "SEMGATE_DEFAULT_PROMPT", "--default-prompt", CFG_OPTSTR, "", 0, 0,

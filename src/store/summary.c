@@ -15,6 +15,9 @@
  *   captured  messages ever moved to pending
  *   covered   messages folded into text
  *   skipped   messages dropped from pending at its bound (never summarized)
+ *   waiting   the pending list's length as of the last write (what the
+ *             summarizer's sweep looks for after a restart)
+ *   tenant, conv  whose it is, so the sweep needs no parsing of key names
  *   text      the running summary; updated: when it was written (unix ms)
  */
 #include <stdio.h>
@@ -27,7 +30,8 @@
 /* Inside the append's MULTI, after the RPUSH: move the overflow (the
  * oldest LLEN - max messages) to the tail of pending, trim the window, and
  * hold pending at its bound by dropping its oldest (counted as skipped).
- * KEYS: list, pending, summary. ARGV: max, ttl, pending_max, epoch.
+ * KEYS: list, pending, summary. ARGV: max, ttl, pending_max, epoch, tenant,
+ * conv.
  * Returns {moved, skipped, pending length}. */
 static const char lua_capture[] =
 	"local over = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[1])\n"
@@ -39,7 +43,9 @@ static const char lua_capture[] =
 	"  end\n"
 	"  redis.call('LTRIM', KEYS[1], over, -1)\n"
 	"  moved = #old\n"
-	"  redis.call('HSETNX', KEYS[3], 'epoch', ARGV[4])\n"
+	"  if redis.call('HSETNX', KEYS[3], 'epoch', ARGV[4]) == 1 then\n"
+	"    redis.call('HSET', KEYS[3], 'tenant', ARGV[5], 'conv', ARGV[6])\n"
+	"  end\n"
 	"  redis.call('HINCRBY', KEYS[3], 'captured', moved)\n"
 	"end\n"
 	"local plen = redis.call('LLEN', KEYS[2])\n"
@@ -52,7 +58,10 @@ static const char lua_capture[] =
 	"  plen = pmax\n"
 	"end\n"
 	"if plen > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end\n"
-	"if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[2]) end\n"
+	"if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+	"  redis.call('HSET', KEYS[3], 'waiting', plen)\n"
+	"  redis.call('EXPIRE', KEYS[3], ARGV[2])\n"
+	"end\n"
 	"return {moved, skipped, plen}\n";
 
 /* Fold n messages into the summary, only if the summary and the head of
@@ -68,7 +77,8 @@ static const char lua_apply[] =
 	"local n = tonumber(ARGV[3])\n"
 	"if redis.call('LLEN', KEYS[2]) < n then return -1 end\n"
 	"redis.call('LTRIM', KEYS[2], n, -1)\n"
-	"redis.call('HSET', KEYS[1], 'text', ARGV[4], 'updated', ARGV[5])\n"
+	"local left = redis.call('LLEN', KEYS[2])\n"
+	"redis.call('HSET', KEYS[1], 'text', ARGV[4], 'updated', ARGV[5], 'waiting', left)\n"
 	"redis.call('HINCRBY', KEYS[1], 'out', n)\n"
 	"redis.call('HINCRBY', KEYS[1], 'covered', n)\n"
 	"local ttl = redis.call('TTL', KEYS[3])\n"
@@ -76,7 +86,7 @@ static const char lua_apply[] =
 	"  redis.call('EXPIRE', KEYS[1], ttl)\n"
 	"  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end\n"
 	"end\n"
-	"return redis.call('LLEN', KEYS[2])\n";
+	"return left\n";
 
 struct conv_keys {
 	char *list, *pend, *sum;
@@ -110,8 +120,8 @@ enum sg_err store_capture_append(struct store *s, const char *tenant, const char
 	snprintf(a_ttl, sizeof(a_ttl), "%lld", ttl_s);
 	snprintf(a_pmax, sizeof(a_pmax), "%lld", cap->pending_max);
 	const char *argv[] = { "EVAL", lua_capture, "3", list_key, pend, sum, a_max, a_ttl,
-			       a_pmax, cap->epoch };
-	if (!pend || !sum || redisAppendCommandArgv(s->c, 10, argv, NULL) != REDIS_OK)
+			       a_pmax, cap->epoch, tenant, conv };
+	if (!pend || !sum || redisAppendCommandArgv(s->c, 12, argv, NULL) != REDIS_OK)
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis command");
 	free(pend);
 	free(sum);
@@ -330,5 +340,46 @@ out:
 	if (r)
 		freeReplyObject(r);
 	keys_finish(&k);
+	return rc;
+}
+
+enum sg_err store_summary_scan(struct store *s, store_pending_fn fn, void *ud, size_t *found,
+			       struct sg_error *e)
+{
+	*found = 0;
+	char *pattern = store_key(s, "chatsum", "*", "*");
+	char cursor[32] = "0";
+	enum sg_err rc = SG_OK;
+	if (!pattern)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	do {
+		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "500" };
+		redisReply *r = NULL;
+		if ((rc = store_scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
+			break;
+		const redisReply *batch = r->element[1];
+		for (size_t i = 0; rc == SG_OK && i < batch->elements; i++) {
+			const redisReply *k = batch->element[i];
+			if (k->type != REDIS_REPLY_STRING)
+				continue;
+			const char *hargv[] = { "HMGET", k->str, "tenant", "conv", "waiting" };
+			size_t hlen[] = { 5, k->len, 6, 4, 7 };
+			redisReply *h = store_run(s, 5, hargv, hlen, e);
+			if (!h) {
+				rc = SG_ERR_REDIS;
+				break;
+			}
+			if (h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
+			    h->element[0]->type == REDIS_REPLY_STRING &&
+			    h->element[1]->type == REDIS_REPLY_STRING &&
+			    store_reply_ll(h->element[2]) > 0) {
+				fn(ud, h->element[0]->str, h->element[1]->str);
+				(*found)++;
+			}
+			freeReplyObject(h);
+		}
+		freeReplyObject(r);
+	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	free(pattern);
 	return rc;
 }

@@ -47,6 +47,7 @@ struct summarizer {
 	bool stop;
 	pthread_t th[MAX_THREADS];
 	int nth;
+	double next_sweep_ms;         /* thread 0 sweeps Redis when this is due */
 	atomic_ullong written, failed, conflicts, queue_full;
 };
 
@@ -264,7 +265,7 @@ void summarizer_kick(struct summarizer *z, const char *tenant, const char *conv)
 		unsigned long long n = atomic_fetch_add(&z->queue_full, 1);
 		if ((n & (n + 1)) == 0) /* the 1st, 2nd, 4th, 8th … time */
 			sg_log(SG_LOG_WARN, "summarizer queue full (%zu conversations): "
-			       "conversation %s keeps its messages pending until its next turn "
+			       "conversation %s keeps its messages pending until its next turn or sweep "
 			       "(%llu times so far)", z->cap, conv, n + 1);
 	}
 	pthread_mutex_unlock(&z->mu);
@@ -379,6 +380,43 @@ static double backoff_ms(const struct sg_config *cfg, int failures)
 	return ms < (double)cfg->summary_retry_max_ms ? ms : (double)cfg->summary_retry_max_ms;
 }
 
+static void sweep_found(void *ud, const char *tenant, const char *conv)
+{
+	summarizer_kick(ud, tenant, conv);
+}
+
+/* Kick every conversation Redis says has messages waiting: those a
+ * restart, a full queue or another gateway left behind. */
+static void sweep(struct summarizer *z, struct store *s)
+{
+	struct sg_error e = { 0 };
+	size_t found = 0;
+	if (store_summary_scan(s, sweep_found, z, &found, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "summarizer sweep incomplete (%zu conversations found): %s",
+		       found, e.msg);
+	else if (found)
+		sg_log(SG_LOG_INFO, "summarizer sweep: %zu conversations with messages waiting",
+		       found);
+}
+
+/* Thread 0 sweeps when due (always once at start); the next sweep is
+ * SEMGATE_SUMMARY_SWEEP_S later, or never when that is 0. Otherwise
+ * *sleep (-1: until signalled) is shortened to when the sweep is due. */
+static bool sweep_due_locked(struct summarizer *z, bool first_thread, double now,
+			     double *sleep)
+{
+	if (!first_thread || z->next_sweep_ms < 0)
+		return false;
+	if (now >= z->next_sweep_ms) {
+		z->next_sweep_ms = z->cfg->summary_sweep_s > 0
+			? now + (double)z->cfg->summary_sweep_s * 1000.0 : -1;
+		return true;
+	}
+	if (*sleep < 0 || z->next_sweep_ms - now < *sleep)
+		*sleep = z->next_sweep_ms - now;
+	return false;
+}
+
 static void *thread_main(void *arg)
 {
 	struct summarizer *z = arg;
@@ -386,15 +424,22 @@ static void *thread_main(void *arg)
 	struct upstream *up = upstream_create();
 	char tenant[65], conv[SG_CONV_ID_MAX + 1];
 	pthread_mutex_lock(&z->mu);
+	bool first_thread = pthread_equal(pthread_self(), z->th[0]);
 	while (!z->stop) {
-		double wait;
-		struct slot *sl = next_locked(z, sg_now_ms(), &wait);
-		if (!sl) {
-			pthread_cond_wait(&z->cv, &z->mu);
+		double wait, now = sg_now_ms();
+		struct slot *sl = next_locked(z, now, &wait);
+		double sleep = !sl ? -1 : wait; /* 0: due now */
+		if (s && sweep_due_locked(z, first_thread, now, &sleep)) {
+			pthread_mutex_unlock(&z->mu);
+			sweep(z, s);
+			pthread_mutex_lock(&z->mu);
 			continue;
 		}
-		if (wait > 0) {
-			timed_wait_locked(z, wait);
+		if (!sl || wait > 0) {
+			if (sleep >= 0)
+				timed_wait_locked(z, sleep);
+			else
+				pthread_cond_wait(&z->cv, &z->mu);
 			continue;
 		}
 		sl->running = true;
@@ -456,14 +501,20 @@ struct summarizer *summarizer_start(struct sg_app *app, struct sg_error *e)
 	}
 	pthread_mutex_init(&z->mu, NULL);
 	pthread_cond_init(&z->cv, NULL);
+	z->next_sweep_ms = sg_now_ms();
+	/* the threads wait for the lock until every one has started, so
+	 * thread 0 can tell itself by z->th[0] */
+	pthread_mutex_lock(&z->mu);
 	for (int i = 0; i < cfg->summary_threads && i < MAX_THREADS; i++) {
 		if (pthread_create(&z->th[i], NULL, thread_main, z) != 0) {
+			pthread_mutex_unlock(&z->mu);
 			sg_error_set(e, SG_ERR_INTERNAL, "cannot start a summarizer thread");
 			summarizer_stop(z);
 			return NULL;
 		}
 		z->nth++;
 	}
+	pthread_mutex_unlock(&z->mu);
 	if (!cfg->upstream_api_key[0])
 		sg_log(SG_LOG_WARN, "summaries on without SEMGATE_UPSTREAM_API_KEY: summary calls "
 		       "carry no key (a client's own key is never kept for them)");

@@ -330,3 +330,40 @@ def test_summary_on_without_its_prompt_is_refused_at_start(tmp_path):
            "SEMGATE_SUMMARY": "on", "SEMGATE_PORT": "0"}
     r = subprocess.run([SEMGATE_BIN], env=env, capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "summarizer/summary.txt" in r.stderr
+
+
+def test_messages_left_pending_by_a_stopped_gateway_are_summarized_after_a_restart(
+        make_gateway, redis_db, upstream):
+    upstream.control(summary_mode="fail")
+    g = make_gateway(summary_env())
+    for i in range(8):
+        turn(g, "left", f"r{i:02d}")
+    wait_until(lambda: upstream.stats()["summary_requests"] >= 1, timeout=30,
+               what="a summary call")
+    assert g.stop() == 0
+    assert conv_raw(redis_db, "left") == 6
+    upstream.control(summary_mode="ok")
+    # a new gateway finds them at start, with no new turn to kick it
+    g2 = make_gateway(summary_env())
+    c = settled(g2, "left", 6)
+    assert c["summary"]["text"] == " ".join(texts(8, tag="r")[:6])
+    assert "summarizer sweep: 1 conversations" in g2.logs()
+
+
+def conv_raw(rdb, cid):
+    return rdb.llen(key("chatpend", cid))
+
+
+def test_a_full_queue_keeps_messages_pending_until_the_sweep(make_gateway, redis_db, upstream):
+    upstream.control(summary_mode="fail")
+    g = make_gateway(summary_env(SEMGATE_SUMMARY_QUEUE=1, SEMGATE_SUMMARY_SWEEP_S=1))
+    for cid in ("q1", "q2"):
+        for i in range(6):
+            turn(g, cid, f"{cid}-{i:02d}")
+    assert metric(g, "semgate_summary_backlog") == 1
+    assert "summarizer queue full" in g.logs()
+    assert conv(g, "q2")["pending"] == 2
+    upstream.control(summary_mode="ok")
+    for cid in ("q1", "q2"):
+        c = settled(g, cid, 2)
+        assert c["summary"]["text"] == " ".join(texts(1, tag=f"{cid}-"))

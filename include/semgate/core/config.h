@@ -45,6 +45,7 @@ struct sg_config {
 	long long summary_retry_ms;
 	long long summary_retry_max_ms;
 	long long summary_threads;
+	long long summary_sweep_s;
 	long long summary_queue;
 	char *prompts_dir;
 	char *default_prompt;

@@ -115,6 +115,14 @@ enum sg_err store_summary_apply(struct store *s, const char *tenant, const char 
 				size_t text_len, long long now_ms, long long *left,
 				struct sg_error *e);
 
+/* Every conversation whose summary hash says messages are waiting, found
+ * by SCAN (never KEYS) over the summary hashes: fn(ud, tenant, conv) for
+ * each (pointers valid during the call). O(keyspace): the summarizer's
+ * start-up and periodic sweep only. *found: how many. */
+typedef void (*store_pending_fn)(void *ud, const char *tenant, const char *conv);
+enum sg_err store_summary_scan(struct store *s, store_pending_fn fn, void *ud, size_t *found,
+			       struct sg_error *e);
+
 /* ---- cache entries: {prefix}e:{tenant}:{id} and {prefix}x:{tenant}:{sha} ---- */
 
 /* One cache entry to write. All pointers borrowed. */

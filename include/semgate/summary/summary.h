@@ -9,7 +9,9 @@
  * to fold the previous summary and the oldest pending messages into a new
  * summary, and writes it with one EVAL that also removes exactly the
  * messages it covered, only if nothing moved under it. A failed call
- * leaves everything pending and is retried with back-off. */
+ * leaves everything pending and is retried with back-off. One thread also
+ * sweeps Redis at start and every SEMGATE_SUMMARY_SWEEP_S for
+ * conversations with messages still waiting (a restart, a full queue). */
 #ifndef SEMGATE_SUMMARY_H
 #define SEMGATE_SUMMARY_H
 
@@ -38,8 +40,8 @@ void summarizer_stop(struct summarizer *z);
 
 /* Note that tenant's conversation conv has pending messages. Never blocks
  * on I/O: a conversation already queued or backing off is left as it is;
- * when the queue is full the messages stay pending until the next kick
- * (counted). Accepts NULL. */
+ * when the queue is full the messages stay pending until the next kick or
+ * the next sweep (counted). Accepts NULL. */
 void summarizer_kick(struct summarizer *z, const char *tenant, const char *conv);
 
 /* Append msgs to a conversation as memory_append does; with summaries on,
