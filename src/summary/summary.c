@@ -263,6 +263,7 @@ void summarizer_kick(struct summarizer *z, const char *tenant, const char *conv)
 		pthread_cond_signal(&z->cv);
 	} else {
 		unsigned long long n = atomic_fetch_add(&z->queue_full, 1);
+		metrics_inc(SG_C_SUMMARY_QUEUE_FULL);
 		if ((n & (n + 1)) == 0) /* the 1st, 2nd, 4th, 8th … time */
 			sg_log(SG_LOG_WARN, "summarizer queue full (%zu conversations): "
 			       "conversation %s keeps its messages pending until its next turn or sweep "

@@ -362,6 +362,7 @@ def test_a_full_queue_keeps_messages_pending_until_the_sweep(make_gateway, redis
             turn(g, cid, f"{cid}-{i:02d}")
     assert metric(g, "semgate_summary_backlog") == 1
     assert "summarizer queue full" in g.logs()
+    assert metric(g, "semgate_summary_queue_full_total") >= 1
     assert conv(g, "q2")["pending"] == 2
     upstream.control(summary_mode="ok")
     for cid in ("q1", "q2"):

@@ -65,7 +65,9 @@
 	X(SUMMARY_CAPTURED, "semgate_summary_messages_total", "stage=\"captured\"", \
 	  "Messages trimmed out of a window into pending (captured), folded into a summary (covered), or dropped at SEMGATE_SUMMARY_PENDING_MAX (skipped).") \
 	X(SUMMARY_COVERED, "semgate_summary_messages_total", "stage=\"covered\"", "") \
-	X(SUMMARY_SKIPPED, "semgate_summary_messages_total", "stage=\"skipped\"", "")
+	X(SUMMARY_SKIPPED, "semgate_summary_messages_total", "stage=\"skipped\"", "") \
+	X(SUMMARY_QUEUE_FULL, "semgate_summary_queue_full_total", "", \
+	  "Conversations the summarizer could not take (SEMGATE_SUMMARY_QUEUE full); their messages stay pending for a later turn or sweep.")
 
 enum sg_counter {
 #define SG_X(id, family, labels, help) SG_C_##id,
