@@ -368,3 +368,21 @@ def test_a_full_queue_keeps_messages_pending_until_the_sweep(make_gateway, redis
     for cid in ("q1", "q2"):
         c = settled(g, cid, 2)
         assert c["summary"]["text"] == " ".join(texts(1, tag=f"{cid}-"))
+
+
+def test_streamed_turns_get_the_summary_and_feed_it(make_gateway, redis_db, upstream):
+    g = make_gateway(summary_env())
+    for i in range(6):
+        turn(g, "st", f"s{i:02d}")
+    settled(g, "st", 2)
+    r = g.chat(user("s06"), headers={"X-Conversation-Id": "st"}, stream=True)
+    assert r.status_code == 200 and "data: [DONE]" in r.text
+    sent = upstream.stats()["last_chat_request"]
+    assert sent["stream"] is True
+    stored = texts(7, tag="s")
+    assert sent["messages"][0] == {"role": "system",
+                                   "content": PREFIX.format(n=2) + " ".join(stored[:2])}
+    assert [m["content"] for m in sent["messages"][1:-1]] == stored[2:12]
+    c = settled(g, "st", 4)
+    assert c["summary"]["text"] == " ".join(stored[:4])
+    assert [m["content"] for m in c["messages"]] == stored[4:]
