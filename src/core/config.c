@@ -93,6 +93,10 @@ static const struct cfg_row config_rows[] = {
 	  OFF(summary_max_bytes), "longest summary kept; a longer answer is cut at a UTF-8 boundary" },
 	{ "SEMGATE_SUMMARY_BATCH", "--summary-batch", CFG_INT, "64", 1, 1000,
 	  OFF(summary_batch), "pending messages folded in by one summary call, oldest first" },
+	{ "SEMGATE_SUMMARY_INPUT_BYTES", "--summary-input-bytes", CFG_INT, "32768", 1024,
+	  4194304, OFF(summary_input_bytes),
+	  "most message text one summary call sends (besides the summary so far); a longer "
+	  "message is cut to half of it" },
 	{ "SEMGATE_SUMMARY_PENDING_MAX", "--summary-pending-max", CFG_INT, "1000", 1, 1000000,
 	  OFF(summary_pending_max),
 	  "messages a conversation may have waiting for its summary; above it the oldest are "

@@ -89,11 +89,24 @@ static enum sg_err message_text(const cJSON *m, struct sg_buf *b)
 	return rc;
 }
 
-char *summary_transcript(const char *prev, size_t prev_len, const char *const *msgs,
-			 const size_t *lens, size_t n)
+/* Cut b back to at most len bytes, at the start of a UTF-8 sequence. */
+static void cut_utf8(struct sg_buf *b, size_t len)
 {
-	struct sg_buf b;
+	if (b->len <= len)
+		return;
+	while (len > 0 && ((unsigned char)b->data[len] & 0xC0) == 0x80)
+		len--;
+	b->len = len;
+	b->data[len] = '\0';
+}
+
+char *summary_transcript(const char *prev, size_t prev_len, const char *const *msgs,
+			 const size_t *lens, size_t n, size_t max_bytes, size_t *used)
+{
+	struct sg_buf b, line;
 	sg_buf_init(&b, 0);
+	sg_buf_init(&line, 0);
+	*used = 0;
 	enum sg_err rc;
 	if (prev && prev_len)
 		rc = sg_buf_puts(&b, "The summary so far:\n<summary>\n");
@@ -104,24 +117,40 @@ char *summary_transcript(const char *prev, size_t prev_len, const char *const *m
 		rc = sg_buf_puts(&b, "\n</summary>\n");
 	if (rc == SG_OK)
 		rc = sg_buf_puts(&b, "\nMessages to fold into it, oldest first:\n<messages>\n");
+	/* one message's text may take half the budget, so a huge one is cut
+	 * rather than stalling the conversation's summary for good */
+	size_t per_msg = max_bytes / 2, taken = 0;
 	for (size_t i = 0; rc == SG_OK && i < n; i++) {
 		cJSON *m = NULL;
+		sg_buf_reset(&line);
 		if (sg_json_parse(msgs[i], lens[i], &m, NULL) != SG_OK || !cJSON_IsObject(m)) {
 			cJSON_Delete(m);
-			continue; /* not a message (written by something else) */
+			(*used)++; /* not a message (written by something else): covered as nothing */
+			continue;
 		}
 		const char *role = sg_json_str(m, "role");
-		rc = sg_buf_printf(&b, "[%s] ", role ? role : "unknown");
+		rc = sg_buf_printf(&line, "[%s] ", role ? role : "unknown");
 		if (rc == SG_OK)
-			rc = message_text(m, &b);
-		if (rc == SG_OK)
-			rc = sg_buf_puts(&b, "\n");
+			rc = message_text(m, &line);
 		cJSON_Delete(m);
+		if (rc == SG_OK && line.len > per_msg) {
+			cut_utf8(&line, per_msg);
+			rc = sg_buf_puts(&line, " [...]");
+		}
+		if (rc != SG_OK)
+			break;
+		if (*used > 0 && taken + line.len + 1 > max_bytes)
+			break; /* the rest waits for the next call */
+		if ((rc = sg_buf_append(&b, line.data, line.len)) == SG_OK)
+			rc = sg_buf_puts(&b, "\n");
+		taken += line.len + 1;
+		(*used)++;
 	}
 	if (rc == SG_OK)
 		rc = sg_buf_puts(&b, "</messages>");
 	char *out = rc == SG_OK ? sg_buf_steal(&b, NULL) : NULL;
 	sg_buf_finish(&b);
+	sg_buf_finish(&line);
 	return out;
 }
 
@@ -297,8 +326,10 @@ static enum outcome run_one(struct summarizer *z, struct store *s, struct upstre
 		out = RUN_DONE; /* summarized by another gateway, deleted or expired */
 		goto done;
 	}
+	size_t n = 0;
 	transcript = summary_transcript(sn.text, sn.text_len, (const char *const *)sn.pending.v,
-					sn.pending.len, sn.pending.n);
+					sn.pending.len, sn.pending.n,
+					(size_t)cfg->summary_input_bytes, &n);
 	body = transcript ? summary_request_body(cfg->summary_model, cfg->summary_max_tokens,
 						  z->prompt, transcript) : NULL;
 	if (!body) {
@@ -319,8 +350,8 @@ static enum outcome run_one(struct summarizer *z, struct store *s, struct upstre
 		sg_log(SG_LOG_WARN, "summary of conversation %s: cut to %lld bytes "
 		       "(SEMGATE_SUMMARY_MAX_BYTES)", conv, cfg->summary_max_bytes);
 	long long left = -1;
-	if (store_summary_apply(s, tenant, conv, &sn, sn.pending.n, text, text_len, sg_wall_ms(),
-				&left, &e) != SG_OK)
+	if (store_summary_apply(s, tenant, conv, &sn, n, text, text_len, sg_wall_ms(), &left,
+				&e) != SG_OK)
 		goto failed;
 	if (left < 0) {
 		/* deleted, trimmed at the bound or summarized elsewhere meanwhile:
@@ -331,7 +362,7 @@ static enum outcome run_one(struct summarizer *z, struct store *s, struct upstre
 		goto done;
 	}
 	metrics_inc(SG_C_SUMMARY_WRITTEN);
-	metrics_add(SG_C_SUMMARY_COVERED, sn.pending.n);
+	metrics_add(SG_C_SUMMARY_COVERED, n);
 	atomic_fetch_add(&z->written, 1);
 	out = left > 0 ? RUN_MORE : RUN_DONE;
 	goto done;

@@ -386,3 +386,20 @@ def test_streamed_turns_get_the_summary_and_feed_it(make_gateway, redis_db, upst
     c = settled(g, "st", 4)
     assert c["summary"]["text"] == " ".join(stored[:4])
     assert [m["content"] for m in c["messages"]] == stored[4:]
+
+
+def test_a_call_sends_at_most_the_input_budget_and_the_rest_follows(make_gateway, redis_db,
+                                                                     upstream):
+    g = make_gateway(summary_env(SEMGATE_SUMMARY_INPUT_BYTES=1024))
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i:02d}" + "x" * 398}
+            for i in range(16)]
+    r = requests.post(f"{g.url}/v1/conversations/big/messages", json={"messages": msgs},
+                      timeout=5)
+    assert r.status_code == 201
+    c = settled(g, "big", 6)
+    # two 407-byte lines fit in 1024, three do not: three calls of two
+    assert upstream.stats()["summary_requests"] == 3
+    assert c["summary"]["text"] == " ".join(m["content"] for m in msgs[:6])
+    sent = upstream.stats()["last_summary_request"]["messages"][1]["content"]
+    part = sent[sent.index("<messages>\n") + 11:sent.index("</messages>")]
+    assert len(part) <= 1024 and part.count("\n") == 2

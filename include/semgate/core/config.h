@@ -40,6 +40,7 @@ struct sg_config {
 	long long summary_max_tokens;
 	long long summary_max_bytes;
 	long long summary_batch;
+	long long summary_input_bytes;
 	long long summary_pending_max;
 	long long summary_timeout_ms;
 	long long summary_retry_ms;

@@ -64,11 +64,14 @@ void summarizer_get_stats(struct summarizer *z, struct summarizer_stats *out);
 /* ---- pure parts (unit-tested) ---- */
 
 /* The user message of a summary call: the previous summary (prev, may be
- * NULL or empty: none yet) and the n stored messages (compact JSON, as the
- * pending list holds them), oldest first, one "[role] text" line each.
- * malloc'd; NULL on out of memory. */
+ * NULL or empty: none yet) and the first of the n stored messages (compact
+ * JSON, as the pending list holds them), oldest first, one "[role] text"
+ * line each, as many as keep the messages within max_bytes (always at
+ * least one; a message's text longer than max_bytes / 2 is cut, marked
+ * " [...]"). *used: how many of msgs it covers (entries that are not
+ * messages count as covered). malloc'd; NULL on out of memory. */
 char *summary_transcript(const char *prev, size_t prev_len, const char *const *msgs,
-			 const size_t *lens, size_t n);
+			 const size_t *lens, size_t n, size_t max_bytes, size_t *used);
 
 /* The JSON body of a summary call. max_tokens 0: not sent. malloc'd. */
 char *summary_request_body(const char *model, long long max_tokens, const char *prompt,

@@ -10,12 +10,21 @@
 #include "semgate/summary/summary.h"
 #include "sg_test.h"
 
-static char *transcript(const char *prev, const char *const *msgs, size_t n)
+static char *transcript_cap(const char *prev, const char *const *msgs, size_t n, size_t cap,
+			    size_t *used)
 {
 	size_t lens[8];
 	for (size_t i = 0; i < n; i++)
 		lens[i] = strlen(msgs[i]);
-	return summary_transcript(prev, prev ? strlen(prev) : 0, msgs, lens, n);
+	return summary_transcript(prev, prev ? strlen(prev) : 0, msgs, lens, n, cap, used);
+}
+
+static char *transcript(const char *prev, const char *const *msgs, size_t n)
+{
+	size_t used = 0;
+	char *t = transcript_cap(prev, msgs, n, 1 << 20, &used);
+	CHECK_INT(used, n);
+	return t;
 }
 
 static void test_transcript_without_and_with_a_summary(void)
@@ -54,6 +63,38 @@ static void test_transcript_content_kinds(void)
 	CHECK(t && strstr(t, "[assistant] (tool calls: [{\"id\":\"c1\"}])\n"));
 	CHECK(t && strstr(t, "[unknown] no role\n"));
 	CHECK(t && !strstr(t, "not json"));
+	free(t);
+}
+
+static void test_transcript_byte_budget(void)
+{
+	/* "[user] aaaaaaaaaa\n" is 18 bytes */
+	const char *msgs[] = {
+		"{\"role\":\"user\",\"content\":\"aaaaaaaaaa\"}",
+		"{\"role\":\"user\",\"content\":\"bbbbbbbbbb\"}",
+		"{\"role\":\"user\",\"content\":\"cccccccccc\"}",
+	};
+	size_t used = 0;
+	char *t = transcript_cap("a long summary that does not count", msgs, 3, 40, &used);
+	CHECK_INT(used, 2);
+	CHECK(t && strstr(t, "bbbbbbbbbb\n</messages>"));
+	free(t);
+	t = transcript_cap(NULL, msgs, 3, 36, &used);
+	CHECK_INT(used, 2);
+	free(t);
+	t = transcript_cap(NULL, msgs, 3, 35, &used);
+	CHECK_INT(used, 1);
+	free(t);
+	/* one huge message is cut (at a UTF-8 boundary), never skipped */
+	const char *big[] = { "{\"role\":\"user\",\"content\":\"\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\"}" };
+	t = transcript_cap(NULL, big, 1, 19, &used);  /* half: 9 = "[user] " + one é */
+	CHECK_INT(used, 1);
+	CHECK(t && strstr(t, "<messages>\n[user] \xc3\xa9 [...]\n</messages>"));
+	free(t);
+	/* something that is not a message is covered, as nothing */
+	const char *odd[] = { "not json", msgs[0] };
+	t = transcript_cap(NULL, odd, 2, 1000, &used);
+	CHECK_INT(used, 2);
 	free(t);
 }
 
@@ -142,6 +183,7 @@ int main(void)
 {
 	RUN(test_transcript_without_and_with_a_summary);
 	RUN(test_transcript_content_kinds);
+	RUN(test_transcript_byte_budget);
 	RUN(test_request_body);
 	RUN(test_parse_answer);
 	RUN(test_context_text);
