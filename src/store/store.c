@@ -414,15 +414,16 @@ enum sg_err store_history_delete(struct store *s, const char *tenant, const char
 	char *pend = store_key(s, "chatpend", tenant, conv);
 	char *sum = store_key(s, "chatsum", tenant, conv);
 	redisReply *r = NULL;
-	if (key && pend && sum) {
+	bool made = key && pend && sum;
+	if (made) {
 		const char *argv[] = { "DEL", key, pend, sum };
 		r = store_run(s, 4, argv, NULL, e);
-	} else {
-		sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	}
 	free(key);
 	free(pend);
 	free(sum);
+	if (!made)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	if (!r)
 		return SG_ERR_REDIS;
 	enum sg_err rc = SG_OK;
