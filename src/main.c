@@ -17,6 +17,7 @@
 #include "semgate/routes/routes.h"
 #include "semgate/store/store.h"
 #include "semgate/cache/behind.h"
+#include "semgate/summary/summary.h"
 #include "semgate/cache/tally.h"
 #include "semgate/vindex/vindex.h"
 #include "semgate/upstream/upstream.h"
@@ -158,6 +159,13 @@ int main(int argc, char **argv)
 		atomic_store(&app.warming, false);
 	}
 
+	app.summ = summarizer_start(&app, &e);
+	if (!app.summ && strcmp(cfg.summary, "on") == 0) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		rc = 2;
+		goto out;
+	}
+
 	app.tally = tally_start(&cfg, &e);
 	if (!app.tally)
 		sg_log(SG_LOG_WARN, "%s: hits and misses are counted inline", e.msg);
@@ -200,6 +208,12 @@ int main(int argc, char **argv)
 	sg_log(SG_LOG_INFO, "stopped");
 	rc = 0;
 out:
+	/* after http_stop: no request can kick it; a summary call still in
+	 * flight is cut (its messages stay pending for the next start) */
+	if (app.summ)
+		upstream_cancel_all();
+	summarizer_stop(app.summ);
+	app.summ = NULL;
 	tally_stop(app.tally);  /* after http_stop: no request can queue more */
 	app.tally = NULL;
 	behind_stop(app.behind); /* after the tally, which settles it */

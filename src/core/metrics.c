@@ -391,6 +391,10 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 	    (rc = header(out, "semgate_cache_stores_pending", "gauge",
 			 "Miss answers already sent whose store is still queued.")) ||
 	    (rc = sg_buf_printf(out, "semgate_cache_stores_pending %zu\n", x->stores_pending)) ||
+	    (rc = header(out, "semgate_summary_backlog", "gauge",
+			 "Conversations with messages waiting for their summary that the summarizer "
+			 "holds (queued, running or backing off after a failure).")) ||
+	    (rc = sg_buf_printf(out, "semgate_summary_backlog %zu\n", x->summary_backlog)) ||
 	    (rc = header(out, "semgate_requests_in_flight", "gauge",
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))

@@ -23,22 +23,16 @@ bool memory_id_valid(const char *id)
 	return n > 0;
 }
 
-enum sg_err memory_load(struct store *s, const char *tenant, const char *conv,
-			cJSON **history, long long *ttl, struct sg_error *e)
+/* Parse the stored messages of l into a new array (caller deletes). */
+static enum sg_err parse_history(struct store_strlist *l, const char *conv, cJSON **history,
+				 struct sg_error *e)
 {
-	*history = NULL;
-	struct store_strlist l;
-	enum sg_err rc = store_history_get(s, tenant, conv, &l, ttl, e);
-	if (rc != SG_OK)
-		return rc;
 	cJSON *arr = cJSON_CreateArray();
-	if (!arr) {
-		store_strlist_finish(&l);
+	if (!arr)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	}
-	for (size_t i = 0; i < l.n; i++) {
+	for (size_t i = 0; i < l->n; i++) {
 		cJSON *m = NULL;
-		if (sg_json_parse(l.v[i], l.len[i], &m, NULL) != SG_OK || !cJSON_IsObject(m) ||
+		if (sg_json_parse(l->v[i], l->len[i], &m, NULL) != SG_OK || !cJSON_IsObject(m) ||
 		    !sg_json_str(m, "role")) {
 			sg_log(SG_LOG_WARN, "conversation %s: skipping a stored entry that is "
 			       "not a message", conv);
@@ -47,14 +41,42 @@ enum sg_err memory_load(struct store *s, const char *tenant, const char *conv,
 		}
 		cJSON_AddItemToArray(arr, m);
 	}
-	store_strlist_finish(&l);
 	*history = arr;
 	return SG_OK;
 }
 
+enum sg_err memory_load(struct store *s, const char *tenant, const char *conv,
+			cJSON **history, long long *ttl, struct sg_error *e)
+{
+	*history = NULL;
+	struct store_strlist l;
+	enum sg_err rc = store_history_get(s, tenant, conv, &l, ttl, e);
+	if (rc != SG_OK)
+		return rc;
+	rc = parse_history(&l, conv, history, e);
+	store_strlist_finish(&l);
+	return rc;
+}
+
+enum sg_err memory_load_with_summary(struct store *s, const char *tenant, const char *conv,
+				     cJSON **history, long long *ttl,
+				     struct store_summary *sm, struct sg_error *e)
+{
+	*history = NULL;
+	struct store_strlist l;
+	enum sg_err rc = store_conv_read(s, tenant, conv, &l, ttl, sm, e);
+	if (rc != SG_OK)
+		return rc;
+	rc = parse_history(&l, conv, history, e);
+	store_strlist_finish(&l);
+	if (rc != SG_OK)
+		store_summary_finish(sm);
+	return rc;
+}
+
 enum sg_err memory_append(struct store *s, const char *tenant, const char *conv,
 			  const cJSON *msgs, long long max, long long ttl_s,
-			  long long *new_len, struct sg_error *e)
+			  struct store_capture *cap, long long *new_len, struct sg_error *e)
 {
 	int n = cJSON_GetArraySize(msgs);
 	char **items = calloc((size_t)n + 1, sizeof(char *));
@@ -80,7 +102,7 @@ enum sg_err memory_append(struct store *s, const char *tenant, const char *conv,
 		goto out;
 	}
 	rc = store_history_append(s, tenant, conv, (const char *const *)items, lens,
-				  (size_t)k, max, ttl_s, new_len, e);
+				  (size_t)k, max, ttl_s, cap, new_len, e);
 out:
 	for (int i = 0; items && i < n; i++)
 		free(items[i]);

@@ -25,6 +25,7 @@
 #include "semgate/cache/scope.h"
 #include "semgate/http/sse.h"
 #include "semgate/store/store.h"
+#include "semgate/summary/summary.h"
 #include "semgate/cache/tally.h"
 #include "semgate/upstream/upstream.h"
 #include "semgate/vindex/vindex.h"
@@ -190,9 +191,25 @@ static enum sg_err read_headers(struct chat *c, struct sg_error *e)
 	return SG_OK;
 }
 
+/* The system message that carries a conversation's running summary, or
+ * NULL on out of memory. */
+static cJSON *summary_message(const struct store_summary *sm)
+{
+	char *text = summary_context_text(sm->text, sm->text_len, sm->covered);
+	cJSON *sys = text ? cJSON_CreateObject() : NULL;
+	if (sys && (!cJSON_AddStringToObject(sys, "role", "system") ||
+		    !cJSON_AddStringToObject(sys, "content", text))) {
+		cJSON_Delete(sys);
+		sys = NULL;
+	}
+	free(text);
+	return sys;
+}
+
 /* Build the messages the LLM sees: the new turn's system messages (or the
- * named prompt when it has none), the stored history, then the rest of the
- * new turn. Records the turn to store in c->turn. */
+ * named prompt when it has none), the conversation's running summary when
+ * it has one (SEMGATE_SUMMARY=on), the stored history, then the rest of
+ * the new turn. Records the turn to store in c->turn. */
 static enum sg_err build_request(struct chat *c, struct sg_error *e)
 {
 	cJSON *msgs = cJSON_GetObjectItemCaseSensitive(c->body, "messages");
@@ -209,12 +226,15 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 
 	cJSON *history = NULL;
+	struct store_summary sm = { 0 };
 	if (c->conv) {
 		struct store *s = worker_store(c->req->worker);
 		long long ttl;
 		if (!s)
 			return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		enum sg_err rc = memory_load(s, c->req->tenant, c->conv, &history, &ttl, e);
+		enum sg_err rc = c->req->app->summ
+			? memory_load_with_summary(s, c->req->tenant, c->conv, &history, &ttl, &sm, e)
+			: memory_load(s, c->req->tenant, c->conv, &history, &ttl, e);
 		if (rc != SG_OK) {
 			if (rc == SG_ERR_REDIS)
 				sg_error_set(e, SG_ERR_REDIS,
@@ -237,7 +257,16 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 	cJSON_ArrayForEach(m, msgs)
 		if (is_system(m))
 			cJSON_AddItemToArray(out, cJSON_Duplicate(m, 1));
-	c->had_history = cJSON_GetArraySize(history) > 0;
+	if (sm.text) {
+		/* part of the body, so of the cache scope too: another summary
+		 * never shares this turn's entries */
+		cJSON *sys = summary_message(&sm);
+		if (!sys)
+			goto nomem;
+		cJSON_AddItemToArray(out, sys);
+	}
+	c->had_history = cJSON_GetArraySize(history) > 0 || sm.text;
+	store_summary_finish(&sm);
 	if (history) {
 		cJSON *h;
 		while ((h = cJSON_DetachItemFromArray(history, 0)))
@@ -256,6 +285,7 @@ static enum sg_err build_request(struct chat *c, struct sg_error *e)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	return SG_OK;
 nomem:
+	store_summary_finish(&sm);
 	cJSON_Delete(history);
 	cJSON_Delete(out);
 	return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -294,10 +324,9 @@ static void remember(struct chat *c, const cJSON *doc)
 	cJSON_AddItemToArray(c->turn, ans);
 	struct sg_error e = { 0 };
 	long long len = 0;
-	const struct sg_config *cfg = c->req->app->cfg;
 	struct store *s = worker_store(c->req->worker);
-	if (!s || memory_append(s, c->req->tenant, c->conv, c->turn, cfg->history_max,
-				cfg->history_ttl, &len, &e) != SG_OK) {
+	if (!s || summary_append(c->req->app, s, c->req->tenant, c->conv, c->turn, &len,
+				 &e) != SG_OK) {
 		sg_log(SG_LOG_WARN, "conversation %s: the answer was sent but the turn "
 		       "could not be stored: %s", c->conv, e.msg);
 		add_hdr(c, "X-Semgate-Memory", "not-stored");

@@ -11,6 +11,7 @@
 #include "semgate/routes/routes.h"
 #include "semgate/cache/scope.h"
 #include "semgate/store/store.h"
+#include "semgate/summary/summary.h"
 
 static const char *conv_id(struct sg_req *req)
 {
@@ -29,6 +30,24 @@ static int redis_error(struct sg_req *req, const struct sg_error *e)
 	return http_send_sg_error(req, e);
 }
 
+/* SEMGATE_SUMMARY=on: "summary" (null until the first one is written),
+ * "pending" (messages trimmed out of the window, not yet folded in) and
+ * "skipped" (dropped from pending at SEMGATE_SUMMARY_PENDING_MAX). */
+static void add_summary(cJSON *o, const struct store_summary *sm)
+{
+	cJSON *js = sm->text ? cJSON_CreateObject() : cJSON_CreateNull();
+	if (!js)
+		return;
+	if (sm->text) {
+		cJSON_AddStringToObject(js, "text", sm->text);
+		cJSON_AddNumberToObject(js, "messages", (double)sm->covered);
+		cJSON_AddNumberToObject(js, "updated_at_ms", (double)sm->updated_ms);
+	}
+	cJSON_AddItemToObject(o, "summary", js);
+	cJSON_AddNumberToObject(o, "pending", (double)sm->pending);
+	cJSON_AddNumberToObject(o, "skipped", (double)sm->skipped);
+}
+
 int route_conv_get(struct sg_req *req)
 {
 	const char *id = conv_id(req);
@@ -41,9 +60,13 @@ int route_conv_get(struct sg_req *req)
 	if (!s)
 		return http_send_error(req, 503, "service_unavailable", "out_of_memory",
 				       "out of memory");
-	if (memory_load(s, req->tenant, id, &hist, &ttl, &e) != SG_OK)
+	struct store_summary sm = { 0 };
+	bool with_summary = req->app->summ != NULL;
+	if ((with_summary ? memory_load_with_summary(s, req->tenant, id, &hist, &ttl, &sm, &e)
+			  : memory_load(s, req->tenant, id, &hist, &ttl, &e)) != SG_OK)
 		return redis_error(req, &e);
 	if (cJSON_GetArraySize(hist) == 0) {
+		store_summary_finish(&sm);
 		cJSON_Delete(hist);
 		return http_send_error(req, 404, "not_found_error", "conversation_not_found",
 				       "no such conversation");
@@ -56,7 +79,10 @@ int route_conv_get(struct sg_req *req)
 		hist = NULL;
 		cJSON_AddNumberToObject(o, "length", len);
 		cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
+		if (with_summary)
+			add_summary(o, &sm);
 	}
+	store_summary_finish(&sm);
 	char *body = o ? sg_json_render(o) : NULL;
 	if (body)
 		status = http_send_json(req, 200, body, NULL);
@@ -113,14 +139,12 @@ int route_conv_append(struct sg_req *req)
 	}
 	struct store *s = worker_store(req->worker);
 	long long len = 0;
-	const struct sg_config *cfg = req->app->cfg;
 	if (!s) {
 		status = http_send_error(req, 503, "service_unavailable", "out_of_memory",
 					 "out of memory");
 		goto out;
 	}
-	if (memory_append(s, req->tenant, id, msgs, cfg->history_max, cfg->history_ttl,
-			  &len, &e) != SG_OK) {
+	if (summary_append(req->app, s, req->tenant, id, msgs, &len, &e) != SG_OK) {
 		status = redis_error(req, &e);
 		goto out;
 	}

@@ -10,6 +10,7 @@
 #include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/store.h"
+#include "semgate/summary/summary.h"
 #include "semgate/cache/tally.h"
 #include "semgate/vindex/vindex.h"
 
@@ -22,7 +23,10 @@ int route_metrics(struct sg_req *req)
 	hot_get_stats(req->app->hot, &hs);
 	struct behind_stats bs;
 	behind_get_stats(req->app->behind, &bs);
+	struct summarizer_stats zs;
+	summarizer_get_stats(req->app->summ, &zs);
 	struct metrics_extra x = {
+		.summary_backlog = zs.backlog,
 		.redis_reconnects = store_reconnects(),
 		.index_entries = vindex_count(req->app->vindex),
 		.index_bytes = vindex_bytes(req->app->vindex),

@@ -67,6 +67,21 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
 
+/* Copy an array reply of strings into out (caller finishes it). */
+enum sg_err store_copy_list(redisReply *r, struct store_strlist *out, struct sg_error *e);
+
+/* ---- running summaries (summary.c) ---- */
+
+/* Append to the open MULTI of an append the EVAL that trims the window
+ * of list_key to max and moves what it trims to the pending list. On
+ * failure (out of memory) the caller must drop the connection. */
+enum sg_err store_capture_append(struct store *s, const char *tenant, const char *conv,
+				 const char *list_key, long long max, long long ttl_s,
+				 const struct store_capture *cap, struct sg_error *e);
+/* Read that EVAL's reply (an element of the EXEC array) into cap. */
+enum sg_err store_capture_result(const redisReply *r, struct store_capture *cap,
+				 struct sg_error *e);
+
 /* ---- walking a tenant's entries (cache_ops.c) ---- */
 
 /* One SCAN/SSCAN/ZSCAN step: argv with the cursor at argv[2] (argv[1] for

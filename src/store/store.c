@@ -254,7 +254,7 @@ enum sg_err store_ping(struct store *s, struct sg_error *e)
 
 /* ---- conversation history ---- */
 
-static enum sg_err copy_list(redisReply *r, struct store_strlist *out, struct sg_error *e)
+enum sg_err store_copy_list(redisReply *r, struct store_strlist *out, struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
 	if (r->type != REDIS_REPLY_ARRAY)
@@ -301,7 +301,7 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 	} else if (r2->type != REDIS_REPLY_INTEGER) {
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected TTL reply");
 	} else {
-		rc = copy_list(r1, out, e);
+		rc = store_copy_list(r1, out, e);
 		*ttl = r2->integer;
 	}
 	if (r1)
@@ -352,8 +352,8 @@ lost:
 
 enum sg_err store_history_append(struct store *s, const char *tenant, const char *conv,
 				 const char *const *items, const size_t *lens, size_t n,
-				 long long max, long long ttl_s, long long *new_len,
-				 struct sg_error *e)
+				 long long max, long long ttl_s, struct store_capture *cap,
+				 long long *new_len, struct sg_error *e)
 {
 	char *key = store_key(s, "chat", tenant, conv);
 	const char **argv = calloc(n + 2, sizeof(char *));
@@ -375,7 +375,15 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	}
 	redisAppendCommand(s->c, "MULTI");
 	redisAppendCommandArgv(s->c, (int)(n + 2), argv, alen);
-	redisAppendCommand(s->c, "LTRIM %s %lld -1", key, -max);
+	if (cap) {
+		/* summaries on: what falls out of the window moves to pending */
+		if ((rc = store_capture_append(s, tenant, conv, key, max, ttl_s, cap, e)) != SG_OK) {
+			store_drop(s); /* a half-queued MULTI must not be sent */
+			goto out;
+		}
+	} else {
+		redisAppendCommand(s->c, "LTRIM %s %lld -1", key, -max);
+	}
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
 	redisAppendCommand(s->c, "EXEC");
@@ -388,6 +396,8 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 		*new_len = exec->element[3]->integer;
 	else
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
+	if (rc == SG_OK && cap)
+		rc = store_capture_result(exec->element[1], cap, e);
 	freeReplyObject(exec);
 out:
 	free(key);
@@ -399,12 +409,21 @@ out:
 enum sg_err store_history_delete(struct store *s, const char *tenant, const char *conv,
 				 bool *existed, struct sg_error *e)
 {
+	/* the summary and its pending messages go with the conversation */
 	char *key = store_key(s, "chat", tenant, conv);
-	if (!key)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "DEL", key };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
+	char *pend = store_key(s, "chatpend", tenant, conv);
+	char *sum = store_key(s, "chatsum", tenant, conv);
+	redisReply *r = NULL;
+	bool made = key && pend && sum;
+	if (made) {
+		const char *argv[] = { "DEL", key, pend, sum };
+		r = store_run(s, 4, argv, NULL, e);
+	}
 	free(key);
+	free(pend);
+	free(sum);
+	if (!made)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	if (!r)
 		return SG_ERR_REDIS;
 	enum sg_err rc = SG_OK;

@@ -170,6 +170,16 @@ static const char *const chat_mode_names[] = { "ok", "fail", "hang", "invalid_js
 enum embed_mode { EMBED_OK, EMBED_FAIL, EMBED_HANG };
 static const char *const embed_mode_names[] = { "ok", "fail", "hang" };
 
+/* Summary calls (semgate's SEMGATE_SUMMARY) are chat requests for the model
+ * SUMMARY_MODEL. They are counted and recorded apart from the other chat
+ * requests, answered with a digest of the transcript (the previous summary
+ * followed by the text of each message, space-separated) so a test can
+ * tell exactly which messages a summary covered, and can be made to fail
+ * or to hang until summary_mode changes (control summary_mode). */
+#define SUMMARY_MODEL "mock-summary"
+enum summary_mode { SUMMARY_OK, SUMMARY_FAIL, SUMMARY_HANG };
+static const char *const summary_mode_names[] = { "ok", "fail", "hang" };
+
 struct controls {
 	enum chat_mode mode;
 	long fail_status;
@@ -179,6 +189,7 @@ struct controls {
 	enum embed_mode embed_mode;
 	long embed_fail_status;
 	long embed_latency_ms;
+	enum summary_mode summary_mode;
 	/* "Name: value\r\n" lines added to every chat and embeddings answer
 	 * (control response_headers); values are sent exactly as given, so
 	 * tests can hand the gateway values it must refuse */
@@ -194,6 +205,7 @@ static const struct controls default_controls = {
 	.embed_mode = EMBED_OK,
 	.embed_fail_status = 500,
 	.embed_latency_ms = 0,
+	.summary_mode = SUMMARY_OK,
 	.headers = "",
 };
 
@@ -213,6 +225,9 @@ static struct {
 	char *last_chat;      /* raw, validated JSON text of the body, or NULL */
 	char *last_embedding; /* same */
 	char *last_auth;      /* Authorization header of the last chat request, or NULL */
+	unsigned long long summary_requests;
+	long summary_held;    /* summary calls being held (summary_mode hang) right now */
+	char *last_summary;   /* raw body of the last summary call, or NULL */
 	struct override *overrides[OVERRIDE_BUCKETS];
 	size_t n_overrides;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -255,7 +270,7 @@ static void override_free(struct override *o)
 
 /* Detaches everything resettable so the caller frees it outside the lock. */
 struct detached {
-	char *last_chat, *last_embedding, *last_auth;
+	char *last_chat, *last_embedding, *last_auth, *last_summary;
 	struct override *list;
 };
 
@@ -266,6 +281,7 @@ static void reset_locked(struct detached *d)
 	d->last_chat = g.last_chat;
 	d->last_embedding = g.last_embedding;
 	d->last_auth = g.last_auth;
+	d->last_summary = g.last_summary;
 	d->list = NULL;
 	for (i = 0; i < OVERRIDE_BUCKETS; i++) {
 		struct override *o = g.overrides[i];
@@ -280,8 +296,9 @@ static void reset_locked(struct detached *d)
 		g.overrides[i] = NULL;
 	}
 	g.n_overrides = 0;
-	g.last_chat = g.last_embedding = g.last_auth = NULL;
+	g.last_chat = g.last_embedding = g.last_auth = g.last_summary = NULL;
 	g.chat_requests = g.embedding_requests = g.embedding_inputs = 0;
+	g.summary_requests = 0;
 	g.ctl = default_controls;
 }
 
@@ -290,6 +307,7 @@ static void detached_free(struct detached *d)
 	free(d->last_chat);
 	free(d->last_embedding);
 	free(d->last_auth);
+	free(d->last_summary);
 	while (d->list) {
 		struct override *next = d->list->next;
 
@@ -1073,6 +1091,122 @@ out:
 	return 200;
 }
 
+static bool is_summary_call(const cJSON *root)
+{
+	const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+
+	return cJSON_IsString(model) && strcmp(model->valuestring, SUMMARY_MODEL) == 0;
+}
+
+/* The digest of a summary call's transcript (its last user message):
+ * the text inside <summary>…</summary>, then each "[role] text" line inside
+ * <messages>…</messages> without its "[role] ", all joined by spaces. */
+static void summary_digest(const char *t, struct buf *out)
+{
+	const char *p = strstr(t, "<summary>\n"), *end, *line;
+	bool first = true;
+
+	if (p && (end = strstr(p, "\n</summary>")) != NULL) {
+		p += strlen("<summary>\n");
+		buf_add(out, p, (size_t)(end - p));
+		first = end == p;
+	}
+	p = strstr(t, "<messages>\n");
+	end = p ? strstr(p, "</messages>") : NULL;
+	if (!p || !end)
+		return;
+	for (line = p + strlen("<messages>\n"); line < end;) {
+		const char *nl = memchr(line, '\n', (size_t)(end - line));
+		const char *text = line[0] == '[' ? memchr(line, ']', (size_t)(end - line)) : NULL;
+
+		if (!nl)
+			nl = end;
+		if (text && text < nl) {
+			text += text + 1 < nl && text[1] == ' ' ? 2 : 1;
+			if (!first)
+				buf_add(out, " ", 1);
+			buf_add(out, text, (size_t)(nl - text));
+			first = false;
+		}
+		line = nl + 1;
+	}
+}
+
+static enum summary_mode summary_mode_now(void)
+{
+	enum summary_mode m;
+
+	pthread_mutex_lock(&g.lock);
+	m = g.ctl.summary_mode;
+	pthread_mutex_unlock(&g.lock);
+	return m;
+}
+
+static int handle_summary(struct req *r, cJSON *root, char *body)
+{
+	const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages"), *m;
+	const char *user = NULL;
+	struct buf digest = { 0 }, b = { 0 };
+	enum summary_mode mode;
+	unsigned long long id;
+	char *old;
+	int ret;
+
+	pthread_mutex_lock(&g.lock);
+	id = ++g.summary_requests;
+	old = g.last_summary;
+	g.last_summary = body;
+	mode = g.ctl.summary_mode;
+	if (mode == SUMMARY_HANG)
+		g.summary_held++;
+	pthread_mutex_unlock(&g.lock);
+	free(old);
+	if (mode == SUMMARY_HANG) {
+		/* held until the test changes summary_mode, the caller goes away
+		 * or the mock stops */
+		bool alive = true;
+
+		while ((mode = summary_mode_now()) == SUMMARY_HANG && (alive = wait_ms(r, 10)))
+			;
+		pthread_mutex_lock(&g.lock);
+		g.summary_held--;
+		pthread_mutex_unlock(&g.lock);
+		if (!alive) {
+			drop_connection(r);
+			cJSON_Delete(root);
+			return 499;
+		}
+	}
+	if (mode == SUMMARY_FAIL) {
+		cJSON_Delete(root);
+		return send_error(r, 500, "mock_failure", "mock summary failure");
+	}
+	cJSON_ArrayForEach(m, msgs) {
+		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+
+		if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0 &&
+		    cJSON_IsString(content))
+			user = content->valuestring;
+	}
+	summary_digest(user ? user : "", &digest);
+	buf_add(&digest, "", 0);
+	buf_addf(&b, "{\"id\":\"chatcmpl-mock-summary-%llu\",\"object\":\"chat.completion\","
+		 "\"created\":%lld,\"model\":\"" SUMMARY_MODEL "\",\"choices\":[{\"index\":0,"
+		 "\"message\":{\"role\":\"assistant\",\"content\":", id, (long long)time(NULL));
+	buf_add_json_str(&b, digest.p, digest.len);
+	buf_addf(&b, "},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":%llu,"
+		 "\"completion_tokens\":%llu,\"total_tokens\":%llu}}",
+		 tokens_of(strlen(user ? user : "")), tokens_of(digest.len),
+		 tokens_of(strlen(user ? user : "")) + tokens_of(digest.len));
+	ret = digest.oom ? send_oom(r) : send_json(r, 200, &b);
+	if (digest.oom)
+		buf_free(&b);
+	buf_free(&digest);
+	cJSON_Delete(root);
+	return ret;
+}
+
 static int handle_chat(struct req *r)
 {
 	struct chat_req c = { 0 };
@@ -1093,6 +1227,10 @@ static int handle_chat(struct req *r)
 	if (st == 0 && !(root = parse_json(body, len))) {
 		free(body);
 		body = NULL;
+	}
+	if (root && is_summary_call(root)) {
+		free(auth_copy);
+		return handle_summary(r, root, body);
 	}
 	pthread_mutex_lock(&g.lock);
 	cr.id = ++g.chat_requests;
@@ -1581,10 +1719,10 @@ static void add_controls_json(struct buf *b, const struct controls *c)
 {
 	buf_addf(b, "{\"mode\":\"%s\",\"fail_status\":%ld,\"latency_ms\":%ld,\"hang_ms\":%ld,"
 		 "\"stream_chunk_delay_ms\":%ld,\"embed_mode\":\"%s\",\"embed_fail_status\":%ld,"
-		 "\"embed_latency_ms\":%ld,\"response_headers\":",
+		 "\"embed_latency_ms\":%ld,\"summary_mode\":\"%s\",\"response_headers\":",
 		 chat_mode_names[c->mode], c->fail_status, c->latency_ms, c->hang_ms,
 		 c->stream_chunk_delay_ms, embed_mode_names[c->embed_mode], c->embed_fail_status,
-		 c->embed_latency_ms);
+		 c->embed_latency_ms, summary_mode_names[c->summary_mode]);
 	buf_add_json_cstr(b, c->headers);
 	buf_adds(b, "}");
 }
@@ -1640,6 +1778,11 @@ static const char *apply_control(struct controls *c, const cJSON *it)
 		if (mode < 0)
 			return "must be one of ok, fail, hang, invalid_json, truncated";
 		c->mode = (enum chat_mode)mode;
+	} else if (strcmp(k, "summary_mode") == 0) {
+		mode = mode_index(it, summary_mode_names, 3);
+		if (mode < 0)
+			return "must be one of ok, fail, hang";
+		c->summary_mode = (enum summary_mode)mode;
 	} else if (strcmp(k, "embed_mode") == 0) {
 		mode = mode_index(it, embed_mode_names, 3);
 		if (mode < 0)
@@ -1805,6 +1948,9 @@ static int handle_stats(struct req *r)
 		 "\"embedding_inputs\":%llu,\"embedding_overrides\":%zu,\"last_chat_request\":",
 		 g.chat_requests, g.embedding_requests, g.embedding_inputs, g.n_overrides);
 	add_raw_or_null(&b, g.last_chat);
+	buf_addf(&b, ",\"summary_requests\":%llu,\"summary_held\":%ld,\"last_summary_request\":",
+		 g.summary_requests, g.summary_held);
+	add_raw_or_null(&b, g.last_summary);
 	buf_adds(&b, ",\"last_embedding_request\":");
 	add_raw_or_null(&b, g.last_embedding);
 	buf_adds(&b, ",\"last_authorization\":");

@@ -19,6 +19,7 @@ struct hotcache;
 struct vindex;
 
 struct flights;
+struct summarizer;
 
 struct sg_app {
 	const struct sg_config *cfg;
@@ -32,6 +33,7 @@ struct sg_app {
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
 	struct flights *flights;      /* single-flight of misses; NULL: off */
 	struct behind *behind;        /* miss stores written behind; NULL: inline */
+	struct summarizer *summ;      /* running summaries; NULL: SEMGATE_SUMMARY=off */
 	/* True from start until the index has been loaded from Redis once
 	 * (set by main.c, cleared by the event follower): semantic lookups
 	 * are skipped and counted as "warming" meanwhile. */

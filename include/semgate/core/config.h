@@ -35,6 +35,19 @@ struct sg_config {
 	long long history_max;
 	long long history_ttl;
 	char *memory_cache;      /* "first", "all" or "off" */
+	char *summary;           /* "on" or "off" */
+	char *summary_model;
+	long long summary_max_tokens;
+	long long summary_max_bytes;
+	long long summary_batch;
+	long long summary_input_bytes;
+	long long summary_pending_max;
+	long long summary_timeout_ms;
+	long long summary_retry_ms;
+	long long summary_retry_max_ms;
+	long long summary_threads;
+	long long summary_sweep_s;
+	long long summary_queue;
 	char *prompts_dir;
 	char *default_prompt;
 	/* cache */

@@ -60,7 +60,17 @@
 	  "Requests let through unchecked because Redis could not be asked.") \
 	X(UPSTREAM_ERRORS_LLM, "semgate_upstream_errors_total", "kind=\"llm\"", \
 	  "Upstream calls that failed in transport (unreachable, timeout, oversized).") \
-	X(UPSTREAM_ERRORS_EMBED, "semgate_upstream_errors_total", "kind=\"embedding\"", "")
+	X(UPSTREAM_ERRORS_EMBED, "semgate_upstream_errors_total", "kind=\"embedding\"", "") \
+	X(SUMMARY_WRITTEN, "semgate_summaries_total", "outcome=\"written\"", \
+	  "Summary calls (SEMGATE_SUMMARY), by outcome: written, failed (retried later), conflict (the conversation changed under it; read again).") \
+	X(SUMMARY_FAILED, "semgate_summaries_total", "outcome=\"failed\"", "") \
+	X(SUMMARY_CONFLICTS, "semgate_summaries_total", "outcome=\"conflict\"", "") \
+	X(SUMMARY_CAPTURED, "semgate_summary_messages_total", "stage=\"captured\"", \
+	  "Messages trimmed out of a window into pending (captured), folded into a summary (covered), or dropped at SEMGATE_SUMMARY_PENDING_MAX (skipped).") \
+	X(SUMMARY_COVERED, "semgate_summary_messages_total", "stage=\"covered\"", "") \
+	X(SUMMARY_SKIPPED, "semgate_summary_messages_total", "stage=\"skipped\"", "") \
+	X(SUMMARY_QUEUE_FULL, "semgate_summary_queue_full_total", "", \
+	  "Conversations the summarizer could not take (SEMGATE_SUMMARY_QUEUE full); their messages stay pending for a later turn or sweep.")
 
 enum sg_counter {
 #define SG_X(id, family, labels, help) SG_C_##id,
@@ -140,6 +150,7 @@ struct metrics_extra {
 	unsigned long long hot_hits;        /* exact hits served from process memory */
 	size_t hot_keys, hot_bytes;         /* hot copies held */
 	size_t stores_pending;              /* answers sent, their store still queued */
+	size_t summary_backlog;             /* conversations the summarizer holds */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
 };

@@ -9,8 +9,7 @@
 #include <stdbool.h>
 #include <cjson/cJSON.h>
 #include "semgate/core/err.h"
-
-struct store;
+#include "semgate/store/store.h"
 
 #define SG_CONV_ID_MAX 128
 
@@ -24,14 +23,22 @@ bool memory_id_valid(const char *id);
 enum sg_err memory_load(struct store *s, const char *tenant, const char *conv,
 			cJSON **history, long long *ttl, struct sg_error *e);
 
+/* memory_load plus the conversation's running summary (sm, finished by the
+ * caller; empty when there is none), read in the same round trip. */
+enum sg_err memory_load_with_summary(struct store *s, const char *tenant, const char *conv,
+				     cJSON **history, long long *ttl,
+				     struct store_summary *sm, struct sg_error *e);
+
 /* Append every object of msgs (a cJSON array, borrowed) in order, then trim
- * to the last max messages and set the TTL, all in one MULTI/EXEC.
- * *new_len receives the length after trimming. */
+ * to the last max messages and set the TTL, all in one MULTI/EXEC. With
+ * cap (summaries on) the trimmed messages move to the pending list in the
+ * same transaction (store_history_append). *new_len receives the length
+ * after trimming. */
 enum sg_err memory_append(struct store *s, const char *tenant, const char *conv,
 			  const cJSON *msgs, long long max, long long ttl_s,
-			  long long *new_len, struct sg_error *e);
+			  struct store_capture *cap, long long *new_len, struct sg_error *e);
 
-/* Delete the conversation; *existed tells whether it held anything. */
+/* Delete the conversation (with its summary and pending messages); *existed tells whether it held anything. */
 enum sg_err memory_delete(struct store *s, const char *tenant, const char *conv,
 			  bool *existed, struct sg_error *e);
 

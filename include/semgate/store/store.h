@@ -40,17 +40,88 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 			      struct store_strlist *out, long long *ttl,
 			      struct sg_error *e);
 
+/* Running summaries on (SEMGATE_SUMMARY): what an append does with the
+ * messages it trims out of the window. In: pending_max, epoch (a random
+ * hex id, at most 32 chars, borrowed). Out: how many messages moved to the
+ * pending list, how many of its oldest were dropped at pending_max, and its
+ * length after. */
+struct store_capture {
+	long long pending_max;
+	const char *epoch;
+	long long moved, skipped, pending;
+};
+
 /* In one MULTI/EXEC: RPUSH items, LTRIM to the last max, EXPIRE ttl_s.
+ * With cap (summaries on), the trim is one EVAL in the same transaction
+ * that first moves exactly the trimmed messages to the tail of the
+ * conversation's pending list, holds that list at cap->pending_max and
+ * gives it and the summary hash the same TTL (summary.c).
  * *new_len gets the length after trimming. Either all of it happens or
  * nothing does. */
 enum sg_err store_history_append(struct store *s, const char *tenant, const char *conv,
 				 const char *const *items, const size_t *lens, size_t n,
-				 long long max, long long ttl_s, long long *new_len,
-				 struct sg_error *e);
+				 long long max, long long ttl_s, struct store_capture *cap,
+				 long long *new_len, struct sg_error *e);
 
-/* DEL; *existed tells whether there was anything. */
+/* DEL of the conversation, its pending list and its summary; *existed
+ * tells whether there was anything. */
 enum sg_err store_history_delete(struct store *s, const char *tenant, const char *conv,
 				 bool *existed, struct sg_error *e);
+
+/* ---- running summaries (src/store/summary.c):
+ * {prefix}chatpend:{tenant}:{conv} (list) and {prefix}chatsum:{tenant}:{conv}
+ * (hash), same lifetime as the conversation's list ---- */
+
+/* A conversation's summary as readers see it. text is malloc'd (NULL: no
+ * summary yet), owned by the caller; free with store_summary_finish. */
+struct store_summary {
+	char *text;
+	size_t text_len;
+	long long covered;     /* messages folded into text */
+	long long skipped;     /* messages dropped from pending at its bound */
+	long long pending;     /* messages waiting to be folded in */
+	long long updated_ms;  /* when text was written (unix ms), 0: never */
+};
+void store_summary_finish(struct store_summary *sm);
+
+/* The history (as store_history_get), its TTL and its summary in one round
+ * trip. */
+enum sg_err store_conv_read(struct store *s, const char *tenant, const char *conv,
+			    struct store_strlist *hist, long long *ttl,
+			    struct store_summary *sm, struct sg_error *e);
+
+/* What the summarizer read, in one MULTI: the summary's epoch ("" when
+ * there is no summary hash) and head position, its text (malloc'd or
+ * NULL) and the first batch pending messages. */
+struct store_summary_snap {
+	char epoch[40];
+	long long out;
+	char *text;
+	size_t text_len;
+	struct store_strlist pending;
+};
+void store_summary_snap_finish(struct store_summary_snap *sn);
+
+enum sg_err store_summary_snapshot(struct store *s, const char *tenant, const char *conv,
+				   long long batch, struct store_summary_snap *sn,
+				   struct sg_error *e);
+
+/* Atomically (one EVAL): if the summary and the head of pending are still
+ * those of sn, write text (text_len bytes) as the summary and remove
+ * exactly the first n pending messages; *left gets the pending length
+ * after, or -1 when something changed under it (nothing written). */
+enum sg_err store_summary_apply(struct store *s, const char *tenant, const char *conv,
+				const struct store_summary_snap *sn, size_t n, const char *text,
+				size_t text_len, long long now_ms, long long *left,
+				struct sg_error *e);
+
+/* Every conversation whose summary hash says messages are waiting, found
+ * by SCAN (never KEYS) over the summary hashes: fn(ud, tenant, conv) for
+ * each (pointers valid during the call). O(keyspace): the summarizer's
+ * start-up and periodic sweep only. *found: how many. */
+typedef void (*store_pending_fn)(void *ud, const char *tenant, const char *conv);
+enum sg_err store_summary_scan(struct store *s, store_pending_fn fn, void *ud, size_t *found,
+			       struct sg_error *e);
 
 /* ---- cache entries: {prefix}e:{tenant}:{id} and {prefix}x:{tenant}:{sha} ---- */
 
