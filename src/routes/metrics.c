@@ -8,6 +8,7 @@
 #include "semgate/core/json.h"
 #include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
+#include "semgate/store/sentinel.h"
 #include "semgate/store/store.h"
 #include "semgate/cache/tally.h"
 #include "semgate/vindex/vindex.h"
@@ -21,6 +22,7 @@ int route_metrics(struct sg_req *req)
 	hot_get_stats(req->app->hot, &hs);
 	struct metrics_extra x = {
 		.redis_reconnects = store_reconnects(),
+		.redis_master_changes = store_master_changes(),
 		.index_entries = vindex_count(req->app->vindex),
 		.index_bytes = vindex_bytes(req->app->vindex),
 		.index_partitions = vindex_partition_count(req->app->vindex),
