@@ -79,20 +79,20 @@ class SentinelRedis:
         """First call: the whole deployment. After stop(): the data nodes
         again, in the roles the sentinels now give them, master first."""
         if not self.started:
-            self._start_node(self.nodes[0], None)
+            start_node(self.nodes[0], None)
             for n in self.nodes[1:]:
-                self._start_node(n, self.nodes[0].port)
+                start_node(n, self.nodes[0].port)
             for s in self.sentinels:
                 s.start()
             self.started = True
         else:
             master = self.master_port()
-            self._start_node(self.node(master), None)
+            start_node(self.node(master), None)
             wait_until(lambda: all("s_down" not in self._flags(s) for s in self.sentinels
                                    if s.proc), timeout=20, what="the sentinels to see the master")
             for n in self.nodes:
                 if n.proc is None:
-                    self._start_node(n, master)
+                    start_node(n, master)
         self.wait_settled()
 
     def stop(self):
@@ -159,7 +159,7 @@ class SentinelRedis:
 
     def restart_node(self, port):
         """Bring a killed node back as a replica of the current master."""
-        self._start_node(self.node(port), self.master_port())
+        start_node(self.node(port), self.master_port())
 
     def wait_failover_from(self, old_port, timeout=30):
         """Until every sentinel names a master other than old_port and that
@@ -210,15 +210,18 @@ class SentinelRedis:
         info = dict(zip(info[::2], info[1::2])) if isinstance(info, list) else info
         return info["flags"]
 
-    def _start_node(self, n, replica_of):
-        args = ["redis-server", "--port", str(n.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", n.tmpdir]
-        if replica_of:
-            args += ["--replicaof", "127.0.0.1", str(replica_of)]
-        n.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: n.client().ping(), what="redis to start")
-        if replica_of:
-            def linked():
-                info = n.client().info("replication")
-                return info.get("master_link_status") == "up"
-            wait_until(linked, timeout=20 * SLOW, what="a replica to sync")
+
+def start_node(n, replica_of=None):
+    """Start RedisServer n (again, on its port), as a replica of the server
+    on port replica_of when given (then until it has synced)."""
+    args = ["redis-server", "--port", str(n.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", n.tmpdir]
+    if replica_of:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    n.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: n.client().ping(), what="redis to start")
+    if replica_of:
+        def linked():
+            info = n.client().info("replication")
+            return info.get("master_link_status") == "up"
+        wait_until(linked, timeout=20 * SLOW, what="a replica to sync")
