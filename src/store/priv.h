@@ -97,10 +97,12 @@ redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
 /* ---- SEMGATE_REDIS_WAIT_REPLICAS (store.c) ---- */
 
 /* Append "WAIT n timeout" after a write's EXEC when replicas are to be
- * waited for (and stretch the read timeout to cover the wait); true when it
- * was appended. Then exactly one of: store_read_wait once the EXEC was read,
- * or store_skip_wait when reading the EXEC failed. */
-bool store_append_wait(struct store *s);
+ * waited for (and stretch the read timeout to cover the wait): 1 when it
+ * was appended, 0 when WAIT is off, -1 when it could not be (out of memory:
+ * the write must not be acknowledged). After 1, exactly one of:
+ * store_read_wait once the EXEC was read, or store_skip_wait when reading
+ * the EXEC failed. */
+int store_append_wait(struct store *s);
 /* WAIT's reply: SG_OK when enough replicas have the write, else
  * SG_ERR_REPLICAS with e saying how many did. */
 enum sg_err store_read_wait(struct store *s, struct sg_error *e);

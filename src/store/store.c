@@ -284,17 +284,17 @@ static void set_read_timeout(struct store *s, long long ms)
 		redisSetTimeout(s->c, tv);
 }
 
-bool store_append_wait(struct store *s)
+int store_append_wait(struct store *s)
 {
 	const struct sg_config *cfg = s->cfg;
 	if (cfg->redis_wait_replicas <= 0)
-		return false;
+		return 0;
 	if (redisAppendCommand(s->c, "WAIT %lld %lld", cfg->redis_wait_replicas,
 			       cfg->redis_wait_timeout_ms) != REDIS_OK)
-		return false;
+		return -1;
 	/* the reply may take the whole wait: the socket must not give up first */
 	set_read_timeout(s, cfg->redis_timeout_ms + cfg->redis_wait_timeout_ms);
-	return true;
+	return 1;
 }
 
 void store_skip_wait(struct store *s)
@@ -456,11 +456,11 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
 	redisAppendCommand(s->c, "EXEC");
-	bool waits = store_append_wait(s);
+	int waits = store_append_wait(s);
 	redisReply *exec = store_read_exec(s, 4, e);
 	if (!exec) {
 		rc = e && e->code ? e->code : SG_ERR_REDIS;
-		if (waits)
+		if (waits > 0)
 			store_skip_wait(s);
 		goto out;
 	}
@@ -469,10 +469,14 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	else
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
 	freeReplyObject(exec);
-	if (waits) {
+	if (waits > 0) {
 		enum sg_err wrc = store_read_wait(s, e);
 		if (rc == SG_OK)
 			rc = wrc;
+	} else if (waits < 0 && rc == SG_OK) {
+		/* written, but never waited for: not acknowledged */
+		rc = sg_error_set(e, SG_ERR_REPLICAS, "the write reached the redis master, but "
+				  "there was no memory to wait for its replicas");
 	}
 out:
 	free(key);

@@ -42,6 +42,10 @@ def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
 
 
 class RedisServer:
+    # commands (INFO commandstats names) that reach the server from the
+    # deployment itself rather than from a gateway: none on a lone server
+    background_commands = frozenset()
+
     def __init__(self, tmpdir):
         self.port = free_port()
         self.tmpdir = tmpdir

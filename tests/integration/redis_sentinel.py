@@ -44,6 +44,12 @@ class Sentinel(RedisServer):
 class SentinelRedis:
     """node 0 starts as the master, the others as its replicas."""
 
+    # sentinels PING, INFO and PUBLISH hellos to the master (and may CLIENT
+    # KILL or CONFIG REWRITE); replicas REPLCONF ACK every second
+    background_commands = frozenset({"cmdstat_ping", "cmdstat_info", "cmdstat_publish",
+                                     "cmdstat_replconf", "cmdstat_client|setname",
+                                     "cmdstat_client|kill", "cmdstat_config|rewrite"})
+
     def __init__(self, tmpdir, replicas=1, down_after_ms=1000, failover_timeout_ms=3000):
         self.tmpdir = tempfile.mkdtemp(dir=tmpdir, prefix="sentinel-redis-")
         self.nodes = [RedisServer(self.tmpdir) for _ in range(1 + replicas)]
