@@ -15,6 +15,7 @@
 #include "semgate/http/http.h"
 #include "semgate/core/log.h"
 #include "semgate/routes/routes.h"
+#include "semgate/store/sentinel.h"
 #include "semgate/store/store.h"
 #include "semgate/cache/behind.h"
 #include "semgate/summary/summary.h"
@@ -135,8 +136,15 @@ int main(int argc, char **argv)
 	http_global_init();
 
 	struct cache_sync *sync = NULL;
+	struct store_sentinel *sentinel = NULL;
 	struct sg_app app;
 	if (app_init(&app, &cfg, &e) != SG_OK) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		rc = 2;
+		goto out;
+	}
+	/* before anything connects: in Sentinel mode it finds the master */
+	if (store_sentinel_start(&cfg, &sentinel, &e) != SG_OK) {
 		fprintf(stderr, "semgate: %s\n", e.msg);
 		rc = 2;
 		goto out;
@@ -219,6 +227,7 @@ out:
 	behind_stop(app.behind); /* after the tally, which settles it */
 	app.behind = NULL;
 	cache_sync_stop(sync);
+	store_sentinel_stop(sentinel);
 	hot_destroy(app.hot);
 	app.hot = NULL;
 	flights_destroy(app.flights); /* after http_stop: no flight is open */

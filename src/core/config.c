@@ -62,6 +62,20 @@ static const struct cfg_row config_rows[] = {
 	  OFF(redis_prefix), "prefix of every Redis key" },
 	{ "SEMGATE_REDIS_TIMEOUT_MS", "--redis-timeout-ms", CFG_INT, "500", 10,
 	  60000, OFF(redis_timeout_ms), "Redis connect and command timeout" },
+	{ "SEMGATE_REDIS_SENTINELS", "--redis-sentinels", CFG_OPTSTR, "", 0, 0,
+	  OFF(redis_sentinels),
+	  "Sentinel mode: host:port,... of Redis Sentinels that name the master, followed on "
+	  "failover (empty: SEMGATE_REDIS_HOST and SEMGATE_REDIS_PORT are the server)" },
+	{ "SEMGATE_REDIS_MASTER_NAME", "--redis-master-name", CFG_STR, "mymaster", 0, 0,
+	  OFF(redis_master_name), "Sentinel mode: the name the sentinels monitor the master by" },
+	{ "SEMGATE_REDIS_WAIT_REPLICAS", "--redis-wait-replicas", CFG_INT, "0", 0, 64,
+	  OFF(redis_wait_replicas),
+	  "a conversation turn is acknowledged only once this many replicas have it (WAIT); "
+	  "0: off" },
+	{ "SEMGATE_REDIS_WAIT_TIMEOUT_MS", "--redis-wait-timeout-ms", CFG_INT, "1000", 1, 60000,
+	  OFF(redis_wait_timeout_ms),
+	  "how long a conversation write waits for SEMGATE_REDIS_WAIT_REPLICAS replicas "
+	  "(503 replicas_unconfirmed past it)" },
 	{ "SEMGATE_UPSTREAM_URL", "--upstream-url", CFG_URL, "https://api.openai.com/v1",
 	  0, 0, OFF(upstream_url), "base URL of the OpenAI-compatible LLM API" },
 	{ "SEMGATE_UPSTREAM_API_KEY", "--upstream-api-key", CFG_SECRET, "", 0, 0,

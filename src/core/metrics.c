@@ -362,6 +362,11 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 			 "Successful reconnections to Redis after a lost connection.")) ||
 	    (rc = sg_buf_printf(out, "semgate_redis_reconnects_total %llu\n",
 				x->redis_reconnects)) ||
+	    (rc = header(out, "semgate_redis_master_changes_total", "counter",
+			 "Times the Redis master changed and connections moved to the new one "
+			 "(Sentinel mode).")) ||
+	    (rc = sg_buf_printf(out, "semgate_redis_master_changes_total %llu\n",
+				x->redis_master_changes)) ||
 	    (rc = header(out, "semgate_index_entries", "gauge",
 			 "Rows in the in-memory vector index (expired rows not yet swept included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_index_entries %zu\n", x->index_entries)) ||

@@ -325,11 +325,13 @@ static void remember(struct chat *c, const cJSON *doc)
 	struct sg_error e = { 0 };
 	long long len = 0;
 	struct store *s = worker_store(c->req->worker);
-	if (!s || summary_append(c->req->app, s, c->req->tenant, c->conv, c->turn, &len,
-				 &e) != SG_OK) {
+	enum sg_err rc = s ? summary_append(c->req->app, s, c->req->tenant, c->conv, c->turn,
+					    &len, &e) : SG_ERR_NOMEM;
+	if (rc != SG_OK) {
 		sg_log(SG_LOG_WARN, "conversation %s: the answer was sent but the turn "
 		       "could not be stored: %s", c->conv, e.msg);
-		add_hdr(c, "X-Semgate-Memory", "not-stored");
+		/* on the master but not on enough replicas: not acknowledged */
+		add_hdr(c, "X-Semgate-Memory", rc == SG_ERR_REPLICAS ? "unconfirmed" : "not-stored");
 		return;
 	}
 	snprintf(c->hdr_len, sizeof(c->hdr_len), "%lld", len);

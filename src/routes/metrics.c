@@ -9,6 +9,7 @@
 #include "semgate/core/json.h"
 #include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
+#include "semgate/store/sentinel.h"
 #include "semgate/store/store.h"
 #include "semgate/summary/summary.h"
 #include "semgate/cache/tally.h"
@@ -28,6 +29,7 @@ int route_metrics(struct sg_req *req)
 	struct metrics_extra x = {
 		.summary_backlog = zs.backlog,
 		.redis_reconnects = store_reconnects(),
+		.redis_master_changes = store_master_changes(),
 		.index_entries = vindex_count(req->app->vindex),
 		.index_bytes = vindex_bytes(req->app->vindex),
 		.index_partitions = vindex_partition_count(req->app->vindex),

@@ -134,6 +134,7 @@ bool store_event_parse(const char *payload, size_t len, struct store_event *out)
 struct store_sub {
 	const struct sg_config *cfg;
 	redisContext *c;
+	unsigned long gen; /* the master generation c is subscribed on */
 };
 
 struct store_sub *store_sub_create(const struct sg_config *cfg)
@@ -204,28 +205,18 @@ enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tra
 	const struct sg_config *cfg = sub->cfg;
 	*tracking = false;
 	store_sub_drop(sub);
-	struct timeval tv = {
-		.tv_sec = cfg->redis_timeout_ms / 1000,
-		.tv_usec = (cfg->redis_timeout_ms % 1000) * 1000,
-	};
-	redisContext *c = redisConnectWithTimeout(cfg->redis_host, (int)cfg->redis_port, tv);
+	struct store_hostport at;
+	unsigned long gen = 0;
+	redisContext *c = NULL;
 	redisReply *r = NULL;
 	char *ch = NULL;
-	if (!c || c->err) {
-		sg_error_set(e, SG_ERR_REDIS, "events: cannot connect to redis at %s:%lld: %s",
-			     cfg->redis_host, cfg->redis_port, c ? c->errstr : "out of memory");
-		goto fail;
+	if (store_master_get(cfg, &at, &gen, e) != SG_OK) {
+		store_master_suspect();
+		return e ? e->code : SG_ERR_REDIS;
 	}
-	redisSetTimeout(c, tv);
-	redisEnableKeepAlive(c);
-	if (cfg->redis_password[0]) {
-		r = redisCommand(c, "AUTH %s", cfg->redis_password);
-		if (!r || r->type == REDIS_REPLY_ERROR) {
-			sg_error_set(e, SG_ERR_REDIS, "events: redis AUTH failed");
-			goto fail;
-		}
-		freeReplyObject(r);
-		r = NULL;
+	if (!(c = store_connect_node(cfg, at.host, at.port, "events: ", e))) {
+		store_master_suspect();
+		return e ? e->code : SG_ERR_REDIS;
 	}
 	/* pub/sub channels are not per database: no SELECT needed */
 	if (!(ch = store_events_channel(cfg))) {
@@ -266,6 +257,7 @@ enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tra
 	free(ch);
 	*tracking = track;
 	sub->c = c;
+	sub->gen = gen;
 	return SG_OK;
 fail:
 	if (r)
@@ -332,6 +324,11 @@ enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, struct store_s
 	memset(m, 0, sizeof(*m));
 	if (!sub->c)
 		return sg_error_set(e, SG_ERR_REDIS, "events: not connected");
+	if (sub->gen != store_master_gen()) {
+		/* another server is the master now: subscribe there (and rescan) */
+		store_sub_drop(sub);
+		return sg_error_set(e, SG_ERR_REDIS, "events: the redis master changed");
+	}
 	void *reply = NULL;
 	if (redisGetReplyFromReader(sub->c, &reply) != REDIS_OK)
 		goto lost;
@@ -357,5 +354,6 @@ lost:
 	sg_error_set(e, SG_ERR_REDIS, "events: redis connection lost: %s",
 		     sub->c->errstr[0] ? sub->c->errstr : "closed");
 	store_sub_drop(sub);
+	store_master_suspect();
 	return SG_ERR_REDIS;
 }

@@ -7,6 +7,7 @@
 #include <hiredis/hiredis.h>
 
 #include "semgate/core/err.h"
+#include "semgate/store/sentinel.h"
 #include "semgate/store/store.h"
 #include "codec.h"
 
@@ -18,7 +19,33 @@ struct store {
 	redisContext *c;
 	double next_attempt_ms; /* monotonic; no connect before this */
 	bool had_connection;    /* a success before the current outage */
+	unsigned long gen;      /* the master generation c is connected to */
 };
+
+/* ---- which server is the master (sentinel.c) ---- */
+
+/* The address data connections go to now and its generation: cfg's
+ * host:port (generation 0) in single-server mode; in Sentinel mode the
+ * master last found, asking the sentinels first if none is known yet. */
+enum sg_err store_master_get(const struct sg_config *cfg, struct store_hostport *addr,
+			     unsigned long *gen, struct sg_error *e);
+
+/* The current master generation; a connection of an older one is dropped. */
+unsigned long store_master_gen(void);
+
+/* A connection to the master failed or answered READONLY: in Sentinel mode
+ * the watcher asks the sentinels again soon (nothing runs on the flag in
+ * single-server mode). Never blocks. */
+void store_master_suspect(void);
+
+/* An error reply from a server that is no longer (or not yet) the master. */
+bool store_reply_readonly(const redisReply *r);
+
+/* Connect to host:port with cfg's timeout and keep-alive, and AUTH when a
+ * password is set (the password never appears in e). NULL with e set
+ * (messages start with who, e.g. "events: "). */
+redisContext *store_connect_node(const struct sg_config *cfg, const char *host, int port,
+				 const char *who, struct sg_error *e);
 
 /* "{prefix}{kind}:{tenant}:{rest}", malloc'd; NULL on out of memory. */
 char *store_key(const struct store *s, const char *kind, const char *tenant,
@@ -81,6 +108,19 @@ enum sg_err store_capture_append(struct store *s, const char *tenant, const char
 /* Read that EVAL's reply (an element of the EXEC array) into cap. */
 enum sg_err store_capture_result(const redisReply *r, struct store_capture *cap,
 				 struct sg_error *e);
+/* ---- SEMGATE_REDIS_WAIT_REPLICAS (store.c) ---- */
+
+/* Append "WAIT n timeout" after a write's EXEC when replicas are to be
+ * waited for (and stretch the read timeout to cover the wait): 1 when it
+ * was appended, 0 when WAIT is off, -1 when it could not be (out of memory:
+ * the write must not be acknowledged). After 1, exactly one of:
+ * store_read_wait once the EXEC was read, or store_skip_wait when reading
+ * the EXEC failed. */
+int store_append_wait(struct store *s);
+/* WAIT's reply: SG_OK when enough replicas have the write, else
+ * SG_ERR_REPLICAS with e saying how many did. */
+enum sg_err store_read_wait(struct store *s, struct sg_error *e);
+void store_skip_wait(struct store *s);
 
 /* ---- walking a tenant's entries (cache_ops.c) ---- */
 

@@ -88,65 +88,86 @@ void store_drop(struct store *s)
 		s->c = NULL;
 	}
 	s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
+	store_master_suspect();
+}
+
+redisContext *store_connect_node(const struct sg_config *cfg, const char *host, int port,
+				 const char *who, struct sg_error *e)
+{
+	struct timeval tv = {
+		.tv_sec = cfg->redis_timeout_ms / 1000,
+		.tv_usec = (cfg->redis_timeout_ms % 1000) * 1000,
+	};
+	redisContext *c = redisConnectWithTimeout(host, port, tv);
+	if (!c || c->err) {
+		sg_error_set(e, SG_ERR_REDIS, "%scannot connect to redis at %s:%d: %s", who, host,
+			     port, c ? c->errstr : "out of memory");
+		if (c)
+			redisFree(c);
+		return NULL;
+	}
+	redisSetTimeout(c, tv);
+	redisEnableKeepAlive(c);
+	if (cfg->redis_password[0]) {
+		redisReply *r = redisCommand(c, "AUTH %s", cfg->redis_password);
+		if (!r || r->type == REDIS_REPLY_ERROR) {
+			/* the reply text may echo nothing secret, but keep it out anyway */
+			sg_error_set(e, SG_ERR_REDIS, "%sredis AUTH failed", who);
+			if (r)
+				freeReplyObject(r);
+			redisFree(c);
+			return NULL;
+		}
+		freeReplyObject(r);
+	}
+	return c;
 }
 
 enum sg_err store_conn(struct store *s, struct sg_error *e)
 {
-	if (s->c && !s->c->err)
+	unsigned long gen = store_master_gen();
+	if (s->c && !s->c->err && s->gen == gen)
 		return SG_OK;
+	if (s->c && !s->c->err) {
+		/* the master moved: reconnect now, to the new one */
+		redisFree(s->c);
+		s->c = NULL;
+		s->next_attempt_ms = 0;
+	}
 	if (s->c)
 		store_drop(s);
 	if (sg_now_ms() < s->next_attempt_ms)
 		return sg_error_set(e, SG_ERR_REDIS, "redis unavailable (retrying shortly)");
 	const struct sg_config *cfg = s->cfg;
-	struct timeval tv = {
-		.tv_sec = cfg->redis_timeout_ms / 1000,
-		.tv_usec = (cfg->redis_timeout_ms % 1000) * 1000,
-	};
-	redisContext *c = redisConnectWithTimeout(cfg->redis_host, (int)cfg->redis_port, tv);
-	if (!c || c->err) {
-		sg_error_set(e, SG_ERR_REDIS, "cannot connect to redis at %s:%lld: %s",
-			     cfg->redis_host, cfg->redis_port, c ? c->errstr : "out of memory");
-		if (c)
-			redisFree(c);
+	struct store_hostport at;
+	redisContext *c = NULL;
+	if (store_master_get(cfg, &at, &gen, e) != SG_OK ||
+	    !(c = store_connect_node(cfg, at.host, at.port, "", e))) {
 		s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
+		store_master_suspect();
 		return SG_ERR_REDIS;
 	}
-	redisSetTimeout(c, tv);
-	redisEnableKeepAlive(c);
-	redisReply *r;
-	if (cfg->redis_password[0]) {
-		r = redisCommand(c, "AUTH %s", cfg->redis_password);
-		if (!r || r->type == REDIS_REPLY_ERROR) {
-			/* the reply text may echo nothing secret, but keep it out anyway */
-			sg_error_set(e, SG_ERR_REDIS, "redis AUTH failed");
-			goto fail;
-		}
-		freeReplyObject(r);
-	}
 	if (cfg->redis_db) {
-		r = redisCommand(c, "SELECT %lld", cfg->redis_db);
+		redisReply *r = redisCommand(c, "SELECT %lld", cfg->redis_db);
 		if (!r || r->type == REDIS_REPLY_ERROR) {
 			sg_error_set(e, SG_ERR_REDIS, "redis SELECT %lld failed: %s",
 				     cfg->redis_db, r ? r->str : c->errstr);
-			goto fail;
+			if (r)
+				freeReplyObject(r);
+			redisFree(c);
+			s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
+			return SG_ERR_REDIS;
 		}
 		freeReplyObject(r);
 	}
 	s->c = c;
+	s->gen = gen;
 	if (s->had_connection) {
 		atomic_fetch_add(&g_reconnects, 1);
-		sg_log(SG_LOG_INFO, "reconnected to redis at %s:%lld", cfg->redis_host,
-		       cfg->redis_port);
+		sg_log(SG_LOG_INFO, "reconnected to redis at %s:%d", at.host, at.port);
 	}
 	s->had_connection = true;
 	return SG_OK;
-fail:
-	if (r)
-		freeReplyObject(r);
-	redisFree(c);
-	s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
-	return SG_ERR_REDIS;
 }
 
 /* Read one pipelined reply. NULL means the connection is gone (dropped
@@ -236,6 +257,8 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
+	if (store_reply_readonly(r))
+		store_master_suspect();
 	return sg_error_set(e, SG_ERR_REDIS, "redis error: %.200s", r->str);
 }
 
@@ -250,6 +273,60 @@ enum sg_err store_ping(struct store *s, struct sg_error *e)
 		rc = store_reply_error(r, e);
 	freeReplyObject(r);
 	return rc;
+}
+
+/* ---- waiting for replicas (SEMGATE_REDIS_WAIT_REPLICAS) ---- */
+
+static void set_read_timeout(struct store *s, long long ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	if (s->c)
+		redisSetTimeout(s->c, tv);
+}
+
+int store_append_wait(struct store *s)
+{
+	const struct sg_config *cfg = s->cfg;
+	if (cfg->redis_wait_replicas <= 0)
+		return 0;
+	if (redisAppendCommand(s->c, "WAIT %lld %lld", cfg->redis_wait_replicas,
+			       cfg->redis_wait_timeout_ms) != REDIS_OK)
+		return -1;
+	/* the reply may take the whole wait: the socket must not give up first */
+	set_read_timeout(s, cfg->redis_timeout_ms + cfg->redis_wait_timeout_ms);
+	return 1;
+}
+
+void store_skip_wait(struct store *s)
+{
+	struct sg_error ignored = { 0 };
+	if (s->c) { /* still connected: WAIT's reply is pending behind the failure */
+		redisReply *r = store_read_reply(s, &ignored);
+		if (r)
+			freeReplyObject(r);
+	}
+	set_read_timeout(s, s->cfg->redis_timeout_ms);
+}
+
+enum sg_err store_read_wait(struct store *s, struct sg_error *e)
+{
+	const struct sg_config *cfg = s->cfg;
+	struct sg_error lost = { 0 };
+	redisReply *r = store_read_reply(s, &lost);
+	set_read_timeout(s, cfg->redis_timeout_ms);
+	long long got = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+	if (r)
+		freeReplyObject(r);
+	if (got >= cfg->redis_wait_replicas)
+		return SG_OK;
+	if (got < 0)
+		return sg_error_set(e, SG_ERR_REPLICAS, "the write reached the redis master, but "
+				    "its WAIT for %lld replicas got no answer; it may not survive "
+				    "a failover", cfg->redis_wait_replicas);
+	return sg_error_set(e, SG_ERR_REPLICAS, "the write reached the redis master, but only "
+			    "%lld of %lld replicas confirmed it within %lld ms; it may not "
+			    "survive a failover", got, cfg->redis_wait_replicas,
+			    cfg->redis_wait_timeout_ms);
 }
 
 /* ---- conversation history ---- */
@@ -387,9 +464,12 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
 	redisAppendCommand(s->c, "EXEC");
+	int waits = store_append_wait(s);
 	redisReply *exec = store_read_exec(s, 4, e);
 	if (!exec) {
-		rc = SG_ERR_REDIS;
+		rc = e && e->code ? e->code : SG_ERR_REDIS;
+		if (waits > 0)
+			store_skip_wait(s);
 		goto out;
 	}
 	if (exec->elements == 4 && exec->element[3]->type == REDIS_REPLY_INTEGER)
@@ -399,6 +479,15 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	if (rc == SG_OK && cap)
 		rc = store_capture_result(exec->element[1], cap, e);
 	freeReplyObject(exec);
+	if (waits > 0) {
+		enum sg_err wrc = store_read_wait(s, e);
+		if (rc == SG_OK)
+			rc = wrc;
+	} else if (waits < 0 && rc == SG_OK) {
+		/* written, but never waited for: not acknowledged */
+		rc = sg_error_set(e, SG_ERR_REPLICAS, "the write reached the redis master, but "
+				  "there was no memory to wait for its replicas");
+	}
 out:
 	free(key);
 	free(argv);

@@ -42,6 +42,10 @@ def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
 
 
 class RedisServer:
+    # commands (INFO commandstats names) that reach the server from the
+    # deployment itself rather than from a gateway: none on a lone server
+    background_commands = frozenset()
+
     def __init__(self, tmpdir):
         self.port = free_port()
         self.tmpdir = tmpdir
@@ -63,6 +67,38 @@ class RedisServer:
     def client(self):
         return redis_lib.Redis(host="127.0.0.1", port=self.port,
                                socket_timeout=5, decode_responses=False)
+
+    def gateway_env(self):
+        return {"SEMGATE_REDIS_PORT": self.port}
+
+    def set_password(self, pw):
+        c = self.client()
+        if getattr(self, "password", ""):
+            c.execute_command("AUTH", self.password)
+        c.config_set("requirepass", pw)
+        self.password = pw
+
+    def shutdown(self):
+        self.stop()
+
+
+# What the suite runs on: SEMGATE_TEST_REDIS=single (the default) or sentinel.
+REDIS_MODE = os.environ.get("SEMGATE_TEST_REDIS") or "single"
+
+
+def make_redis(tmpdir, mode=REDIS_MODE):
+    """The Redis deployment of this mode, started. Each offers start, stop
+    (Redis down), client (the current master), port (the master's),
+    gateway_env (what points a gateway at it), set_password and shutdown."""
+    if mode == "single":
+        srv = RedisServer(tmpdir)
+    elif mode == "sentinel":
+        from redis_sentinel import SentinelRedis
+        srv = SentinelRedis(tmpdir)
+    else:
+        raise AssertionError(f"SEMGATE_TEST_REDIS={mode!r}: expected single or sentinel")
+    srv.start()
+    return srv
 
 
 class MockUpstream:
@@ -203,10 +239,9 @@ def tmpdir_session():
 
 @pytest.fixture(scope="session")
 def redis_server(tmpdir_session):
-    srv = RedisServer(tmpdir_session)
-    srv.start()
+    srv = make_redis(tmpdir_session)
     yield srv
-    srv.stop()
+    srv.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -256,12 +291,14 @@ def make_gateway(tmpdir_session, redis_server, mock_upstream):
     started = []
 
     def make(env=None, args=(), wait_index=True, **kw):
-        full = {"SEMGATE_REDIS_PORT": redis_server.port,
+        own = {**(env or {}), **kw}
+        # a test that names its own Redis server talks to that one directly
+        where = {} if "SEMGATE_REDIS_PORT" in own else redis_server.gateway_env()
+        full = {**where,
                 "SEMGATE_UPSTREAM_URL": mock_upstream.base,
                 "SEMGATE_EMBED_URL": mock_upstream.base,
                 "SEMGATE_LOG_LEVEL": "info"}
-        full.update(env or {})
-        full.update(kw)
+        full.update(own)
         g = Gateway(tmpdir_session, full, args, wait_index=wait_index)
         started.append(g)
         return g

@@ -25,6 +25,10 @@ struct sg_config {
 	long long redis_db;
 	char *redis_prefix;
 	long long redis_timeout_ms;
+	char *redis_sentinels;   /* "host:port,..."; empty: single server */
+	char *redis_master_name;
+	long long redis_wait_replicas;
+	long long redis_wait_timeout_ms;
 	/* upstream LLM */
 	char *upstream_url;
 	char *upstream_api_key;

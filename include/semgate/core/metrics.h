@@ -142,6 +142,7 @@ double metrics_req_ms(enum sg_hist h, unsigned *n);
 /* Values the caller owns, sampled when /metrics is read. */
 struct metrics_extra {
 	unsigned long long redis_reconnects;
+	unsigned long long redis_master_changes; /* Sentinel failovers followed */
 	size_t index_entries;
 	size_t index_bytes;
 	size_t index_partitions;
