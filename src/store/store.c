@@ -234,6 +234,16 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 	return true;
 }
 
+enum sg_err store_run_status(struct store *s, int argc, const char **argv, struct sg_error *e)
+{
+	redisReply *r = store_run(s, argc, argv, NULL, e);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
+	freeReplyObject(r);
+	return rc;
+}
+
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
 	return sg_error_set(e, SG_ERR_REDIS, "redis error: %.200s", r->str);
@@ -378,13 +388,26 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	redisAppendCommand(s->c, "LTRIM %s %lld -1", key, -max);
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
+	size_t queued = 4;
+	if (store_archive_on(s->cfg)) {
+		/* the turn's archive record commits or fails with the turn */
+		char *rec = store_archive_turn_render(tenant, conv, items, lens, n);
+		if (!rec || !store_archive_append(s, tenant, conv, rec, NULL, 0)) {
+			free(rec);
+			store_drop(s); /* commands are already buffered */
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		free(rec);
+		queued++;
+	}
 	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = store_read_exec(s, 4, e);
+	redisReply *exec = store_read_exec(s, queued, e);
 	if (!exec) {
 		rc = SG_ERR_REDIS;
 		goto out;
 	}
-	if (exec->elements == 4 && exec->element[3]->type == REDIS_REPLY_INTEGER)
+	if (exec->elements == queued && exec->element[3]->type == REDIS_REPLY_INTEGER)
 		*new_len = exec->element[3]->integer;
 	else
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
@@ -402,17 +425,51 @@ enum sg_err store_history_delete(struct store *s, const char *tenant, const char
 	char *key = store_key(s, "chat", tenant, conv);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	const char *argv[] = { "DEL", key };
-	redisReply *r = store_run(s, 2, argv, NULL, e);
-	free(key);
-	if (!r)
-		return SG_ERR_REDIS;
+	if (!store_archive_on(s->cfg)) {
+		const char *argv[] = { "DEL", key };
+		redisReply *r = store_run(s, 2, argv, NULL, e);
+		free(key);
+		if (!r)
+			return SG_ERR_REDIS;
+		enum sg_err rc = SG_OK;
+		if (r->type == REDIS_REPLY_INTEGER)
+			*existed = r->integer > 0;
+		else
+			rc = store_reply_error(r, e);
+		freeReplyObject(r);
+		return rc;
+	}
+	/* archive on: the delete reaches the archive too, in the same
+	 * transaction (also when the window has expired from Redis) */
+	char *rec = store_archive_del_render(false, tenant, conv);
 	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_INTEGER)
-		*existed = r->integer > 0;
+	if (!rec) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = store_conn(s, e)) != SG_OK)
+		goto out;
+	redisAppendCommand(s->c, "MULTI");
+	redisAppendCommand(s->c, "DEL %s", key);
+	if (!store_archive_append(s, tenant, conv, rec, NULL, 0)) {
+		store_drop(s);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, 2, e);
+	if (!exec) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	if (exec->elements == 2 && exec->element[0]->type == REDIS_REPLY_INTEGER)
+		*existed = exec->element[0]->integer > 0;
 	else
-		rc = store_reply_error(r, e);
-	freeReplyObject(r);
+		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
+	freeReplyObject(exec);
+out:
+	free(rec);
+	free(key);
 	return rc;
 }
 
