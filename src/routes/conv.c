@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "semgate/app/app.h"
+#include "semgate/archive/archive.h"
+#include "semgate/core/buf.h"
 #include "semgate/core/json.h"
 #include "semgate/memory/memory.h"
 #include "semgate/routes/routes.h"
@@ -29,6 +31,22 @@ static int redis_error(struct sg_req *req, const struct sg_error *e)
 	return http_send_sg_error(req, e);
 }
 
+/* ?all=1: the whole conversation from the archive; ?all=0 or nothing: the
+ * window in Redis. *all gets which. */
+static enum sg_err parse_all(const char *query, bool *all, struct sg_error *e)
+{
+	static const char *const names[] = { "all" };
+	struct sg_param v[1];
+	*all = false;
+	enum sg_err rc = sg_query_split(query, names, 1, v, e);
+	if (rc != SG_OK || !v[0].value)
+		return rc;
+	if (v[0].len != 1 || (v[0].value[0] != '0' && v[0].value[0] != '1'))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "'all' must be 0 or 1");
+	*all = v[0].value[0] == '1';
+	return SG_OK;
+}
+
 int route_conv_get(struct sg_req *req)
 {
 	const char *id = conv_id(req);
@@ -38,11 +56,24 @@ int route_conv_get(struct sg_req *req)
 	struct store *s = worker_store(req->worker);
 	cJSON *hist = NULL;
 	long long ttl = -2;
+	bool all = false;
+	if (parse_all(req->query, &all, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	if (all && !req->app->archive)
+		return http_send_error(req, 400, "invalid_request_error", "archive_disabled",
+				       "all=1 reads the archive, which is off (SEMGATE_ARCHIVE_DSN)");
 	if (!s)
 		return http_send_error(req, 503, "service_unavailable", "out_of_memory",
 				       "out of memory");
-	if (memory_load(s, req->tenant, id, &hist, &ttl, &e) != SG_OK)
+	if (all) {
+		/* as fresh as the archive: the newest turns may still be in
+		 * the stream (see the lag metrics) */
+		if (archive_pg_conversation(req->app->archive, req->tenant, id, &hist, &e) !=
+		    SG_OK)
+			return http_send_sg_error(req, &e);
+	} else if (memory_load(s, req->tenant, id, &hist, &ttl, &e) != SG_OK) {
 		return redis_error(req, &e);
+	}
 	if (cJSON_GetArraySize(hist) == 0) {
 		cJSON_Delete(hist);
 		return http_send_error(req, 404, "not_found_error", "conversation_not_found",
@@ -55,7 +86,10 @@ int route_conv_get(struct sg_req *req)
 		cJSON_AddItemToObject(o, "messages", hist);
 		hist = NULL;
 		cJSON_AddNumberToObject(o, "length", len);
-		cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
+		if (all)
+			cJSON_AddStringToObject(o, "source", "archive");
+		else
+			cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
 	}
 	char *body = o ? sg_json_render(o) : NULL;
 	if (body)

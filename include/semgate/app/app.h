@@ -19,6 +19,7 @@ struct hotcache;
 struct vindex;
 
 struct flights;
+struct archive_pg;
 
 struct sg_app {
 	const struct sg_config *cfg;
@@ -31,6 +32,7 @@ struct sg_app {
 	struct tally *tally;          /* hit/miss accounting; NULL: written inline */
 	struct hotcache *hot;         /* hot exact copies; NULL: off */
 	struct flights *flights;      /* single-flight of misses; NULL: off */
+	struct archive_pg *archive;   /* archive reads (own lock); NULL: archive off */
 	/* True from start until the index has been loaded from Redis once
 	 * (set by main.c, cleared by the event follower): semantic lookups
 	 * are skipped and counted as "warming" meanwhile. */
