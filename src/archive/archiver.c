@@ -22,7 +22,6 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-#define LAG_EVERY_MS 1000
 #define STREAMS_EVERY_MS 10000
 
 static atomic_ullong g_archived, g_rejected, g_lost, g_batches, g_pg_errors;
@@ -54,7 +53,7 @@ struct archiver {
 	struct archive_pg *pg;
 	struct stream_state *st;
 	size_t nst;
-	double next_streams, next_lag;
+	double next_streams;
 	bool pg_down_logged, redis_down_logged;
 	long long backoff_ms;
 };
@@ -237,6 +236,9 @@ static bool step(struct archiver *a, struct stream_state *st, int block_ms, bool
 		st->own_pending = false;
 		store_archive_batch_finish(&b);
 	}
+	/* before every read of new records: once a read has gone past a
+	 * trimmed gap Redis no longer tells that it was there */
+	check_lag(a, st);
 	if (store_archive_read(a->store, st->key, a->consumer, ">", batch, block_ms, &b, &e) !=
 	    SG_OK)
 		goto redis_fail;
@@ -285,11 +287,6 @@ static void *run(void *arg)
 			block = (int)(a->cfg->redis_timeout_ms / 2); /* under the read timeout */
 		for (size_t i = 0; i < a->nst && !atomic_load(&a->stop); i++)
 			work |= step(a, &a->st[i], block, &failed);
-		if (sg_now_ms() >= a->next_lag) {
-			for (size_t i = 0; i < a->nst; i++)
-				check_lag(a, &a->st[i]);
-			a->next_lag = sg_now_ms() + LAG_EVERY_MS;
-		}
 		if (failed) {
 			backoff(a);
 			continue;

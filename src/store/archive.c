@@ -376,6 +376,11 @@ enum sg_err store_archive_lag(struct store *s, const char *stream,
 		out->pending = int_or(field(g, "pending"), -1);
 		out->lag = int_or(field(g, "lag"), -1);
 		out->entries_read = int_or(field(g, "entries-read"), -1);
+		/* a group made at "0" that has read nothing says nil: it has read 0 */
+		const redisReply *last = field(g, "last-delivered-id");
+		if (out->entries_read < 0 && last && last->type == REDIS_REPLY_STRING &&
+		    strcmp(last->str, "0-0") == 0)
+			out->entries_read = 0;
 	}
 	if (out->entries_added >= 0 && out->entries_read >= 0 && out->length >= 0 &&
 	    out->entries_added - out->length > out->entries_read)

@@ -376,3 +376,29 @@ def test_warm_start_from_the_archive_after_redis_lost_everything(
     assert len(ttl) == 1 and 0 < ttl[0] <= 600
     # a warm restore is not archived again
     assert count(pg, archive_db, "SELECT count(*) FROM archive_entries") == 3
+
+
+def test_records_trimmed_before_archiving_are_counted_as_lost(
+        make_gateway, redis_db, upstream, pg, archive_db, tmpdir_session, redis_server):
+    # a small stream and nobody draining it: MAXLEN ~ trims unarchived records
+    env = arch_env(pg, archive_db, SEMGATE_ARCHIVE_THREAD=0, SEMGATE_ARCHIVE_STREAM_MAX=100)
+    g = make_gateway(env)
+    total = 450
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        assert all(r.status_code == 201 for r in ex.map(
+            lambda i: append(g, f"trim-{i % 5}", f"t{i}"), range(total)))
+    kept = redis_db.xlen(STREAM)
+    assert kept < total
+    arch = start_archiver(tmpdir_session, env, redis_server.port, "trim")
+    try:
+        wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") == kept,
+                   timeout=60, what="what the stream kept")
+    finally:
+        arch.send_signal(signal.SIGTERM)
+        assert arch.wait(timeout=30) == 0
+    with open(arch.log_path, "rb") as f:
+        log = f.read().decode()
+    assert f"{total - kept} records of sg:arch were trimmed" in log, log[-2000:]
+    # the newest records are the ones kept
+    assert q(pg, archive_db, "SELECT count(*) FROM archive_turns WHERE message LIKE "
+             f"'%\"t{total - 1}\"%'") == "1"
