@@ -222,13 +222,73 @@ static bool ok_status(PGresult *r)
 	return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
-/* One record's statements. False with *res kept for the caller's error. */
-static bool write_rec(PGconn *c, const struct arch_rec *r, PGresult **res)
+/* Most statements in flight in a pipeline before their results are read:
+ * keeps both sides' socket buffers from filling (a blocking pipeline could
+ * otherwise deadlock). */
+#define PIPE_CHUNK 128
+
+/* Where a batch's statements go: one round trip each (exec), or queued in
+ * libpq's pipeline and read back in chunks. */
+struct sender {
+	PGconn *c;
+	bool pipe;
+	int inflight;       /* sent, results not read yet */
+	PGresult *err;      /* the first failed result (exec), kept for its text */
+	char msg[200];      /* the first failure's text (pipeline) */
+	bool failed;
+};
+
+/* Read every pending pipelined result up to and including a sync. */
+static bool drain(struct sender *s)
+{
+	if (PQpipelineSync(s->c) != 1)
+		return false;
+	for (int i = 0; i < s->inflight; i++) {
+		PGresult *r = PQgetResult(s->c);
+		if (!r)
+			return false;
+		if (!ok_status(r) && !s->failed) {
+			const char *m = PQresultErrorMessage(r);
+			snprintf(s->msg, sizeof(s->msg), "%.*s", (int)strcspn(m, "\n"), m);
+			s->failed = true;
+		}
+		PQclear(r);
+		PGresult *end = PQgetResult(s->c); /* NULL after each query's result */
+		if (end)
+			PQclear(end);
+	}
+	s->inflight = 0;
+	PGresult *sync = PQgetResult(s->c);
+	bool ok = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+	PQclear(sync);
+	return ok && !s->failed;
+}
+
+static bool send_q(struct sender *s, const char *sql, int n, const char *const *p,
+		   const int *lens, const int *fmts)
+{
+	if (s->pipe) {
+		if (PQsendQueryParams(s->c, sql, n, NULL, p, lens, fmts, 0) != 1) {
+			s->failed = true;
+			return false;
+		}
+		return ++s->inflight < PIPE_CHUNK || drain(s);
+	}
+	PGresult *r = PQexecParams(s->c, sql, n, NULL, p, lens, fmts, 0);
+	if (ok_status(r)) {
+		PQclear(r);
+		return true;
+	}
+	s->err = r;
+	return false;
+}
+
+/* One record's statements. */
+static bool write_rec(struct sender *s, const struct arch_rec *r)
 {
 	char ms[24], seq[24], a[24], b[24], d[24], f[24];
 	snprintf(ms, sizeof(ms), "%lld", r->sid_ms);
 	snprintf(seq, sizeof(seq), "%lld", r->sid_seq);
-	*res = NULL;
 	switch (r->kind) {
 	case ARCH_TURN: {
 		int i = 0;
@@ -237,21 +297,16 @@ static bool write_rec(PGconn *c, const struct arch_rec *r, PGresult **res)
 			char *text = sg_json_render(m);
 			snprintf(a, sizeof(a), "%d", i++);
 			const char *p[] = { r->tenant, r->obj, ms, seq, a, text };
-			if (!text)
-				return false;
-			*res = PQexecParams(c, sql_turn, 6, NULL, p, NULL, NULL, 0);
+			bool ok = text && send_q(s, sql_turn, 6, p, NULL, NULL);
 			free(text);
-			if (!ok_status(*res))
+			if (!ok)
 				return false;
-			PQclear(*res);
-			*res = NULL;
 		}
 		return true;
 	}
 	case ARCH_CONV_DELETE: {
 		const char *p[] = { r->tenant, r->obj, ms, seq };
-		*res = PQexecParams(c, sql_conv_delete, 4, NULL, p, NULL, NULL, 0);
-		break;
+		return send_q(s, sql_conv_delete, 4, p, NULL, NULL);
 	}
 	case ARCH_PUT: {
 		snprintf(a, sizeof(a), "%d", r->dim);
@@ -265,26 +320,19 @@ static bool write_rec(PGconn *c, const struct arch_rec *r, PGresult **res)
 		int fmts[18] = { 0 };
 		lens[11] = (int)r->vec_len;
 		fmts[11] = 1; /* the vector goes as raw bytes */
-		*res = PQexecParams(c, sql_put, 18, NULL, p, lens, fmts, 0);
-		break;
+		return send_q(s, sql_put, 18, p, lens, fmts);
 	}
 	case ARCH_ENTRY_DELETE: {
 		const char *p[] = { r->tenant, r->obj, ms, seq };
-		*res = PQexecParams(c, sql_entry_delete, 4, NULL, p, NULL, NULL, 0);
-		break;
+		return send_q(s, sql_entry_delete, 4, p, NULL, NULL);
 	}
 	case ARCH_HITS: {
 		snprintf(a, sizeof(a), "%lld", r->hits);
 		const char *p[] = { r->tenant, r->obj, a, ms, seq };
-		*res = PQexecParams(c, sql_hits, 5, NULL, p, NULL, NULL, 0);
-		break;
+		return send_q(s, sql_hits, 5, p, NULL, NULL);
 	}
 	}
-	if (!ok_status(*res))
-		return false;
-	PQclear(*res);
-	*res = NULL;
-	return true;
+	return false;
 }
 
 static bool conn_ok(const struct archive_pg *pg)
@@ -292,9 +340,39 @@ static bool conn_ok(const struct archive_pg *pg)
 	return pg->c && PQstatus(pg->c) == CONNECTION_OK;
 }
 
-/* The batch, all or nothing; with savepoints, a refused record is skipped. */
-static enum sg_err apply_once(struct archive_pg *pg, struct arch_rec *v, size_t n,
-			      bool savepoints, size_t *rejected, struct sg_error *e)
+/* The whole batch in one transaction, pipelined: a few round trips for
+ * the batch instead of one per statement. Any failure fails it all. */
+static enum sg_err apply_pipelined(struct archive_pg *pg, struct arch_rec *v, size_t n,
+				   struct sg_error *e)
+{
+	struct sender s = { .c = pg->c, .pipe = true };
+	if (PQenterPipelineMode(pg->c) != 1)
+		return pg_error(pg, e, "pipeline mode", NULL);
+	bool ok = send_q(&s, "BEGIN", 0, NULL, NULL, NULL);
+	for (size_t i = 0; ok && i < n; i++)
+		if (!v[i].skip)
+			ok = write_rec(&s, &v[i]);
+	ok = ok && send_q(&s, "COMMIT", 0, NULL, NULL, NULL);
+	if (s.inflight || s.failed)
+		ok = drain(&s) && ok;
+	bool left = PQexitPipelineMode(pg->c) == 1;
+	if (ok && left)
+		return SG_OK;
+	if (s.msg[0])
+		sg_error_set(e, SG_ERR_ARCHIVE, "archive: writing a batch: %s", s.msg);
+	else
+		pg_error(pg, e, "writing a batch", NULL);
+	if (!left)
+		drop_locked(pg); /* results still queued: start over on a new connection */
+	else if (conn_ok(pg))
+		exec_locked(pg, "ROLLBACK", "rollback", NULL);
+	return SG_ERR_ARCHIVE;
+}
+
+/* Record by record, each under a savepoint: one PostgreSQL refuses is
+ * skipped (counted in *rejected) and the rest of the batch still lands. */
+static enum sg_err apply_each(struct archive_pg *pg, struct arch_rec *v, size_t n,
+			      size_t *rejected, struct sg_error *e)
 {
 	enum sg_err rc;
 	if ((rc = exec_locked(pg, "BEGIN", "begin", e)) != SG_OK)
@@ -302,18 +380,17 @@ static enum sg_err apply_once(struct archive_pg *pg, struct arch_rec *v, size_t 
 	for (size_t i = 0; i < n; i++) {
 		if (v[i].skip)
 			continue;
-		if (savepoints && (rc = exec_locked(pg, "SAVEPOINT r", "savepoint", e)) != SG_OK)
+		if ((rc = exec_locked(pg, "SAVEPOINT r", "savepoint", e)) != SG_OK)
 			goto fail;
-		PGresult *res = NULL;
-		if (write_rec(pg->c, &v[i], &res)) {
-			if (savepoints && (rc = exec_locked(pg, "RELEASE SAVEPOINT r", "release",
-							    e)) != SG_OK)
+		struct sender s = { .c = pg->c };
+		if (write_rec(&s, &v[i])) {
+			if ((rc = exec_locked(pg, "RELEASE SAVEPOINT r", "release", e)) != SG_OK)
 				goto fail;
 			continue;
 		}
-		rc = pg_error(pg, e, "writing a batch", res);
-		PQclear(res);
-		if (!savepoints || !conn_ok(pg))
+		rc = pg_error(pg, e, "writing a batch", s.err);
+		PQclear(s.err);
+		if (!conn_ok(pg))
 			goto fail;
 		sg_log(SG_LOG_WARN, "archive: record %lld-%lld of tenant %s refused, skipped: %s",
 		       v[i].sid_ms, v[i].sid_seq, v[i].tenant, e->msg);
@@ -335,11 +412,11 @@ enum sg_err archive_pg_apply(struct archive_pg *pg, struct arch_rec *v, size_t n
 	pthread_mutex_lock(&pg->mu);
 	enum sg_err rc = ready_locked(pg, e);
 	if (rc == SG_OK) {
-		rc = apply_once(pg, v, n, false, rejected, e);
+		rc = apply_pipelined(pg, v, n, e);
 		/* a refused record (not a lost connection): again, one savepoint
 		 * per record, so the rest of the batch still lands */
 		if (rc != SG_OK && conn_ok(pg))
-			rc = apply_once(pg, v, n, true, rejected, e);
+			rc = apply_each(pg, v, n, rejected, e);
 		if (rc != SG_OK && !conn_ok(pg))
 			drop_locked(pg);
 	}
@@ -393,6 +470,44 @@ static const char *col(PGresult *r, int row, int c, size_t *len)
 	return PQgetvalue(r, row, c);
 }
 
+/* One row of the entries query as the callback's struct. */
+static enum sg_err entry_row(PGresult *r, archive_entry_fn fn, void *ud, size_t *n,
+			     struct sg_error *e)
+{
+	struct archive_entry_row row = { 0 };
+	row.tenant = col(r, 0, 0, NULL);
+	row.id = col(r, 0, 1, NULL);
+	row.query = col(r, 0, 2, &row.query_len);
+	row.answer = col(r, 0, 3, &row.answer_len);
+	row.scope = col(r, 0, 4, NULL);
+	row.ns = col(r, 0, 5, NULL);
+	row.exact = col(r, 0, 6, NULL);
+	row.model = col(r, 0, 7, NULL);
+	row.kind = col(r, 0, 8, NULL);
+	row.tags = col(r, 0, 9, NULL);
+	row.metadata = col(r, 0, 10, &row.metadata_len);
+	row.dim = atoi(PQgetvalue(r, 0, 12));
+	row.created = strtoll(PQgetvalue(r, 0, 13), NULL, 10);
+	row.tokens = strtoll(PQgetvalue(r, 0, 14), NULL, 10);
+	row.expires = strtoll(PQgetvalue(r, 0, 15), NULL, 10);
+	row.hits = strtoll(PQgetvalue(r, 0, 16), NULL, 10);
+	size_t blen = 0;
+	unsigned char *blob = NULL;
+	const char *esc = col(r, 0, 11, NULL);
+	if (esc && row.dim > 0)
+		blob = PQunescapeBytea((const unsigned char *)esc, &blen);
+	if (row.dim > 0 && blob && blen == 4 * (size_t)row.dim)
+		row.vec = (const float *)blob; /* malloc'd: aligned for floats */
+	else
+		row.dim = 0;
+	enum sg_err rc = SG_OK;
+	if (row.tenant && row.id && row.query && row.answer && row.scope &&
+	    (rc = fn(ud, &row, e)) == SG_OK)
+		(*n)++;
+	PQfreemem(blob);
+	return rc;
+}
+
 enum sg_err archive_pg_entries(struct archive_pg *pg, long long now_unix,
 			       archive_entry_fn fn, void *ud, size_t *n, struct sg_error *e)
 {
@@ -404,52 +519,26 @@ enum sg_err archive_pg_entries(struct archive_pg *pg, long long now_unix,
 	char now[24];
 	snprintf(now, sizeof(now), "%lld", now_unix);
 	const char *p[] = { now };
-	/* binary results: the vector comes back as its raw bytes */
-	PGresult *r = PQexecParams(pg->c,
+	/* row by row (single-row mode): a million entries never sit in memory
+	 * at once */
+	if (PQsendQueryParams(pg->c,
 		"SELECT tenant, id, query, answer, scope, namespace, exact, model, kind, tags,"
 		" metadata, vector, dim, created, tokens, expires, hits FROM archive_entries"
-		" WHERE NOT deleted AND expires > $1::bigint ORDER BY tenant, id",
-		1, NULL, p, NULL, NULL, 0);
-	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-		rc = pg_error(pg, e, "reading entries", r);
-		PQclear(r);
+		" WHERE NOT deleted AND expires > $1::bigint", 1, NULL, p, NULL, NULL, 0) != 1 ||
+	    PQsetSingleRowMode(pg->c) != 1) {
+		rc = pg_error(pg, e, "reading entries", NULL);
+		drop_locked(pg);
 		goto out;
 	}
-	for (int i = 0; i < PQntuples(r) && rc == SG_OK; i++) {
-		struct archive_entry_row row = { 0 };
-		row.tenant = col(r, i, 0, NULL);
-		row.id = col(r, i, 1, NULL);
-		row.query = col(r, i, 2, &row.query_len);
-		row.answer = col(r, i, 3, &row.answer_len);
-		row.scope = col(r, i, 4, NULL);
-		row.ns = col(r, i, 5, NULL);
-		row.exact = col(r, i, 6, NULL);
-		row.model = col(r, i, 7, NULL);
-		row.kind = col(r, i, 8, NULL);
-		row.tags = col(r, i, 9, NULL);
-		row.metadata = col(r, i, 10, &row.metadata_len);
-		row.dim = atoi(PQgetvalue(r, i, 12));
-		row.created = strtoll(PQgetvalue(r, i, 13), NULL, 10);
-		row.tokens = strtoll(PQgetvalue(r, i, 14), NULL, 10);
-		row.expires = strtoll(PQgetvalue(r, i, 15), NULL, 10);
-		row.hits = strtoll(PQgetvalue(r, i, 16), NULL, 10);
-		size_t blen = 0;
-		unsigned char *blob = NULL;
-		const char *esc = col(r, i, 11, NULL);
-		if (esc && row.dim > 0)
-			blob = PQunescapeBytea((const unsigned char *)esc, &blen);
-		if (row.dim > 0 && blob && blen == 4 * (size_t)row.dim)
-			row.vec = (const float *)blob; /* malloc'd: aligned for floats */
-		else
-			row.dim = 0;
-		if (row.tenant && row.id && row.query && row.answer && row.scope) {
-			rc = fn(ud, &row, e);
-			if (rc == SG_OK)
-				(*n)++;
-		}
-		PQfreemem(blob);
+	PGresult *r;
+	while ((r = PQgetResult(pg->c))) {
+		ExecStatusType st = PQresultStatus(r);
+		if (st == PGRES_SINGLE_TUPLE && rc == SG_OK)
+			rc = entry_row(r, fn, ud, n, e); /* after a failure: drain only */
+		else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && rc == SG_OK)
+			rc = pg_error(pg, e, "reading entries", r);
+		PQclear(r);
 	}
-	PQclear(r);
 out:
 	pthread_mutex_unlock(&pg->mu);
 	return rc;

@@ -402,3 +402,26 @@ def test_records_trimmed_before_archiving_are_counted_as_lost(
     # the newest records are the ones kept
     assert q(pg, archive_db, "SELECT count(*) FROM archive_turns WHERE message LIKE "
              f"'%\"t{total - 1}\"%'") == "1"
+
+
+def test_a_record_postgres_refuses_is_skipped_and_the_batch_lands(agw, pg):
+    db = agw.db
+    assert append(agw, "poison-0", "first").status_code == 201
+    wait_until(lambda: count(pg, db, "SELECT count(*) FROM archive_turns") == 1, timeout=30,
+               what="the schema and a first turn")
+    # a database-side rule the archiver cannot foresee: one message is refused
+    q(pg, db, "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+              "IF NEW.message LIKE '%poison%' THEN RAISE EXCEPTION 'refused'; END IF; "
+              "RETURN NEW; END $$ LANGUAGE plpgsql; "
+              "CREATE TRIGGER refuse BEFORE INSERT ON archive_turns "
+              "FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        texts = [f"good {i}" for i in range(20)] + ["poison pill"]
+        assert all(r.status_code == 201 for r in ex.map(
+            lambda t: append(agw, "poison-1", t), texts))
+    wait_until(lambda: count(pg, db, "SELECT count(*) FROM archive_turns") == 21, timeout=30,
+               what="every good turn")
+    wait_until(lambda: metric(agw, 'semgate_archive_records_total{outcome="rejected"}') == 1
+               and metric(agw, "semgate_archive_pending") == 0, what="the refusal counted")
+    assert count(pg, db, "SELECT count(*) FROM archive_turns WHERE message LIKE '%poison%'") == 0
+    assert "refused, skipped" in agw.logs()
