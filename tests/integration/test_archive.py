@@ -425,3 +425,22 @@ def test_a_record_postgres_refuses_is_skipped_and_the_batch_lands(agw, pg):
                and metric(agw, "semgate_archive_pending") == 0, what="the refusal counted")
     assert count(pg, db, "SELECT count(*) FROM archive_turns WHERE message LIKE '%poison%'") == 0
     assert "refused, skipped" in agw.logs()
+
+
+def test_two_gateways_starting_at_once_migrate_the_schema_once(make_gateway, redis_db,
+                                                                upstream, pg, archive_db):
+    env = arch_env(pg, archive_db)
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        gws = list(ex.map(lambda _: make_gateway(env), range(2)))
+    wait_until(lambda: q(pg, archive_db, "SELECT string_agg(version::text, ',' ORDER BY version)"
+                                         " FROM archive_schema_version") == "1,2",
+               timeout=30, what="the schema")
+    # both archive, through the one consumer group: each turn once
+    for i in range(20):
+        assert append(gws[i % 2], f"two-{i % 3}", f"m{i}").status_code == 201
+    wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") == 20,
+               timeout=30, what="both gateways' turns")
+    groups = redis_db.xinfo_groups(STREAM)
+    assert len(groups) == 1 and groups[0]["consumers"] == 2
+    for g in gws:
+        assert "archive:" not in "".join(l for l in g.logs().splitlines() if " warn " in l)
