@@ -130,6 +130,8 @@ fail:
 	return rc;
 }
 
+static enum sg_err prepare_locked(struct archive_pg *pg, struct sg_error *e);
+
 static void quiet(void *arg, const char *message)
 {
 	(void)arg;
@@ -152,6 +154,8 @@ static enum sg_err ready_locked(struct archive_pg *pg, struct sg_error *e)
 	/* "already exists, skipping" and the like: not for the gateway's log */
 	PQsetNoticeProcessor(pg->c, quiet, NULL);
 	enum sg_err rc = migrate_locked(pg, e);
+	if (rc == SG_OK)
+		rc = prepare_locked(pg, e);
 	if (rc != SG_OK)
 		drop_locked(pg);
 	return rc;
@@ -216,6 +220,24 @@ static const char sql_hits[] =
 	"UPDATE archive_entries SET hits = GREATEST(hits, $3) WHERE tenant = $1 AND id = $2"
 	" AND NOT deleted AND (sid_ms, sid_seq) < ($4::bigint, $5::bigint)";
 
+/* Parsed and planned once per connection, not once per row. */
+static enum sg_err prepare_locked(struct archive_pg *pg, struct sg_error *e)
+{
+	static const struct { const char *name, *sql; } stmts[] = {
+		{ "turn", sql_turn }, { "conv_delete", sql_conv_delete }, { "put", sql_put },
+		{ "entry_delete", sql_entry_delete }, { "hits", sql_hits },
+	};
+	for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
+		PGresult *r = PQprepare(pg->c, stmts[i].name, stmts[i].sql, 0, NULL);
+		bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+		enum sg_err rc = ok ? SG_OK : pg_error(pg, e, "preparing statements", r);
+		PQclear(r);
+		if (!ok)
+			return rc;
+	}
+	return SG_OK;
+}
+
 static bool ok_status(PGresult *r)
 {
 	ExecStatusType st = PQresultStatus(r);
@@ -264,17 +286,21 @@ static bool drain(struct sender *s)
 	return ok && !s->failed;
 }
 
-static bool send_q(struct sender *s, const char *sql, int n, const char *const *p,
-		   const int *lens, const int *fmts)
+/* Run (or queue) one statement: a prepared one by name (stmt), or sql
+ * with no parameters (BEGIN, COMMIT). */
+static bool send_q(struct sender *s, const char *stmt, const char *sql, int n,
+		   const char *const *p, const int *lens, const int *fmts)
 {
 	if (s->pipe) {
-		if (PQsendQueryParams(s->c, sql, n, NULL, p, lens, fmts, 0) != 1) {
+		int ok = stmt ? PQsendQueryPrepared(s->c, stmt, n, p, lens, fmts, 0) :
+				PQsendQueryParams(s->c, sql, 0, NULL, NULL, NULL, NULL, 0);
+		if (ok != 1) {
 			s->failed = true;
 			return false;
 		}
 		return ++s->inflight < PIPE_CHUNK || drain(s);
 	}
-	PGresult *r = PQexecParams(s->c, sql, n, NULL, p, lens, fmts, 0);
+	PGresult *r = stmt ? PQexecPrepared(s->c, stmt, n, p, lens, fmts, 0) : PQexec(s->c, sql);
 	if (ok_status(r)) {
 		PQclear(r);
 		return true;
@@ -297,7 +323,7 @@ static bool write_rec(struct sender *s, const struct arch_rec *r)
 			char *text = sg_json_render(m);
 			snprintf(a, sizeof(a), "%d", i++);
 			const char *p[] = { r->tenant, r->obj, ms, seq, a, text };
-			bool ok = text && send_q(s, sql_turn, 6, p, NULL, NULL);
+			bool ok = text && send_q(s, "turn", NULL, 6, p, NULL, NULL);
 			free(text);
 			if (!ok)
 				return false;
@@ -306,7 +332,7 @@ static bool write_rec(struct sender *s, const struct arch_rec *r)
 	}
 	case ARCH_CONV_DELETE: {
 		const char *p[] = { r->tenant, r->obj, ms, seq };
-		return send_q(s, sql_conv_delete, 4, p, NULL, NULL);
+		return send_q(s, "conv_delete", NULL, 4, p, NULL, NULL);
 	}
 	case ARCH_PUT: {
 		snprintf(a, sizeof(a), "%d", r->dim);
@@ -320,16 +346,16 @@ static bool write_rec(struct sender *s, const struct arch_rec *r)
 		int fmts[18] = { 0 };
 		lens[11] = (int)r->vec_len;
 		fmts[11] = 1; /* the vector goes as raw bytes */
-		return send_q(s, sql_put, 18, p, lens, fmts);
+		return send_q(s, "put", NULL, 18, p, lens, fmts);
 	}
 	case ARCH_ENTRY_DELETE: {
 		const char *p[] = { r->tenant, r->obj, ms, seq };
-		return send_q(s, sql_entry_delete, 4, p, NULL, NULL);
+		return send_q(s, "entry_delete", NULL, 4, p, NULL, NULL);
 	}
 	case ARCH_HITS: {
 		snprintf(a, sizeof(a), "%lld", r->hits);
 		const char *p[] = { r->tenant, r->obj, a, ms, seq };
-		return send_q(s, sql_hits, 5, p, NULL, NULL);
+		return send_q(s, "hits", NULL, 5, p, NULL, NULL);
 	}
 	}
 	return false;
@@ -348,11 +374,11 @@ static enum sg_err apply_pipelined(struct archive_pg *pg, struct arch_rec *v, si
 	struct sender s = { .c = pg->c, .pipe = true };
 	if (PQenterPipelineMode(pg->c) != 1)
 		return pg_error(pg, e, "pipeline mode", NULL);
-	bool ok = send_q(&s, "BEGIN", 0, NULL, NULL, NULL);
+	bool ok = send_q(&s, NULL, "BEGIN", 0, NULL, NULL, NULL);
 	for (size_t i = 0; ok && i < n; i++)
 		if (!v[i].skip)
 			ok = write_rec(&s, &v[i]);
-	ok = ok && send_q(&s, "COMMIT", 0, NULL, NULL, NULL);
+	ok = ok && send_q(&s, NULL, "COMMIT", 0, NULL, NULL, NULL);
 	if (s.inflight || s.failed)
 		ok = drain(&s) && ok;
 	bool left = PQexitPipelineMode(pg->c) == 1;
