@@ -9,6 +9,7 @@
 #include "semgate/archive/archive.h"
 #include "semgate/core/buf.h"
 #include "semgate/core/json.h"
+#include "semgate/core/log.h"
 #include "semgate/memory/memory.h"
 #include "semgate/routes/routes.h"
 #include "semgate/cache/scope.h"
@@ -69,8 +70,14 @@ int route_conv_get(struct sg_req *req)
 		/* as fresh as the archive: the newest turns may still be in
 		 * the stream (see the lag metrics) */
 		if (archive_pg_conversation(req->app->archive, req->tenant, id, &hist, &e) !=
-		    SG_OK)
-			return http_send_sg_error(req, &e);
+		    SG_OK) {
+			if (e.code != SG_ERR_ARCHIVE)
+				return http_send_sg_error(req, &e);
+			/* the detail names the database's host: for the log only */
+			sg_log(SG_LOG_WARN, "%s", e.msg);
+			return http_send_error(req, 503, "service_unavailable",
+					       "archive_unavailable", "the archive is unavailable");
+		}
 	} else if (memory_load(s, req->tenant, id, &hist, &ttl, &e) != SG_OK) {
 		return redis_error(req, &e);
 	}

@@ -216,6 +216,9 @@ def test_postgres_outage_keeps_serving_and_the_archive_catches_up(agw, pg, upstr
         wait_until(lambda: metric(agw, "semgate_archive_lag") + metric(
             agw, "semgate_archive_pending") > 0, what="lag to show")
         assert metric(agw, "semgate_archive_pg_errors_total") > 0
+        r = requests.get(agw.url + "/v1/conversations/out-1?all=1", timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "archive_unavailable"
+        assert r.json()["error"]["message"] == "the archive is unavailable"
     finally:
         pg.start()
     want = 1 + n + 2 * n
