@@ -41,6 +41,7 @@ struct stream_state {
 	bool own_pending;        /* re-read what this consumer holds first */
 	char claim_cursor[48];
 	double next_claim;
+	double next_reap;
 	bool behind;             /* "falling behind" logged */
 };
 
@@ -200,6 +201,21 @@ static void check_lag(struct archiver *a, struct stream_state *st)
 	}
 }
 
+/* Forget consumers that left nothing pending and have been idle ten
+ * claim periods: every restart of an archiver is a new consumer. */
+static void reap(struct archiver *a, struct stream_state *st)
+{
+	if (sg_now_ms() < st->next_reap)
+		return;
+	long long idle = 10 * a->cfg->archive_claim_ms;
+	st->next_reap = sg_now_ms() + (double)(idle / 10 > 1000 ? idle / 10 : 1000);
+	size_t n = 0;
+	struct sg_error e = { 0 };
+	if (store_archive_reap(a->store, st->key, a->consumer, idle, &n, &e) == SG_OK && n)
+		sg_log(SG_LOG_INFO, "archive: removed %zu idle consumers with nothing pending "
+		       "from %s", n, st->key);
+}
+
 /* One step on one stream: true when it had work. */
 static bool step(struct archiver *a, struct stream_state *st, int block_ms, bool *failed)
 {
@@ -239,6 +255,7 @@ static bool step(struct archiver *a, struct stream_state *st, int block_ms, bool
 	/* before every read of new records: once a read has gone past a
 	 * trimmed gap Redis no longer tells that it was there */
 	check_lag(a, st);
+	reap(a, st);
 	if (store_archive_read(a->store, st->key, a->consumer, ">", batch, block_ms, &b, &e) !=
 	    SG_OK)
 		goto redis_fail;

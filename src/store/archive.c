@@ -402,6 +402,32 @@ enum sg_err store_archive_skip_gap(struct store *s, const char *stream,
 	return store_run_status(s, 7, argv, e);
 }
 
+enum sg_err store_archive_reap(struct store *s, const char *stream, const char *keep,
+			       long long idle_ms, size_t *removed, struct sg_error *e)
+{
+	*removed = 0;
+	const char *argv[] = { "XINFO", "CONSUMERS", stream, STORE_ARCHIVE_GROUP };
+	redisReply *r = store_run(s, 4, argv, NULL, e);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = SG_OK;
+	if (r->type == REDIS_REPLY_ERROR)
+		rc = store_reply_error(r, e);
+	for (size_t i = 0; rc == SG_OK && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+		const redisReply *name = field(r->element[i], "name");
+		if (!name || name->type != REDIS_REPLY_STRING || strcmp(name->str, keep) == 0 ||
+		    int_or(field(r->element[i], "pending"), -1) != 0 ||
+		    int_or(field(r->element[i], "idle"), -1) <= idle_ms)
+			continue;
+		const char *del[] = { "XGROUP", "DELCONSUMER", stream, STORE_ARCHIVE_GROUP,
+				      name->str };
+		if ((rc = store_run_status(s, 5, del, e)) == SG_OK)
+			(*removed)++;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
 enum sg_err store_entries_empty(struct store *s, bool *empty, struct sg_error *e)
 {
 	*empty = true;

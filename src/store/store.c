@@ -252,14 +252,7 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 enum sg_err store_ping(struct store *s, struct sg_error *e)
 {
 	const char *argv[] = { "PING" };
-	redisReply *r = store_run(s, 1, argv, NULL, e);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ERROR)
-		rc = store_reply_error(r, e);
-	freeReplyObject(r);
-	return rc;
+	return store_run_status(s, 1, argv, e);
 }
 
 /* ---- conversation history ---- */

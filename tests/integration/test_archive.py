@@ -181,6 +181,10 @@ def test_sigkill_of_the_archiver_mid_batch_loses_and_doubles_nothing(
                    timeout=60, what="every turn archived after the restart")
         wait_until(lambda: redis_db.xpending(STREAM, GROUP)["pending"] == 0, timeout=30,
                    what="the dead archiver's records claimed and acknowledged")
+        # the dead consumer, left with nothing pending, is forgotten after ten
+        # claim periods (SEMGATE_ARCHIVE_CLAIM_MS=1000 here)
+        wait_until(lambda: len(redis_db.xinfo_consumers(STREAM, GROUP)) == 1, timeout=40,
+                   what="the dead consumer removed")
         # replay everything: the rows are idempotent
         redis_db.xgroup_setid(STREAM, GROUP, "0")
         wait_until(lambda: redis_db.xinfo_groups(STREAM)[0]["lag"] == 0 and
@@ -194,6 +198,7 @@ def test_sigkill_of_the_archiver_mid_batch_loses_and_doubles_nothing(
     with open(arch2.log_path, "rb") as f:
         log = f.read().decode()
     assert "claimed" in log
+    assert "removed 1 idle consumers" in log
     assert PostgresServer.PASSWORD not in log
 
 

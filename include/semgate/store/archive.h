@@ -100,6 +100,12 @@ enum sg_err store_archive_lag(struct store *s, const char *stream,
 enum sg_err store_archive_skip_gap(struct store *s, const char *stream,
 				   const struct store_archive_lag *lag, struct sg_error *e);
 
+/* Remove the group's consumers other than keep that hold nothing pending
+ * and have been idle longer than idle_ms (archivers that crashed or
+ * stopped, each restart being a new consumer). *removed counts them. */
+enum sg_err store_archive_reap(struct store *s, const char *stream, const char *keep,
+			       long long idle_ms, size_t *removed, struct sg_error *e);
+
 /* True when Redis holds no cache entry at all (SCAN of the entry keys),
  * for the warm start. */
 enum sg_err store_entries_empty(struct store *s, bool *empty, struct sg_error *e);
