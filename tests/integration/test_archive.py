@@ -89,7 +89,9 @@ def start_archiver(tmpdir, env, redis_port, name):
 
 def test_turns_and_entries_arrive_in_the_archive(agw, pg, upstream, redis_db):
     db = agw.db
-    assert q(pg, db, "SELECT max(version) FROM archive_schema_version") == "2"
+    # the archiver thread migrates the schema as it first connects, behind the start
+    wait_until(lambda: q(pg, db, "SELECT max(version) FROM archive_schema_version") == "2",
+               timeout=30, what="the schema")
     for i in range(3):
         assert turn(agw, "arr-1", f"arrival question {i}").status_code == 200
     assert append(agw, "arr-2", "a note").status_code == 201
