@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "semgate/app/app.h"
+#include "semgate/archive/archive.h"
 #include "semgate/cache/cache.h"
 #include "semgate/cache/sync.h"
 #include "semgate/core/clock.h"
@@ -16,6 +17,7 @@
 #include "semgate/core/log.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/sentinel.h"
+#include "semgate/store/archive.h"
 #include "semgate/store/store.h"
 #include "semgate/cache/behind.h"
 #include "semgate/summary/summary.h"
@@ -100,6 +102,51 @@ static void rebuild_index(struct sg_app *app)
 	store_destroy(s);
 }
 
+/* semgate --archiver: only drain the archive streams, until a signal. */
+static int run_archiver(const struct sg_config *cfg)
+{
+	struct sg_error e = { 0 };
+	if (!store_archive_on(cfg)) {
+		fprintf(stderr, "semgate: --archiver needs SEMGATE_ARCHIVE_DSN\n");
+		return 2;
+	}
+	config_log_summary(cfg);
+	/* in Sentinel mode the archiver follows the master like the gateway */
+	struct store_sentinel *sentinel = NULL;
+	if (store_sentinel_start(cfg, &sentinel, &e) != SG_OK) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		return 2;
+	}
+	struct archiver *a = archiver_start(cfg, &e);
+	if (!a) {
+		fprintf(stderr, "semgate: %s\n", e.msg);
+		store_sentinel_stop(sentinel);
+		return 1;
+	}
+	const struct timespec tick = { 0, 100 * 1000 * 1000 };
+	while (!g_stop)
+		nanosleep(&tick, NULL);
+	archiver_stop(a);
+	store_sentinel_stop(sentinel);
+	sg_log(SG_LOG_INFO, "archiver stopped");
+	return 0;
+}
+
+/* SEMGATE_ARCHIVE_WARM: refill an empty Redis from the archive before the
+ * index loads from Redis. A failure is logged; the gateway starts cold. */
+static void warm_from_archive(const struct sg_config *cfg)
+{
+	struct sg_error e = { 0 };
+	size_t n = 0;
+	double t0 = sg_now_ms();
+	if (archive_warm(cfg, &n, &e) != SG_OK)
+		sg_log(SG_LOG_WARN, "warm start from the archive incomplete (%zu entries): %s",
+		       n, e.msg);
+	else if (n)
+		sg_log(SG_LOG_INFO, "warm start: %zu cache entries restored from the archive in "
+		       "%.0f ms", n, sg_now_ms() - t0);
+}
+
 int main(int argc, char **argv)
 {
 	struct sg_config cfg;
@@ -128,6 +175,12 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
+	if (cfg.archiver) {
+		rc = run_archiver(&cfg);
+		config_finish(&cfg);
+		return rc;
+	}
+
 	if (upstream_global_init() != SG_OK) {
 		fprintf(stderr, "semgate: cannot initialise libcurl\n");
 		config_finish(&cfg);
@@ -137,6 +190,7 @@ int main(int argc, char **argv)
 
 	struct cache_sync *sync = NULL;
 	struct store_sentinel *sentinel = NULL;
+	struct archiver *archiver = NULL;
 	struct sg_app app;
 	if (app_init(&app, &cfg, &e) != SG_OK) {
 		fprintf(stderr, "semgate: %s\n", e.msg);
@@ -160,6 +214,13 @@ int main(int argc, char **argv)
 	 * connects (and reloads it after every reconnection): the gateway
 	 * listens at once and serves exact hits and misses meanwhile */
 	atomic_store(&app.warming, true);
+	if (store_archive_on(&cfg)) {
+		if (cfg.archive_warm)
+			warm_from_archive(&cfg);
+		app.archive = archive_pg_create(cfg.archive_dsn);
+		if (cfg.archive_thread && !(archiver = archiver_start(&cfg, &e)))
+			sg_log(SG_LOG_WARN, "%s: the archive is not drained by this gateway", e.msg);
+	}
 	sync = cache_sync_start(&app, &e);
 	if (!sync) {
 		sg_log(SG_LOG_WARN, "%s: other gateways' entries will not be followed", e.msg);
@@ -228,6 +289,9 @@ out:
 	app.behind = NULL;
 	cache_sync_stop(sync);
 	store_sentinel_stop(sentinel);
+	archiver_stop(archiver);
+	archive_pg_destroy(app.archive);
+	app.archive = NULL;
 	hot_destroy(app.hot);
 	app.hot = NULL;
 	flights_destroy(app.flights); /* after http_stop: no flight is open */

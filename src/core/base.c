@@ -50,6 +50,7 @@ const char *sg_strerror(enum sg_err code)
 	case SG_ERR_RATE_LIMITED: return "rate limited";
 	case SG_ERR_REDIS: return "redis unavailable";
 	case SG_ERR_REPLICAS: return "write not confirmed by enough replicas";
+	case SG_ERR_ARCHIVE: return "archive unavailable";
 	case SG_ERR_UPSTREAM: return "upstream failure";
 	case SG_ERR_TIMEOUT: return "timeout";
 	case SG_ERR_CLIENT_GONE: return "client disconnected";
@@ -70,6 +71,7 @@ int sg_err_http_status(enum sg_err code)
 	case SG_ERR_RATE_LIMITED: return 429;
 	case SG_ERR_REDIS: return 503;
 	case SG_ERR_REPLICAS: return 503;
+	case SG_ERR_ARCHIVE: return 503;
 	case SG_ERR_UPSTREAM: return 502;
 	case SG_ERR_TIMEOUT: return 504;
 	case SG_ERR_CLIENT_GONE: return 499;
@@ -90,6 +92,7 @@ const char *sg_err_type(enum sg_err code)
 	case SG_ERR_NOMEM:
 	case SG_ERR_REDIS:
 	case SG_ERR_REPLICAS: return "service_unavailable";
+	case SG_ERR_ARCHIVE: return "service_unavailable";
 	case SG_ERR_UPSTREAM:
 	case SG_ERR_TIMEOUT: return "upstream_error";
 	case SG_ERR_CLIENT_GONE:

@@ -193,6 +193,23 @@ static const struct cfg_row config_rows[] = {
 	  "(the dashboard's tenant picker)" },
 	{ "SEMGATE_RATE_LIMIT", "--rate-limit", CFG_OPTSTR, "", 0, 0, OFF(rate_limit),
 	  "requests per tenant per window, as N/Ws (e.g. 100/60s; empty: no limit)" },
+	{ "SEMGATE_ARCHIVE_DSN", "--archive-dsn", CFG_SECRET, "", 0, 0, OFF(archive_dsn),
+	  "PostgreSQL connection string of the write-behind archive (empty: archive off, "
+	  "nothing is written to its stream)" },
+	{ "SEMGATE_ARCHIVE_STREAM_MAX", "--archive-stream-max", CFG_INT, "1000000", 100,
+	  1000000000, OFF(archive_stream_max),
+	  "records the archive stream keeps (XADD MAXLEN ~); older unarchived ones are "
+	  "dropped and counted" },
+	{ "SEMGATE_ARCHIVE_BATCH", "--archive-batch", CFG_INT, "256", 1, 10000,
+	  OFF(archive_batch), "records the archiver writes to PostgreSQL per transaction" },
+	{ "SEMGATE_ARCHIVE_THREAD", "--archive-thread", CFG_INT, "1", 0, 1,
+	  OFF(archive_thread),
+	  "run the archiver as a thread of the gateway (0: only semgate --archiver drains)" },
+	{ "SEMGATE_ARCHIVE_CLAIM_MS", "--archive-claim-ms", CFG_INT, "30000", 100, 86400000,
+	  OFF(archive_claim_ms),
+	  "records another archiver has held unacknowledged this long are claimed (XAUTOCLAIM)" },
+	{ "SEMGATE_ARCHIVE_WARM", "--archive-warm", CFG_INT, "0", 0, 1, OFF(archive_warm),
+	  "on start with no cache entries in Redis, restore them from the archive" },
 };
 #pragma GCC diagnostic pop
 
@@ -370,6 +387,10 @@ enum sg_err config_load(struct sg_config *cfg, int argc, char **argv,
 			cfg->show_version = true;
 			continue;
 		}
+		if (strcmp(arg, "--archiver") == 0) {
+			cfg->archiver = true;
+			continue;
+		}
 		const char *eq = strchr(arg, '=');
 		size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
 		const struct cfg_row *r = strncmp(arg, "--", 2) == 0 ? find_flag(arg, len) : NULL;
@@ -424,8 +445,9 @@ void config_print_help(FILE *out, const char *argv0)
 			r->flag, r->env, "", r->help,
 			r->def[0] ? r->def : "empty", range);
 	}
-	fprintf(out, "\n  %-32s show this help\n  %-32s show the version\n",
-		"--help, -h", "--version, -V");
+	fprintf(out, "\n  %-32s run only the archiver (needs SEMGATE_ARCHIVE_DSN)\n"
+		"  %-32s show this help\n  %-32s show the version\n",
+		"--archiver", "--help, -h", "--version, -V");
 }
 
 void config_log_summary(const struct sg_config *cfg)

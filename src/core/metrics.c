@@ -318,6 +318,36 @@ static enum sg_err render_requests(struct sg_buf *out)
 	return rc;
 }
 
+static enum sg_err render_archive(struct sg_buf *out, const struct metrics_extra *x)
+{
+	enum sg_err rc;
+	if ((rc = header(out, "semgate_archive_stream_length", "gauge",
+			 "Records in the archive streams (XLEN), archived or not.")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_stream_length %lld\n", x->archive_length)) ||
+	    (rc = header(out, "semgate_archive_pending", "gauge",
+			 "Records delivered to an archiver and not yet acknowledged.")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_pending %lld\n", x->archive_pending)) ||
+	    (rc = header(out, "semgate_archive_lag", "gauge",
+			 "Records in the archive streams not yet delivered to any archiver.")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_lag %lld\n", x->archive_lag)) ||
+	    (rc = header(out, "semgate_archive_records_total", "counter",
+			 "Stream records this process's archiver handled, by outcome (lost: "
+			 "trimmed by MAXLEN before they were archived).")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_records_total{outcome=\"archived\"} %llu\n"
+				"semgate_archive_records_total{outcome=\"rejected\"} %llu\n"
+				"semgate_archive_records_total{outcome=\"lost\"} %llu\n",
+				x->archive_archived, x->archive_rejected, x->archive_lost)) ||
+	    (rc = header(out, "semgate_archive_batches_total", "counter",
+			 "Batches committed to PostgreSQL by this process's archiver.")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_batches_total %llu\n", x->archive_batches)) ||
+	    (rc = header(out, "semgate_archive_pg_errors_total", "counter",
+			 "Failed attempts to reach or write PostgreSQL (each retried).")) ||
+	    (rc = sg_buf_printf(out, "semgate_archive_pg_errors_total %llu\n",
+				x->archive_pg_errors)))
+		return rc;
+	return SG_OK;
+}
+
 enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 {
 	static const struct { const char *family, *labels, *help; } crows[] = {
@@ -404,5 +434,5 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 			 "Requests being served right now (streams included).")) ||
 	    (rc = sg_buf_printf(out, "semgate_requests_in_flight %lld\n", inflight)))
 		return rc;
-	return SG_OK;
+	return x->archive ? render_archive(out, x) : SG_OK;
 }

@@ -327,6 +327,7 @@ static const char *err_code_name(enum sg_err code)
 	case SG_ERR_RATE_LIMITED: return "rate_limit_exceeded";
 	case SG_ERR_REDIS: return "redis_unavailable";
 	case SG_ERR_REPLICAS: return "replicas_unconfirmed";
+	case SG_ERR_ARCHIVE: return "archive_unavailable";
 	case SG_ERR_UPSTREAM: return "upstream_unavailable";
 	case SG_ERR_TIMEOUT: return "upstream_timeout";
 	case SG_ERR_CLIENT_GONE: return "client_closed_request";

@@ -6,7 +6,10 @@
 #include <string.h>
 
 #include "semgate/app/app.h"
+#include "semgate/archive/archive.h"
+#include "semgate/core/buf.h"
 #include "semgate/core/json.h"
+#include "semgate/core/log.h"
 #include "semgate/memory/memory.h"
 #include "semgate/routes/routes.h"
 #include "semgate/cache/scope.h"
@@ -48,6 +51,22 @@ static void add_summary(cJSON *o, const struct store_summary *sm)
 	cJSON_AddNumberToObject(o, "skipped", (double)sm->skipped);
 }
 
+/* ?all=1: the whole conversation from the archive; ?all=0 or nothing: the
+ * window in Redis. *all gets which. */
+static enum sg_err parse_all(const char *query, bool *all, struct sg_error *e)
+{
+	static const char *const names[] = { "all" };
+	struct sg_param v[1];
+	*all = false;
+	enum sg_err rc = sg_query_split(query, names, 1, v, e);
+	if (rc != SG_OK || !v[0].value)
+		return rc;
+	if (v[0].len != 1 || (v[0].value[0] != '0' && v[0].value[0] != '1'))
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "'all' must be 0 or 1");
+	*all = v[0].value[0] == '1';
+	return SG_OK;
+}
+
 int route_conv_get(struct sg_req *req)
 {
 	const char *id = conv_id(req);
@@ -57,14 +76,33 @@ int route_conv_get(struct sg_req *req)
 	struct store *s = worker_store(req->worker);
 	cJSON *hist = NULL;
 	long long ttl = -2;
+	bool all = false;
+	if (parse_all(req->query, &all, &e) != SG_OK)
+		return http_send_sg_error(req, &e);
+	if (all && !req->app->archive)
+		return http_send_error(req, 400, "invalid_request_error", "archive_disabled",
+				       "all=1 reads the archive, which is off (SEMGATE_ARCHIVE_DSN)");
 	if (!s)
 		return http_send_error(req, 503, "service_unavailable", "out_of_memory",
 				       "out of memory");
 	struct store_summary sm = { 0 };
-	bool with_summary = req->app->summ != NULL;
-	if ((with_summary ? memory_load_with_summary(s, req->tenant, id, &hist, &ttl, &sm, &e)
-			  : memory_load(s, req->tenant, id, &hist, &ttl, &e)) != SG_OK)
+	bool with_summary = req->app->summ != NULL && !all;
+	if (all) {
+		/* as fresh as the archive: the newest turns may still be in
+		 * the stream (see the lag metrics) */
+		if (archive_pg_conversation(req->app->archive, req->tenant, id, &hist, &e) !=
+		    SG_OK) {
+			if (e.code != SG_ERR_ARCHIVE)
+				return http_send_sg_error(req, &e);
+			/* the detail names the database's host: for the log only */
+			sg_log(SG_LOG_WARN, "%s", e.msg);
+			return http_send_error(req, 503, "service_unavailable",
+					       "archive_unavailable", "the archive is unavailable");
+		}
+	} else if ((with_summary ? memory_load_with_summary(s, req->tenant, id, &hist, &ttl, &sm, &e)
+				 : memory_load(s, req->tenant, id, &hist, &ttl, &e)) != SG_OK) {
 		return redis_error(req, &e);
+	}
 	if (cJSON_GetArraySize(hist) == 0) {
 		store_summary_finish(&sm);
 		cJSON_Delete(hist);
@@ -78,7 +116,10 @@ int route_conv_get(struct sg_req *req)
 		cJSON_AddItemToObject(o, "messages", hist);
 		hist = NULL;
 		cJSON_AddNumberToObject(o, "length", len);
-		cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
+		if (all)
+			cJSON_AddStringToObject(o, "source", "archive");
+		else
+			cJSON_AddNumberToObject(o, "ttl_seconds", (double)ttl);
 		if (with_summary)
 			add_summary(o, &sm);
 	}

@@ -5,15 +5,52 @@
 
 #include "semgate/app/app.h"
 #include "semgate/cache/behind.h"
+#include "semgate/archive/archive.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/core/json.h"
 #include "semgate/core/metrics.h"
 #include "semgate/routes/routes.h"
 #include "semgate/store/sentinel.h"
+#include "semgate/store/archive.h"
 #include "semgate/store/store.h"
 #include "semgate/summary/summary.h"
 #include "semgate/cache/tally.h"
 #include "semgate/vindex/vindex.h"
+
+/* The archive's lag, read from Redis now (so it is right whichever
+ * process archives), and this process's archiver counts. */
+static void archive_metrics(struct sg_req *req, struct metrics_extra *x)
+{
+	struct archive_counts c;
+	archive_get_counts(&c);
+	x->archive = true;
+	x->archive_archived = c.archived;
+	x->archive_rejected = c.rejected;
+	x->archive_lost = c.lost;
+	x->archive_batches = c.batches;
+	x->archive_pg_errors = c.pg_errors;
+	x->archive_length = x->archive_pending = x->archive_lag = -1;
+	struct store *s = worker_store(req->worker);
+	struct store_strlist l;
+	struct sg_error e = { 0 };
+	if (!s || store_archive_streams(s, &l, &e) != SG_OK)
+		return;
+	long long len = 0, pend = 0, lag = 0;
+	bool known = true;
+	for (size_t i = 0; i < l.n && known; i++) {
+		struct store_archive_lag g;
+		known = store_archive_lag(s, l.v[i], &g, &e) == SG_OK;
+		len += g.length > 0 ? g.length : 0;
+		pend += g.pending > 0 ? g.pending : 0;
+		lag += g.lag > 0 ? g.lag : 0;
+	}
+	store_strlist_finish(&l);
+	if (known) {
+		x->archive_length = len;
+		x->archive_pending = pend;
+		x->archive_lag = lag;
+	}
+}
 
 int route_metrics(struct sg_req *req)
 {
@@ -42,6 +79,8 @@ int route_metrics(struct sg_req *req)
 		.price_prompt_per_1k = cfg->price_prompt_per_1k,
 		.price_completion_per_1k = cfg->price_completion_per_1k,
 	};
+	if (store_archive_on(cfg))
+		archive_metrics(req, &x);
 	struct sg_buf out;
 	sg_buf_init(&out, 0);
 	if (metrics_render(&out, &x) != SG_OK) {

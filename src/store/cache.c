@@ -8,6 +8,7 @@
 
 #include "semgate/core/clock.h"
 #include "semgate/core/metrics.h"
+#include "semgate/store/archive.h"
 #include "semgate/store/store.h"
 #include "codec.h"
 #include "priv.h"
@@ -116,6 +117,19 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 		goto out;
 	}
 	queued++;
+	if (store_archive_on(s->cfg) && !en->no_archive) {
+		char *rec = store_archive_entry_render(tenant, en, sg_wall_ms() / 1000 + en->ttl_s);
+		bool ok = rec && store_archive_append(s, tenant, en->id, rec,
+						      en->vec ? (const char *)en->vec : NULL,
+						      en->vec ? sizeof(float) * (size_t)en->dim : 0);
+		free(rec);
+		if (!ok) {
+			store_drop(s);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		queued++;
+	}
 	/* published at EXEC, so a subscriber that reads the entry finds it */
 	if (en->vec && store_append_publish(s, "add", tenant, en->id, en->scope,
 					    en->emb_model, en->dim))

@@ -31,6 +31,16 @@ static const char lua_hit[] =
 	"if redis.call('EXISTS', KEYS[1]) == 1 then "
 	"return redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1]) end return 0";
 
+/* The same with the archive on: the entry's new hit count (absolute, so
+ * replaying the record is harmless) goes to the archive stream KEYS[2].
+ * One record per entry per accounting batch, not one per hit. */
+static const char lua_hit_archive[] =
+	"if redis.call('EXISTS', KEYS[1]) == 1 then "
+	"local n = redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1]) "
+	"redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', "
+	"cjson.encode({k='hits', t=ARGV[3], id=ARGV[4], n=n})) "
+	"return n end return 0";
+
 /* Escape glob metacharacters for SCAN MATCH. */
 static char *glob_escape(const char *in)
 {
@@ -338,6 +348,14 @@ static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 	}
 	redisAppendCommand(s->c, "ZREM %s %s", topkey, id);
 	q++;
+	if (store_archive_on(s->cfg)) {
+		char *rec = store_archive_del_render(true, tenant, id);
+		bool ok = rec && store_archive_append(s, tenant, id, rec, NULL, 0);
+		free(rec);
+		if (!ok)
+			return 0;
+		q++;
+	}
 	if (store_append_publish(s, event, tenant, id, NULL, NULL, 0))
 		q++;
 	return q;
@@ -592,6 +610,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		return rc;
 	size_t queued = 0;
 	bool oom = false;
+	bool arch = store_archive_on(s->cfg);
 	redisAppendCommand(s->c, "MULTI");
 	for (size_t i = 0; i < ntc && !oom; i++) {
 		char *skey = store_tenant_key(s, "stats", tc[i].tenant);
@@ -618,7 +637,23 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
 		char *topkey = store_tenant_key(s, "top", eh[i].tenant);
 		if (ekey && topkey) {
-			redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey, eh[i].hits);
+			if (!arch) {
+				redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey,
+						   eh[i].hits);
+			} else {
+				char *skey = store_archive_stream_key(s, eh[i].tenant, eh[i].id);
+				if (!skey) {
+					oom = true;
+					free(ekey);
+					free(topkey);
+					break;
+				}
+				redisAppendCommand(s->c, "EVAL %s 2 %s %s %lld %lld %s %s",
+						   lua_hit_archive, ekey, skey, eh[i].hits,
+						   s->cfg->archive_stream_max, eh[i].tenant,
+						   eh[i].id);
+				free(skey);
+			}
 			redisAppendCommand(s->c, "ZINCRBY %s %lld %s", topkey, eh[i].hits,
 					   eh[i].id);
 			queued += 2;

@@ -8,6 +8,7 @@
 
 #include "semgate/core/err.h"
 #include "semgate/store/sentinel.h"
+#include "semgate/store/archive.h"
 #include "semgate/store/store.h"
 #include "codec.h"
 
@@ -86,6 +87,10 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 
 redisReply *store_run(struct store *s, int argc, const char **argv,
 		     const size_t *lens, struct sg_error *e);
+
+/* Run argv for its status only: SG_OK, or the failure (connection or
+ * error reply) with e set. */
+enum sg_err store_run_status(struct store *s, int argc, const char **argv, struct sg_error *e);
 
 /* Set e from an error reply; returns SG_ERR_REDIS. */
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
@@ -187,6 +192,14 @@ char *store_event_render(const char *type, const char *tenant, const char *id,
  * (nothing appended). */
 bool store_append_publish(struct store *s, const char *type, const char *tenant,
 			  const char *id, const char *scope, const char *model, int dim);
+
+/* ---- {prefix}arch: the archive stream (archive.c) ---- */
+
+/* Append "XADD <stream of (tenant, object_id)> MAXLEN ~ max * r rec [v vec]"
+ * to the pipeline, inside the caller's MULTI; call only when
+ * store_archive_on(). False on out of memory (nothing appended). */
+bool store_archive_append(struct store *s, const char *tenant, const char *object_id,
+			  const char *rec, const char *vec, size_t vec_len);
 
 /* Lua: raise KEYS[1]'s TTL to ARGV[1] seconds unless it already has more
  * (a key without a TTL gets one). Used for tag sets. */

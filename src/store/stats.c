@@ -170,12 +170,8 @@ static enum sg_err sync_ids(struct store *s, const struct acct_keys *k,
 	const char *head[] = { "EVAL", lua_sync, "2", k->live, k->size, k->eprefix, "0" };
 	memcpy(argv, head, sizeof(head));
 	memcpy(argv + 7, ids, n * sizeof(*ids));
-	redisReply *r = store_run(s, (int)(n + 7), argv, NULL, e);
+	enum sg_err rc = store_run_status(s, (int)(n + 7), argv, e);
 	free(argv);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
-	freeReplyObject(r);
 	return rc;
 }
 

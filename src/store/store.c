@@ -255,6 +255,16 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 	return true;
 }
 
+enum sg_err store_run_status(struct store *s, int argc, const char **argv, struct sg_error *e)
+{
+	redisReply *r = store_run(s, argc, argv, NULL, e);
+	if (!r)
+		return SG_ERR_REDIS;
+	enum sg_err rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
+	freeReplyObject(r);
+	return rc;
+}
+
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
 	if (store_reply_readonly(r))
@@ -265,14 +275,7 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 enum sg_err store_ping(struct store *s, struct sg_error *e)
 {
 	const char *argv[] = { "PING" };
-	redisReply *r = store_run(s, 1, argv, NULL, e);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ERROR)
-		rc = store_reply_error(r, e);
-	freeReplyObject(r);
-	return rc;
+	return store_run_status(s, 1, argv, e);
 }
 
 /* ---- waiting for replicas (SEMGATE_REDIS_WAIT_REPLICAS) ---- */
@@ -463,16 +466,29 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	}
 	redisAppendCommand(s->c, "EXPIRE %s %lld", key, ttl_s);
 	redisAppendCommand(s->c, "LLEN %s", key);
+	size_t queued = 4;
+	if (store_archive_on(s->cfg)) {
+		/* the turn's archive record commits or fails with the turn */
+		char *rec = store_archive_turn_render(tenant, conv, items, lens, n);
+		if (!rec || !store_archive_append(s, tenant, conv, rec, NULL, 0)) {
+			free(rec);
+			store_drop(s); /* commands are already buffered */
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		free(rec);
+		queued++;
+	}
 	redisAppendCommand(s->c, "EXEC");
 	int waits = store_append_wait(s);
-	redisReply *exec = store_read_exec(s, 4, e);
+	redisReply *exec = store_read_exec(s, queued, e);
 	if (!exec) {
 		rc = e && e->code ? e->code : SG_ERR_REDIS;
 		if (waits > 0)
 			store_skip_wait(s);
 		goto out;
 	}
-	if (exec->elements == 4 && exec->element[3]->type == REDIS_REPLY_INTEGER)
+	if (exec->elements == queued && exec->element[3]->type == REDIS_REPLY_INTEGER)
 		*new_len = exec->element[3]->integer;
 	else
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
@@ -502,25 +518,57 @@ enum sg_err store_history_delete(struct store *s, const char *tenant, const char
 	char *key = store_key(s, "chat", tenant, conv);
 	char *pend = store_key(s, "chatpend", tenant, conv);
 	char *sum = store_key(s, "chatsum", tenant, conv);
+	char *rec = NULL;
 	redisReply *r = NULL;
-	bool made = key && pend && sum;
-	if (made) {
-		const char *argv[] = { "DEL", key, pend, sum };
-		r = store_run(s, 4, argv, NULL, e);
+	enum sg_err rc = SG_OK;
+	if (!key || !pend || !sum) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
 	}
+	if (!store_archive_on(s->cfg)) {
+		const char *argv[] = { "DEL", key, pend, sum };
+		if (!(r = store_run(s, 4, argv, NULL, e))) {
+			rc = SG_ERR_REDIS;
+			goto out;
+		}
+		if (r->type == REDIS_REPLY_INTEGER)
+			*existed = r->integer > 0;
+		else
+			rc = store_reply_error(r, e);
+		freeReplyObject(r);
+		goto out;
+	}
+	/* archive on: the delete reaches the archive too, in the same
+	 * transaction (also when the window has expired from Redis) */
+	if (!(rec = store_archive_del_render(false, tenant, conv))) {
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = store_conn(s, e)) != SG_OK)
+		goto out;
+	redisAppendCommand(s->c, "MULTI");
+	redisAppendCommand(s->c, "DEL %s %s %s", key, pend, sum);
+	if (!store_archive_append(s, tenant, conv, rec, NULL, 0)) {
+		store_drop(s);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	redisAppendCommand(s->c, "EXEC");
+	redisReply *exec = store_read_exec(s, 2, e);
+	if (!exec) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	if (exec->elements == 2 && exec->element[0]->type == REDIS_REPLY_INTEGER)
+		*existed = exec->element[0]->integer > 0;
+	else
+		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
+	freeReplyObject(exec);
+out:
+	free(rec);
 	free(key);
 	free(pend);
 	free(sum);
-	if (!made)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_INTEGER)
-		*existed = r->integer > 0;
-	else
-		rc = store_reply_error(r, e);
-	freeReplyObject(r);
 	return rc;
 }
 

@@ -20,6 +20,7 @@ struct vindex;
 
 struct flights;
 struct summarizer;
+struct archive_pg;
 
 struct sg_app {
 	const struct sg_config *cfg;
@@ -34,6 +35,7 @@ struct sg_app {
 	struct flights *flights;      /* single-flight of misses; NULL: off */
 	struct behind *behind;        /* miss stores written behind; NULL: inline */
 	struct summarizer *summ;      /* running summaries; NULL: SEMGATE_SUMMARY=off */
+	struct archive_pg *archive;   /* archive reads (own lock); NULL: archive off */
 	/* True from start until the index has been loaded from Redis once
 	 * (set by main.c, cleared by the event follower): semantic lookups
 	 * are skipped and counted as "warming" meanwhile. */

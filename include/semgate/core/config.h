@@ -79,10 +79,18 @@ struct sg_config {
 	char *api_keys_file;     /* one "key tenant" per line */
 	char *admin_keys;        /* "key,key": see every tenant (secret) */
 	char *rate_limit;        /* "N/Ws", empty: no limit */
+	/* write-behind archive (src/archive/) */
+	char *archive_dsn;       /* libpq conninfo (secret); empty: off */
+	long long archive_stream_max;
+	long long archive_batch;
+	long long archive_thread;  /* 0 or 1 */
+	long long archive_claim_ms;
+	long long archive_warm;    /* 0 or 1 */
 
 	/* set by config_load when the command line asked for these */
 	bool show_help;
 	bool show_version;
+	bool archiver;           /* --archiver: run the archiver only */
 };
 
 /* Fill cfg from defaults, then the environment (envp, NULL-terminated

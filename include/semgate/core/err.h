@@ -14,6 +14,7 @@ enum sg_err {
 	SG_ERR_RATE_LIMITED, /* the tenant's window is full */
 	SG_ERR_REDIS,        /* Redis unreachable or answered an error */
 	SG_ERR_REPLICAS,     /* written, but fewer replicas than required confirmed it */
+	SG_ERR_ARCHIVE,      /* the archive's PostgreSQL unreachable or refusing */
 	SG_ERR_UPSTREAM,     /* upstream unreachable or answered garbage */
 	SG_ERR_TIMEOUT,      /* upstream or embedding call timed out */
 	SG_ERR_CLIENT_GONE,  /* the client closed the connection */

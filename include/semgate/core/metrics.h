@@ -154,6 +154,11 @@ struct metrics_extra {
 	size_t summary_backlog;             /* conversations the summarizer holds */
 	double price_prompt_per_1k;
 	double price_completion_per_1k;
+	/* the write-behind archive; rendered only when archive is true */
+	bool archive;
+	long long archive_length, archive_pending, archive_lag; /* summed over streams; -1: unknown */
+	unsigned long long archive_archived, archive_rejected, archive_lost;
+	unsigned long long archive_batches, archive_pg_errors;
 };
 
 /* Append the whole exposition (Prometheus text format 0.0.4) to out. */

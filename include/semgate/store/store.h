@@ -147,6 +147,7 @@ struct store_entry {
 	size_t ntags;
 	const char *metadata;      /* a JSON object as text, or NULL */
 	size_t metadata_len;
+	bool no_archive;           /* a restore from the archive: no stream record */
 };
 
 /* Write the entry hash and its exact key in one MULTI/EXEC, both with
