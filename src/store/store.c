@@ -13,6 +13,7 @@
 #include "semgate/core/clock.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/store.h"
 #include "priv.h"
 
@@ -21,6 +22,11 @@ static atomic_ullong g_reconnects;
 unsigned long long store_reconnects(void)
 {
 	return atomic_load(&g_reconnects);
+}
+
+void store_count_reconnect(void)
+{
+	atomic_fetch_add(&g_reconnects, 1);
 }
 
 void store_strlist_finish(struct store_strlist *l)
@@ -37,8 +43,10 @@ void store_strlist_finish(struct store_strlist *l)
 struct store *store_create(const struct sg_config *cfg)
 {
 	struct store *s = calloc(1, sizeof(*s));
-	if (s)
+	if (s) {
 		s->cfg = cfg;
+		s->cluster = cfg->redis_cluster && cfg->redis_cluster[0];
+	}
 	return s;
 }
 
@@ -46,27 +54,69 @@ void store_destroy(struct store *s)
 {
 	if (!s)
 		return;
+	if (s->cluster)
+		store_cluster_close(s);
 	if (s->c)
 		redisFree(s->c);
+	free(s->q);
 	free(s);
 }
 
-/* ---- key layout: the only place key names are made ---- */
+/* ---- key layout: the only place key names are made ----
+ * "{prefix}{kind}:{<bucket tag>}:{tenant}[:{rest}]" (semgate/store/layout.h,
+ * docs/CACHE-API.md): the braces make the bucket tag the key's hash tag. */
 
-char *store_key(const struct store *s, const char *kind, const char *tenant,
-		     const char *rest)
+char *store_key_in(const struct store *s, const char *kind, unsigned bucket,
+		   const char *tenant, const char *rest)
 {
 	char *k = NULL;
-	if (asprintf(&k, "%s%s:%s:%s", s->cfg->redis_prefix, kind, tenant, rest) < 0)
+	if (asprintf(&k, "%s%s:{%s}:%s:%s", s->cfg->redis_prefix, kind,
+		     store_bucket_tag(bucket), tenant, rest) < 0)
+		return NULL;
+	return k;
+}
+
+char *store_key(const struct store *s, const char *kind, const char *tenant,
+		const char *rest)
+{
+	return store_key_in(s, kind, store_bucket_of(tenant, rest), tenant, rest);
+}
+
+char *store_tenant_key_in(const struct store *s, const char *kind, unsigned bucket,
+			  const char *tenant)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:{%s}:%s", s->cfg->redis_prefix, kind,
+		     store_bucket_tag(bucket), tenant) < 0)
 		return NULL;
 	return k;
 }
 
 char *store_tenant_key(const struct store *s, const char *kind, const char *tenant)
 {
+	return store_tenant_key_in(s, kind, store_bucket_of(tenant, kind), tenant);
+}
+
+char *store_key_pattern(const struct store *s, const char *kind, const char *tenant)
+{
 	char *k = NULL;
-	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
+	if (!tenant) {
+		if (asprintf(&k, "%s%s:{*}:*", s->cfg->redis_prefix, kind) < 0)
+			return NULL;
+		return k;
+	}
+	char *esc = malloc(2 * strlen(tenant) + 1), *o = esc;
+	if (!esc)
 		return NULL;
+	for (const char *in = tenant; *in; in++) {
+		if (strchr("*?[]\\", *in))
+			*o++ = '\\';
+		*o++ = *in;
+	}
+	*o = '\0';
+	if (asprintf(&k, "%s%s:{*}:%s:*", s->cfg->redis_prefix, kind, esc) < 0)
+		k = NULL;
+	free(esc);
 	return k;
 }
 
@@ -83,6 +133,11 @@ long long store_reply_ll(const redisReply *r)
 
 void store_drop(struct store *s)
 {
+	if (s->cluster) {
+		/* what is staged or unread belongs to the failed call */
+		store_cluster_discard(s);
+		return;
+	}
 	if (s->c) {
 		redisFree(s->c);
 		s->c = NULL;
@@ -90,31 +145,24 @@ void store_drop(struct store *s)
 	s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
 }
 
-enum sg_err store_conn(struct store *s, struct sg_error *e)
+redisContext *store_connect_node(const struct sg_config *cfg, const char *host, int port,
+				 bool select_db, struct sg_error *e)
 {
-	if (s->c && !s->c->err)
-		return SG_OK;
-	if (s->c)
-		store_drop(s);
-	if (sg_now_ms() < s->next_attempt_ms)
-		return sg_error_set(e, SG_ERR_REDIS, "redis unavailable (retrying shortly)");
-	const struct sg_config *cfg = s->cfg;
 	struct timeval tv = {
 		.tv_sec = cfg->redis_timeout_ms / 1000,
 		.tv_usec = (cfg->redis_timeout_ms % 1000) * 1000,
 	};
-	redisContext *c = redisConnectWithTimeout(cfg->redis_host, (int)cfg->redis_port, tv);
+	redisContext *c = redisConnectWithTimeout(host, port, tv);
 	if (!c || c->err) {
-		sg_error_set(e, SG_ERR_REDIS, "cannot connect to redis at %s:%lld: %s",
-			     cfg->redis_host, cfg->redis_port, c ? c->errstr : "out of memory");
+		sg_error_set(e, SG_ERR_REDIS, "cannot connect to redis at %s:%d: %s", host, port,
+			     c ? c->errstr : "out of memory");
 		if (c)
 			redisFree(c);
-		s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
-		return SG_ERR_REDIS;
+		return NULL;
 	}
 	redisSetTimeout(c, tv);
 	redisEnableKeepAlive(c);
-	redisReply *r;
+	redisReply *r = NULL;
 	if (cfg->redis_password[0]) {
 		r = redisCommand(c, "AUTH %s", cfg->redis_password);
 		if (!r || r->type == REDIS_REPLY_ERROR) {
@@ -123,8 +171,9 @@ enum sg_err store_conn(struct store *s, struct sg_error *e)
 			goto fail;
 		}
 		freeReplyObject(r);
+		r = NULL;
 	}
-	if (cfg->redis_db) {
+	if (select_db && cfg->redis_db) {
 		r = redisCommand(c, "SELECT %lld", cfg->redis_db);
 		if (!r || r->type == REDIS_REPLY_ERROR) {
 			sg_error_set(e, SG_ERR_REDIS, "redis SELECT %lld failed: %s",
@@ -132,6 +181,30 @@ enum sg_err store_conn(struct store *s, struct sg_error *e)
 			goto fail;
 		}
 		freeReplyObject(r);
+	}
+	return c;
+fail:
+	if (r)
+		freeReplyObject(r);
+	redisFree(c);
+	return NULL;
+}
+
+enum sg_err store_conn(struct store *s, struct sg_error *e)
+{
+	if (s->cluster)
+		return store_cluster_conn(s, e);
+	if (s->c && !s->c->err)
+		return SG_OK;
+	if (s->c)
+		store_drop(s);
+	if (sg_now_ms() < s->next_attempt_ms)
+		return sg_error_set(e, SG_ERR_REDIS, "redis unavailable (retrying shortly)");
+	const struct sg_config *cfg = s->cfg;
+	redisContext *c = store_connect_node(cfg, cfg->redis_host, (int)cfg->redis_port, true, e);
+	if (!c) {
+		s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
+		return SG_ERR_REDIS;
 	}
 	s->c = c;
 	if (s->had_connection) {
@@ -141,18 +214,33 @@ enum sg_err store_conn(struct store *s, struct sg_error *e)
 	}
 	s->had_connection = true;
 	return SG_OK;
-fail:
-	if (r)
-		freeReplyObject(r);
-	redisFree(c);
-	s->next_attempt_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
-	return SG_ERR_REDIS;
+}
+
+int store_scan_nodes(struct store *s, struct store_cl_addr *out, int cap, struct sg_error *e)
+{
+	if (!s->cluster) {
+		memset(out, 0, sizeof(*out));
+		return 1;
+	}
+	return store_cluster_masters(s, out, cap, e);
+}
+
+void store_pin(struct store *s, const struct store_cl_addr *a)
+{
+	if (!s->cluster)
+		return;
+	if (a)
+		s->pin = *a;
+	else
+		memset(&s->pin, 0, sizeof(s->pin));
 }
 
 /* Read one pipelined reply. NULL means the connection is gone (dropped
  * here, e set); an error reply is returned for the caller to judge. */
 redisReply *store_read_reply(struct store *s, struct sg_error *e)
 {
+	if (s->cluster)
+		return store_cluster_next(s, e);
 	void *r = NULL;
 	if (redisGetReply(s->c, &r) != REDIS_OK || !r) {
 		sg_error_set(e, SG_ERR_REDIS, "redis connection lost: %s",
@@ -232,6 +320,20 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 		return false;
 	}
 	return true;
+}
+
+enum sg_err store_read_n(struct store *s, size_t n, struct sg_error *e)
+{
+	enum sg_err rc = SG_OK;
+	for (size_t i = 0; i < n; i++) {
+		redisReply *r = store_read_reply(s, e);
+		if (!r)
+			return SG_ERR_REDIS;
+		if (r->type == REDIS_REPLY_ERROR && rc == SG_OK)
+			rc = store_reply_error(r, e);
+		freeReplyObject(r);
+	}
+	return rc;
 }
 
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)

@@ -140,7 +140,7 @@ def test_readyz_follows_redis_down_and_back(gateway, redis_server):
 
 
 def test_redis_auth_and_select_are_used(make_gateway, redis_db, redis_server, upstream):
-    redis_db.config_set("requirepass", "s3cret-pw")
+    redis_server.config_set("requirepass", "s3cret-pw")
     try:
         bad = make_gateway(SEMGATE_REDIS_PASSWORD="wrong")
         assert requests.get(bad.url + "/readyz", timeout=5).status_code == 503
@@ -148,9 +148,7 @@ def test_redis_auth_and_select_are_used(make_gateway, redis_db, redis_server, up
         assert requests.get(good.url + "/readyz", timeout=5).status_code == 200
         assert "s3cret-pw" not in good.logs() and "s3cret-pw" not in bad.logs()
     finally:
-        c = redis_server.client()
-        c.execute_command("AUTH", "s3cret-pw")
-        c.config_set("requirepass", "")
+        redis_server.config_set("requirepass", "", password="s3cret-pw")
 
 
 def test_client_key_passes_through_only_without_an_upstream_key(make_gateway, redis_db, upstream):
