@@ -118,6 +118,11 @@ char *store_tenant_key_in(const struct store *s, const char *kind, unsigned buck
 			  const char *tenant);
 char *store_tenant_key(const struct store *s, const char *kind, const char *tenant);
 
+/* The name the layout before slot buckets gave a key,
+ * "{prefix}{kind}:{tenant}:{rest}" (read once to migrate it); malloc'd. */
+char *store_legacy_key(const struct store *s, const char *kind, const char *tenant,
+		       const char *rest);
+
 /* SCAN MATCH pattern of every key of kind built by store_key*, of one
  * tenant (glob-escaped) or of every tenant (tenant NULL); malloc'd. */
 char *store_key_pattern(const struct store *s, const char *kind, const char *tenant);

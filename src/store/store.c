@@ -97,6 +97,15 @@ char *store_tenant_key(const struct store *s, const char *kind, const char *tena
 	return store_tenant_key_in(s, kind, store_bucket_of(tenant, kind), tenant);
 }
 
+char *store_legacy_key(const struct store *s, const char *kind, const char *tenant,
+		       const char *rest)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:%s:%s", s->cfg->redis_prefix, kind, tenant, rest) < 0)
+		return NULL;
+	return k;
+}
+
 char *store_key_pattern(const struct store *s, const char *kind, const char *tenant)
 {
 	char *k = NULL;
@@ -385,6 +394,92 @@ nomem:
 	return sg_error_set(e, SG_ERR_NOMEM, "out of memory copying a redis list");
 }
 
+/* ---- conversations of the layout before slot buckets ---- */
+
+/* KEYS[1] the conversation; ARGV[1] 'get' (adopt only into an absent list)
+ * or 'append' (put before what the append just wrote), ARGV[2] most
+ * messages kept (0: all), ARGV[3] the old list's PTTL, ARGV[4..] its
+ * messages, oldest first. Returns the list's length. */
+static const char lua_adopt[] =
+	"local n = redis.call('LLEN', KEYS[1]) "
+	"if ARGV[1] == 'get' and n > 0 then return n end "
+	"for i = #ARGV, 4, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end "
+	"local max = tonumber(ARGV[2]) "
+	"if max > 0 then redis.call('LTRIM', KEYS[1], -max, -1) end "
+	"if n == 0 and tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end "
+	"return redis.call('LLEN', KEYS[1])";
+
+/* Move the conversation's list of the old layout, if there is one, into
+ * key: before what it holds (mode "append") or into it while it is absent
+ * (mode "get"). *moved tells whether anything was. The old key is deleted
+ * afterwards (another slot: not in the same transaction; the adoption is
+ * idempotent for "get"). */
+static enum sg_err history_adopt(struct store *s, const char *tenant, const char *conv,
+				 const char *key, const char *mode, long long max, bool *moved,
+				 struct sg_error *e)
+{
+	*moved = false;
+	char *old = store_legacy_key(s, "chat", tenant, conv);
+	if (!old)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	const char *argv[] = { "LRANGE", old, "0", "-1" };
+	redisReply *l = NULL, *t = NULL;
+	enum sg_err rc = SG_OK;
+	if (!store_run_with_ttl(s, 4, argv, "PTTL", old, &l, &t, e)) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	if (l->type != REDIS_REPLY_ARRAY || l->elements == 0 || t->type != REDIS_REPLY_INTEGER)
+		goto out;
+	const char **av = calloc(l->elements + 7, sizeof(*av));
+	size_t *al = calloc(l->elements + 7, sizeof(*al));
+	char smax[24], sttl[24];
+	snprintf(smax, sizeof(smax), "%lld", max > 0 ? max : 0);
+	snprintf(sttl, sizeof(sttl), "%lld", t->integer > 0 ? t->integer : 0);
+	if (!av || !al) {
+		free(av);
+		free(al);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	const char *head[] = { "EVAL", lua_adopt, "1", key, mode, smax, sttl };
+	int argc = 0;
+	for (; argc < 7; argc++) {
+		av[argc] = head[argc];
+		al[argc] = strlen(head[argc]);
+	}
+	for (size_t i = 0; i < l->elements; i++)
+		if (l->element[i]->type == REDIS_REPLY_STRING) {
+			av[argc] = l->element[i]->str;
+			al[argc++] = l->element[i]->len;
+		}
+	redisReply *r = store_run(s, argc, av, al, e);
+	free(av);
+	free(al);
+	if (!r) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
+	freeReplyObject(r);
+	if (rc == SG_OK) {
+		const char *dargv[] = { "DEL", old };
+		redisReply *d = store_run(s, 2, dargv, NULL, e);
+		if (d)
+			freeReplyObject(d);
+		*moved = true;
+		sg_log(SG_LOG_INFO, "conversation %.64s of tenant %.64s moved to the slot-bucket "
+		       "layout", conv, tenant);
+	}
+out:
+	if (l)
+		freeReplyObject(l);
+	if (t)
+		freeReplyObject(t);
+	free(old);
+	return rc;
+}
+
 enum sg_err store_history_get(struct store *s, const char *tenant, const char *conv,
 			      struct store_strlist *out, long long *ttl,
 			      struct sg_error *e)
@@ -410,6 +505,14 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 		freeReplyObject(r1);
 	if (r2)
 		freeReplyObject(r2);
+	bool moved = false;
+	/* no such list: maybe one of the old layout, moved here on first read */
+	if (rc == SG_OK && *ttl == -2 &&
+	    (rc = history_adopt(s, tenant, conv, key, "get", 0, &moved, e)) == SG_OK && moved) {
+		store_strlist_finish(out);
+		free(key);
+		return store_history_get(s, tenant, conv, out, ttl, e);
+	}
 	free(key);
 	return rc;
 }
@@ -452,6 +555,17 @@ lost:
 	return NULL;
 }
 
+/* LLEN key, or fallback when it cannot be read. */
+static long long store_history_len(struct store *s, const char *key, long long fallback)
+{
+	const char *argv[] = { "LLEN", key };
+	redisReply *r = store_run(s, 2, argv, NULL, NULL);
+	long long n = r && r->type == REDIS_REPLY_INTEGER ? r->integer : fallback;
+	if (r)
+		freeReplyObject(r);
+	return n;
+}
+
 enum sg_err store_history_append(struct store *s, const char *tenant, const char *conv,
 				 const char *const *items, const size_t *lens, size_t n,
 				 long long max, long long ttl_s, long long *new_len,
@@ -491,6 +605,13 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 	else
 		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected EXEC reply");
 	freeReplyObject(exec);
+	bool moved = false;
+	/* this append began the list: the conversation may have one of the old
+	 * layout, which goes before it */
+	struct sg_error ae = { 0 }; /* the turn is stored whatever this does */
+	if (rc == SG_OK && *new_len == (long long)n &&
+	    history_adopt(s, tenant, conv, key, "append", max, &moved, &ae) == SG_OK && moved)
+		*new_len = store_history_len(s, key, *new_len);
 out:
 	free(key);
 	free(argv);

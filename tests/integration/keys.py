@@ -173,3 +173,8 @@ def smembers(r, tenant, name, prefix=PREFIX):
     for k in tag_keys(tenant, name, prefix):
         out |= r.smembers(k)
     return out
+
+
+def legacy(kind, tenant, rest, prefix=PREFIX):
+    """A key as the layout before slot buckets named it (no hash tag)."""
+    return f"{prefix}{kind}:{tenant}:{rest}"
