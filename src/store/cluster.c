@@ -173,7 +173,15 @@ static redisContext *conn_get(struct store *s, const struct store_cl_addr *addr,
 	if (cc->c && !cc->c->err && !peer_gone(cc->c))
 		return cc->c;
 	conn_drop(cc);
+	/* a node that just refused costs a request no connect attempt */
+	if (sg_now_ms() < cc->down_until_ms) {
+		sg_error_set(e, SG_ERR_REDIS, "redis cluster node %s:%d unavailable (retrying "
+			     "shortly)", addr->host, addr->port);
+		return NULL;
+	}
 	cc->c = store_connect_node(s->cfg, addr->host, addr->port, false, e);
+	if (!cc->c)
+		cc->down_until_ms = sg_now_ms() + RECONNECT_BACKOFF_MS;
 	if (cc->c && cc->had) {
 		store_count_reconnect();
 		sg_log(SG_LOG_INFO, "reconnected to redis cluster node %s:%d", addr->host, addr->port);
@@ -647,19 +655,30 @@ enum sg_err store_cluster_dispatch(struct store *s, struct sg_error *e)
 			struct unit *x = todo[i];
 			unsigned slot = 0;
 			struct store_cl_addr to;
-			enum redirect d = x->unsent ? R_RETRY : unit_redirect(x, &slot, &to);
-			x->asking = false;
-			if (d == R_NONE)
-				continue;
-			if (attempt + 1 >= MAX_ATTEMPTS) {
-				if (x->unsent) {
-					/* e says which node could not be reached */
+			if (x->unsent) {
+				/* never sent: send it again only where the map now says
+				 * its slot is served; a node still down fails the call
+				 * at once, as one Redis down does (e names the node) */
+				struct store_cl_addr was = x->to;
+				if (attempt + 1 >= MAX_ATTEMPTS || (x->slot < 0 && s->pin.port)) {
 					rc = SG_ERR_REDIS;
 					goto out;
 				}
-				/* the error reply reaches the caller as it is */
+				map_refresh(s, false, NULL);
+				if (!map_node(x->slot, &x->to) || addr_eq(&x->to, &was)) {
+					rc = SG_ERR_REDIS;
+					goto out;
+				}
+				x->asking = false;
+				todo[again++] = x;
 				continue;
 			}
+			enum redirect d = unit_redirect(x, &slot, &to);
+			x->asking = false;
+			if (d == R_NONE)
+				continue;
+			if (attempt + 1 >= MAX_ATTEMPTS)
+				continue; /* the error reply reaches the caller as it is */
 			unit_free_replies(x);
 			if (d == R_MOVED) {
 				map_set_slot(slot, &to);
@@ -667,10 +686,6 @@ enum sg_err store_cluster_dispatch(struct store *s, struct sg_error *e)
 			} else if (d == R_ASK) {
 				x->to = to;
 				x->asking = true;
-			} else if (x->unsent && x->slot < 0 && s->pin.port) {
-				/* a SCAN's node is gone: its cursor means nothing elsewhere */
-				rc = SG_ERR_REDIS;
-				goto out;
 			} else {
 				backoff = true;
 				if (x->slot >= 0 || !s->pin.port) {

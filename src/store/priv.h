@@ -27,6 +27,7 @@ struct store_cl_conn {
 	struct store_cl_addr addr;
 	redisContext *c;
 	bool had; /* connected before: the next connection is a reconnection */
+	double down_until_ms; /* refused a connection: not tried again before this */
 };
 
 struct store {
