@@ -109,8 +109,12 @@ void store_pin(struct store *s, const struct store_cl_addr *a);
  * share a slot, so they may be written in one MULTI or EVAL on a cluster:
  * a key written with a conversation must be built with store_key* from the
  * conversation's (tenant, conv id) or in store_bucket_of(tenant, conv id);
- * a key written with an entry in store_bucket_of(tenant, entry id). All
- * malloc'd; NULL on out of memory. */
+ * a key written with an entry in store_bucket_of(tenant, entry id). A
+ * structure written in those MULTIs but read tenant-wide (a stream, say) is
+ * one key per bucket: store_tenant_key_in(s, kind, store_bucket_of(tenant,
+ * object id), tenant) to write, and the STORE_BUCKETS keys of
+ * store_tenant_key_in(s, kind, b, tenant) to read. All malloc'd; NULL on out
+ * of memory. */
 char *store_key(const struct store *s, const char *kind, const char *tenant,
 		const char *rest);
 char *store_key_in(const struct store *s, const char *kind, unsigned bucket,
