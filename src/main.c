@@ -197,6 +197,14 @@ int main(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
+	if (cfg.redis_cluster && cfg.redis_cluster[0] &&
+	    ((cfg.redis_sentinels && cfg.redis_sentinels[0]) || cfg.redis_wait_replicas > 0)) {
+		fprintf(stderr, "semgate: SEMGATE_REDIS_CLUSTER cannot be combined with %s\n",
+			cfg.redis_sentinels && cfg.redis_sentinels[0] ? "SEMGATE_REDIS_SENTINELS" :
+			"SEMGATE_REDIS_WAIT_REPLICAS (WAIT answers for one node only)");
+		rc = 2;
+		goto out;
+	}
 	/* before anything connects: in Sentinel mode it finds the master */
 	if (store_sentinel_start(&cfg, &sentinel, &e) != SG_OK) {
 		fprintf(stderr, "semgate: %s\n", e.msg);

@@ -22,6 +22,7 @@
 #include "semgate/core/clock.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/store.h"
 #include "semgate/vindex/vindex.h"
 
@@ -682,6 +683,8 @@ enum sg_err cache_api_store(struct sg_app *app, struct store *s, struct upstream
 	long long ttl = rq->ttl > 0 ? rq->ttl : app->cfg->cache_ttl;
 	char id[65];
 	cache_new_id(id);
+	/* in the slot bucket of its exact key (semgate/store/layout.h) */
+	store_entry_id_fit(tenant, si.exact, id);
 	char part[VINDEX_KEY_MAX];
 	cache_partition_key(part, sizeof(part), tenant, si.scope, model);
 	if (vec) {

@@ -17,6 +17,7 @@
 #include "semgate/cache/behind.h"
 #include "semgate/cache/cache.h"
 #include "semgate/cache/scope.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
 #include "semgate/store/store.h"
 #include "semgate/vindex/vindex.h"
@@ -106,6 +107,8 @@ static struct job *job_new(const struct behind_store *in)
 	j->ttl_s = in->ttl_s;
 	j->created = (long long)time(NULL);
 	cache_new_id(j->id);
+	/* in the slot bucket of its exact key (semgate/store/layout.h) */
+	store_entry_id_fit(j->tenant, j->si.exact, j->id);
 	return j;
 }
 

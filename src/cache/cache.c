@@ -20,6 +20,7 @@
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
 #include "semgate/store/store.h"
 #include "semgate/vindex/vindex.h"
@@ -478,6 +479,8 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 			struct sg_error *e)
 {
 	cache_new_id(id_out);
+	/* in the slot bucket of its exact key (semgate/store/layout.h) */
+	store_entry_id_fit(tenant, si->exact, id_out);
 	return cache_store_as(app, s, tenant, ns, si, exact, answer, answer_len, tokens, vec, dim,
 			      ttl_s, id_out, e);
 }

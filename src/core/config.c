@@ -58,6 +58,9 @@ static const struct cfg_row config_rows[] = {
 	  OFF(redis_password), "Redis AUTH password (empty: no AUTH)" },
 	{ "SEMGATE_REDIS_DB", "--redis-db", CFG_INT, "0", 0, 100000, OFF(redis_db),
 	  "Redis database number (SELECT)" },
+	{ "SEMGATE_REDIS_CLUSTER", "--redis-cluster", CFG_OPTSTR, "", 0, 0, OFF(redis_cluster),
+	  "Redis Cluster seed nodes host:port,host:port,... (empty: the one Redis at "
+	  "SEMGATE_REDIS_HOST/PORT)" },
 	{ "SEMGATE_REDIS_PREFIX", "--redis-prefix", CFG_STR, "sg:", 0, 0,
 	  OFF(redis_prefix), "prefix of every Redis key" },
 	{ "SEMGATE_REDIS_TIMEOUT_MS", "--redis-timeout-ms", CFG_INT, "500", 10,
@@ -215,6 +218,50 @@ static const struct cfg_row config_rows[] = {
 
 #define N_ROWS (sizeof(config_rows) / sizeof(config_rows[0]))
 
+
+bool config_host_port(const char *p, size_t len, char *host, size_t hcap, int *port)
+{
+	const char *colon = NULL;
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] <= ' ' || (unsigned char)p[i] >= 0x7f || p[i] == ',')
+			return false;
+		if (p[i] == ':')
+			colon = p + i;
+	}
+	if (!colon || colon == p || (size_t)(colon - p) >= hcap)
+		return false;
+	long v = 0;
+	for (const char *q = colon + 1; q < p + len; q++) {
+		if (*q < '0' || *q > '9' || v > 65535)
+			return false;
+		v = v * 10 + (*q - '0');
+	}
+	if (v < 1 || v > 65535)
+		return false;
+	memcpy(host, p, (size_t)(colon - p));
+	host[colon - p] = '\0';
+	*port = (int)v;
+	return true;
+}
+
+/* "host:port,host:port,...": 1..16 entries, each as config_host_port takes. */
+static bool cluster_seeds_ok(const char *val)
+{
+	int n = 0;
+	for (const char *p = val; *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char host[SG_HOST_MAX + 1];
+		int port;
+		if (!config_host_port(p, len, host, sizeof(host), &port) || ++n > 16)
+			return false;
+		p += len;
+		if (*p == ',' && !*++p)
+			return false;
+	}
+	return n > 0;
+}
+
 static char **str_field(struct sg_config *cfg, const struct cfg_row *r)
 {
 	return (char **)((char *)cfg + r->off);
@@ -321,6 +368,11 @@ static enum sg_err set_value(struct sg_config *cfg, const struct cfg_row *r,
 				"%s: '%s' is not one of %s", source, shown, r->choices);
 		break;
 	case CFG_OPTSTR:
+		if (r->off == OFF(redis_cluster) && val[0] && !cluster_seeds_ok(val))
+			return sg_error_set(e, SG_ERR_BAD_REQUEST,
+				"%s: '%s' is not a list of host:port (at most 16, comma-separated)",
+				source, shown);
+		break;
 	case CFG_SECRET:
 		break;
 	}

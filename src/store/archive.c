@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "semgate/store/archive.h"
+#include "semgate/store/layout.h"
 #include "priv.h"
 
 bool store_archive_on(const struct sg_config *cfg)
@@ -19,12 +20,22 @@ bool store_archive_on(const struct sg_config *cfg)
 char *store_archive_stream_key(const struct store *s, const char *tenant,
 			       const char *object_id)
 {
-	/* one stream for now; the cluster layout will pick a slot bucket
-	 * from (tenant, object_id) here */
-	(void)tenant;
-	(void)object_id;
+	/* on a cluster, one stream per slot bucket: a record shares the slot
+	 * of the data it is written with in one MULTI (semgate/store/layout.h);
+	 * one server needs no such thing and keeps one stream */
+	if (!s->cluster) {
+		char *k = NULL;
+		if (asprintf(&k, "%sarch", s->cfg->redis_prefix) < 0)
+			return NULL;
+		return k;
+	}
+	return store_archive_stream_in(s, store_bucket_of(tenant, object_id));
+}
+
+char *store_archive_stream_in(const struct store *s, unsigned bucket)
+{
 	char *k = NULL;
-	if (asprintf(&k, "%sarch", s->cfg->redis_prefix) < 0)
+	if (asprintf(&k, "%sarch:{%s}", s->cfg->redis_prefix, store_bucket_tag(bucket)) < 0)
 		return NULL;
 	return k;
 }
@@ -32,14 +43,21 @@ char *store_archive_stream_key(const struct store *s, const char *tenant,
 enum sg_err store_archive_streams(const struct store *s, struct store_strlist *out,
 				  struct sg_error *e)
 {
+	size_t n = s->cluster ? STORE_BUCKETS : 1;
 	memset(out, 0, sizeof(*out));
-	out->v = calloc(1, sizeof(char *));
-	out->len = calloc(1, sizeof(size_t));
-	if (out->v && out->len && (out->v[0] = store_archive_stream_key(s, "", ""))) {
-		out->len[0] = strlen(out->v[0]);
-		out->n = 1;
-		return SG_OK;
+	out->v = calloc(n, sizeof(char *));
+	out->len = calloc(n, sizeof(size_t));
+	if (!out->v || !out->len)
+		goto oom;
+	for (unsigned b = 0; b < n; b++) {
+		if (!(out->v[b] = s->cluster ? store_archive_stream_in(s, b)
+					     : store_archive_stream_key(s, "", "")))
+			goto oom;
+		out->len[b] = strlen(out->v[b]);
+		out->n++;
 	}
+	return SG_OK;
+oom:
 	store_strlist_finish(out);
 	return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 }

@@ -9,6 +9,7 @@
 #include "semgate/core/clock.h"
 #include "semgate/core/metrics.h"
 #include "semgate/store/archive.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/store.h"
 #include "codec.h"
 #include "priv.h"
@@ -29,6 +30,7 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 	bool text = en->kind && strcmp(en->kind, "text") == 0;
 	/* a text entry's exact value says so, so the chat route never serves it */
 	const char *xmark = text ? ":text" : "";
+	unsigned bucket = store_bucket_of(tenant, en->id);
 	char *ekey = store_key(s, "e", tenant, en->id);
 	char *xkey = en->exact ? store_key(s, "x", tenant, en->exact) : NULL;
 	char *xval = NULL, *tagstr = NULL;
@@ -39,13 +41,18 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 	enum sg_err rc = SG_OK;
 	for (size_t i = 0; i < en->ntags; i++)
 		taglen += strlen(en->tags[i]) + 1;
+	if (en->exact && store_bucket_of(tenant, en->exact) != bucket) {
+		/* cache_new_id + store_entry_id_fit make ids that fit */
+		rc = sg_error_set(e, SG_ERR_INTERNAL, "entry id not in its exact key's bucket");
+		goto out;
+	}
 	if (!ekey || (en->exact && !xkey) || !(xval = malloc(xlen)) ||
 	    !(tagstr = calloc(1, taglen + 1)) || (en->ntags && !tkeys)) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	for (size_t i = 0; i < en->ntags; i++) {
-		if (!(tkeys[i] = store_key(s, "tag", tenant, en->tags[i]))) {
+		if (!(tkeys[i] = store_key_in(s, "tag", bucket, tenant, en->tags[i]))) {
 			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 			goto out;
 		}
@@ -168,7 +175,8 @@ static enum sg_err dup_answer(struct store_answer *out, const char *p, size_t le
 bool store_exact_keyname(const struct sg_config *cfg, const char *tenant, const char *exact,
 			 char *out, size_t cap)
 {
-	int n = snprintf(out, cap, "%sx:%s:%s", cfg->redis_prefix, tenant, exact);
+	int n = snprintf(out, cap, "%sx:{%s}:%s:%s", cfg->redis_prefix,
+			 store_bucket_tag(store_bucket_of(tenant, exact)), tenant, exact);
 	return n > 0 && (size_t)n < cap;
 }
 
@@ -263,71 +271,67 @@ static bool parse_entry_key(const struct store *s, const char *key, size_t len,
 	return store_codec_entry_key(s->cfg->redis_prefix, key, len, tenant, tcap, id, icap);
 }
 
+/* Index one SCAN batch of entry keys: HMGET + PTTL each, pipelined. */
+struct entry_scan {
+	store_entry_fn fn;
+	void *ud;
+	size_t *scanned;
+};
+
+static enum sg_err scan_batch(struct store *s, redisReply *keys, void *ud, struct sg_error *e)
+{
+	const struct entry_scan *es = ud;
+	store_entry_fn fn = es->fn;
+	size_t *scanned = es->scanned;
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK)
+		return rc;
+	for (size_t i = 0; i < keys->elements; i++) {
+		redisReply *k = keys->element[i];
+		redisAppendCommand(s->c, "HMGET %b vector dim model scope", k->str, k->len);
+		redisAppendCommand(s->c, "PTTL %b", k->str, k->len);
+	}
+	for (size_t i = 0; i < keys->elements; i++) {
+		redisReply *h, *t;
+		if (!store_read_two(s, &h, &t, e))
+			return SG_ERR_REDIS;
+		redisReply *k = keys->element[i];
+		char tenant[128], id[128];
+		if (rc == SG_OK && h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
+		    h->element[0]->type == REDIS_REPLY_STRING &&
+		    h->element[1]->type == REDIS_REPLY_STRING &&
+		    h->element[2]->type == REDIS_REPLY_STRING &&
+		    h->element[3]->type == REDIS_REPLY_STRING &&
+		    t->type == REDIS_REPLY_INTEGER && t->integer != -2 &&
+		    parse_entry_key(s, k->str, k->len, tenant, sizeof(tenant), id, sizeof(id))) {
+			long dim = strtol(h->element[1]->str, NULL, 10);
+			redisReply *blob = h->element[0];
+			if (dim > 0 && dim <= 8192 && blob->len == sizeof(float) * (size_t)dim) {
+				float *v = malloc(blob->len);
+				if (v) {
+					memcpy(v, blob->str, blob->len);
+					fn(es->ud, tenant, id, h->element[3]->str, h->element[2]->str, v,
+					   (int)dim, t->integer);
+					free(v);
+					(*scanned)++;
+				}
+			}
+		}
+		freeReplyObject(h);
+		freeReplyObject(t);
+	}
+	return rc;
+}
+
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
 			       size_t *scanned, struct sg_error *e)
 {
 	*scanned = 0;
-	char *pattern = NULL;
-	if (asprintf(&pattern, "%se:*", s->cfg->redis_prefix) < 0)
+	char *pattern = store_key_pattern(s, "e", NULL);
+	if (!pattern)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	char cursor[32] = "0";
-	enum sg_err rc = SG_OK;
-	do {
-		if ((rc = store_conn(s, e)) != SG_OK)
-			break;
-		redisReply *r = redisCommand(s->c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-		if (!r) {
-			store_drop(s);
-			rc = sg_error_set(e, SG_ERR_REDIS, "redis connection lost during SCAN");
-			break;
-		}
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-		    r->element[0]->type != REDIS_REPLY_STRING ||
-		    r->element[1]->type != REDIS_REPLY_ARRAY) {
-			freeReplyObject(r);
-			rc = sg_error_set(e, SG_ERR_REDIS, "unexpected SCAN reply");
-			break;
-		}
-		snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-		redisReply *keys = r->element[1];
-		for (size_t i = 0; i < keys->elements; i++) {
-			redisReply *k = keys->element[i];
-			redisAppendCommand(s->c, "HMGET %b vector dim model scope", k->str, k->len);
-			redisAppendCommand(s->c, "PTTL %b", k->str, k->len);
-		}
-		for (size_t i = 0; i < keys->elements && rc == SG_OK; i++) {
-			redisReply *h, *t;
-			if (!store_read_two(s, &h, &t, e)) {
-				rc = SG_ERR_REDIS;
-				break;
-			}
-			redisReply *k = keys->element[i];
-			char tenant[128], id[128];
-			if (h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
-			    h->element[0]->type == REDIS_REPLY_STRING &&
-			    h->element[1]->type == REDIS_REPLY_STRING &&
-			    h->element[2]->type == REDIS_REPLY_STRING &&
-			    h->element[3]->type == REDIS_REPLY_STRING &&
-			    t->type == REDIS_REPLY_INTEGER && t->integer != -2 &&
-			    parse_entry_key(s, k->str, k->len, tenant, sizeof(tenant), id, sizeof(id))) {
-				long dim = strtol(h->element[1]->str, NULL, 10);
-				redisReply *blob = h->element[0];
-				if (dim > 0 && dim <= 8192 && blob->len == sizeof(float) * (size_t)dim) {
-					float *v = malloc(blob->len);
-					if (v) {
-						memcpy(v, blob->str, blob->len);
-						fn(ud, tenant, id, h->element[3]->str,
-						   h->element[2]->str, v, (int)dim, t->integer);
-						free(v);
-						(*scanned)++;
-					}
-				}
-			}
-			freeReplyObject(h);
-			freeReplyObject(t);
-		}
-		freeReplyObject(r);
-	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	struct entry_scan es = { .fn = fn, .ud = ud, .scanned = scanned };
+	enum sg_err rc = store_scan_every_node(s, pattern, scan_batch, &es, e);
 	free(pattern);
 	return rc;
 }

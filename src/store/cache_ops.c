@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
 #include "codec.h"
 #include "priv.h"
@@ -40,21 +41,6 @@ static const char lua_hit_archive[] =
 	"redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', "
 	"cjson.encode({k='hits', t=ARGV[3], id=ARGV[4], n=n})) "
 	"return n end return 0";
-
-/* Escape glob metacharacters for SCAN MATCH. */
-static char *glob_escape(const char *in)
-{
-	char *out = malloc(2 * strlen(in) + 1), *o = out;
-	if (!out)
-		return NULL;
-	for (; *in; in++) {
-		if (strchr("*?[]\\", *in))
-			*o++ = '\\';
-		*o++ = *in;
-	}
-	*o = '\0';
-	return out;
-}
 
 static char *dup_reply(const redisReply *r, size_t *len)
 {
@@ -337,7 +323,7 @@ static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 		char *save = NULL;
 		for (char *t = tags ? strtok_r(tags, ",", &save) : NULL; t;
 		     t = strtok_r(NULL, ",", &save)) {
-			char *tkey = store_key(s, "tag", tenant, t);
+			char *tkey = store_key_in(s, "tag", store_bucket_of(tenant, id), tenant, t);
 			if (tkey) {
 				redisAppendCommand(s->c, "SREM %s %s", tkey, id);
 				q++;
@@ -361,9 +347,9 @@ static size_t queue_delete(struct store *s, const char *tenant, const char *id,
 	return q;
 }
 
-/* Delete the entries named by ids[0..n) (n <= DELETE_BATCH) that exist and
- * match dc->ns: read their namespace, exact key and tags (pipelined), then
- * one MULTI/EXEC for all of them. */
+/* Delete the entries named by ids[0..n) (n <= DELETE_BATCH, all of one
+ * bucket) that exist and match dc->ns: read their namespace, exact key and
+ * tags (pipelined), then one MULTI/EXEC for all of them (one slot). */
 static enum sg_err delete_batch(struct store *s, const char *tenant, const char *const *ids,
 				size_t n, struct del_ctx *dc, struct sg_error *e)
 {
@@ -372,7 +358,7 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 	char *ekeys[DELETE_BATCH] = { 0 };
 	redisReply *h[DELETE_BATCH] = { 0 };
 	long delpos[DELETE_BATCH];
-	char *topkey = store_tenant_key(s, "top", tenant);
+	char *topkey = store_tenant_key_in(s, "top", store_bucket_of(tenant, ids[0]), tenant);
 	enum sg_err rc = SG_OK;
 	if (!topkey) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
@@ -459,22 +445,38 @@ enum sg_err store_entry_delete(struct store *s, const char *tenant, const char *
 	return rc;
 }
 
-/* Delete the members of one SSCAN/SCAN batch in chunks of DELETE_BATCH. */
+/* Delete the members of one SSCAN/SCAN batch, bucket by bucket (a MULTI
+ * touches one slot), in chunks of DELETE_BATCH. */
 static enum sg_err delete_ids(struct store *s, const char *tenant, const char **ids,
 			      size_t n, struct del_ctx *dc, struct sg_error *e)
 {
+	const char **mine = calloc(n + 1, sizeof(*mine));
+	unsigned char *bk = calloc(n + 1, 1);
 	enum sg_err rc = SG_OK;
-	for (size_t off = 0; off < n && rc == SG_OK; off += DELETE_BATCH) {
-		size_t k = n - off < DELETE_BATCH ? n - off : DELETE_BATCH;
-		rc = delete_batch(s, tenant, ids + off, k, dc, e);
+	if (!mine || !bk)
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; rc == SG_OK && i < n; i++)
+		bk[i] = (unsigned char)store_bucket_of(tenant, ids[i]);
+	for (unsigned b = 0; rc == SG_OK && b < STORE_BUCKETS; b++) {
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (bk[i] == b)
+				mine[m++] = ids[i];
+		for (size_t off = 0; off < m && rc == SG_OK; off += DELETE_BATCH) {
+			size_t k = m - off < DELETE_BATCH ? m - off : DELETE_BATCH;
+			rc = delete_batch(s, tenant, mine + off, k, dc, e);
+		}
 	}
+	free(mine);
+	free(bk);
 	return rc;
 }
 
-static enum sg_err invalidate_tag(struct store *s, const char *tenant, const char *tag,
-				  struct del_ctx *dc, struct sg_error *e)
+/* The tag set of one bucket: its members are entries of that bucket. */
+static enum sg_err invalidate_tag_in(struct store *s, const char *tenant, const char *tag,
+				     unsigned bucket, struct del_ctx *dc, struct sg_error *e)
 {
-	char *tkey = store_key(s, "tag", tenant, tag);
+	char *tkey = store_key_in(s, "tag", bucket, tenant, tag);
 	if (!tkey)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	dc->cleanup_tkey = tkey;
@@ -505,54 +507,78 @@ static enum sg_err invalidate_tag(struct store *s, const char *tenant, const cha
 	return rc;
 }
 
-/* SCAN pattern of every entry key of a tenant ("{prefix}e:{tenant}:*",
- * tenant glob-escaped); malloc'd, NULL on out of memory. */
-static char *entry_pattern(const struct store *s, const char *tenant)
+static enum sg_err invalidate_tag(struct store *s, const char *tenant, const char *tag,
+				  struct del_ctx *dc, struct sg_error *e)
 {
-	char *esc = glob_escape(tenant);
-	char *pattern = NULL;
-	if (esc && asprintf(&pattern, "%se:%s:*", s->cfg->redis_prefix, esc) < 0)
-		pattern = NULL;
-	free(esc);
-	return pattern;
+	enum sg_err rc = SG_OK;
+	for (unsigned b = 0; b < STORE_BUCKETS && rc == SG_OK; b++)
+		rc = invalidate_tag_in(s, tenant, tag, b, dc, e);
+	return rc;
+}
+
+enum sg_err store_scan_every_node(struct store *s, const char *pattern, store_keys_fn fn,
+				  void *ud, struct sg_error *e)
+{
+	struct store_cl_addr nodes[STORE_CL_MAX_NODES];
+	int nn = store_scan_nodes(s, nodes, STORE_CL_MAX_NODES, e);
+	enum sg_err rc = nn < 0 ? SG_ERR_REDIS : SG_OK;
+	for (int ni = 0; ni < nn && rc == SG_OK; ni++) {
+		char cursor[32] = "0";
+		do {
+			const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
+			redisReply *r = NULL;
+			store_pin(s, &nodes[ni]);
+			rc = store_scan_step(s, 6, argv, cursor, &r, e);
+			/* the batch's own commands go by their keys' slots */
+			store_pin(s, NULL);
+			if (rc != SG_OK)
+				break;
+			rc = fn(s, r->element[1], ud, e);
+			freeReplyObject(r);
+		} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	}
+	return rc;
+}
+
+struct tenant_scan {
+	const char *tenant;
+	store_tenant_batch_fn fn;
+	void *ud;
+};
+
+/* The keys of one SCAN batch that are entries of the tenant, to ts->fn. */
+static enum sg_err tenant_keys(struct store *s, redisReply *k, void *ud, struct sg_error *e)
+{
+	struct tenant_scan *ts = ud;
+	struct store_tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
+	if (!en)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	size_t n = 0;
+	for (size_t i = 0; i < k->elements; i++) {
+		char t[128];
+		redisReply *key = k->element[i];
+		if (key->type == REDIS_REPLY_STRING &&
+		    store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len, t, sizeof(t),
+					  en[n].id, sizeof(en[n].id)) &&
+		    strcmp(t, ts->tenant) == 0) {
+			en[n].key = key->str;
+			en[n].len = key->len;
+			n++;
+		}
+	}
+	enum sg_err rc = ts->fn(s, ts->tenant, en, n, ts->ud, e);
+	free(en);
+	return rc;
 }
 
 enum sg_err store_scan_tenant(struct store *s, const char *tenant,
 			      store_tenant_batch_fn fn, void *ud, struct sg_error *e)
 {
-	char *pattern = entry_pattern(s, tenant);
+	char *pattern = store_key_pattern(s, "e", tenant);
 	if (!pattern)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	char cursor[32] = "0";
-	enum sg_err rc = SG_OK;
-	do {
-		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
-		redisReply *r = NULL;
-		if ((rc = store_scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
-			break;
-		redisReply *k = r->element[1];
-		struct store_tenant_entry *en = calloc(k->elements + 1, sizeof(*en));
-		if (!en) {
-			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		} else {
-			size_t n = 0;
-			for (size_t i = 0; i < k->elements; i++) {
-				char t[128];
-				redisReply *key = k->element[i];
-				if (key->type == REDIS_REPLY_STRING &&
-				    store_codec_entry_key(s->cfg->redis_prefix, key->str, key->len,
-							  t, sizeof(t), en[n].id, sizeof(en[n].id)) &&
-				    strcmp(t, tenant) == 0) {
-					en[n].key = key->str;
-					en[n].len = key->len;
-					n++;
-				}
-			}
-			rc = fn(s, tenant, en, n, ud, e);
-		}
-		free(en);
-		freeReplyObject(r);
-	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	struct tenant_scan ts = { .tenant = tenant, .fn = fn, .ud = ud };
+	enum sg_err rc = store_scan_every_node(s, pattern, tenant_keys, &ts, e);
 	free(pattern);
 	return rc;
 }
@@ -608,22 +634,27 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	enum sg_err rc = store_conn(s, e);
 	if (rc != SG_OK)
 		return rc;
-	size_t queued = 0;
-	bool oom = false;
+	/* one MULTI per tenant row (its stats part and series share the
+	 * bucket of its hour) and one per entry hit (the entry and its bucket's
+	 * leaderboard): each touches one slot */
+	size_t nblocks = ntc + neh, *queued = calloc(nblocks + 1, sizeof(*queued));
+	bool oom = !queued;
 	bool arch = store_archive_on(s->cfg);
-	redisAppendCommand(s->c, "MULTI");
 	for (size_t i = 0; i < ntc && !oom; i++) {
-		char *skey = store_tenant_key(s, "stats", tc[i].tenant);
+		char *skey = store_tenant_key_in(s, "stats",
+						 store_series_bucket(tc[i].tenant, tc[i].minute),
+						 tc[i].tenant);
 		if (!skey) {
 			oom = true;
 			break;
 		}
+		redisAppendCommand(s->c, "MULTI");
 		for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
 			long long v = *(const long long *)((const char *)&tc[i] + fields[f].off);
 			if (v > 0) {
 				redisAppendCommand(s->c, "HINCRBY %s %s %lld", skey,
 						   fields[f].name, v);
-				queued++;
+				queued[i]++;
 			}
 		}
 		free(skey);
@@ -631,12 +662,15 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		if (ns < 0)
 			oom = true;
 		else
-			queued += (size_t)ns;
+			queued[i] += (size_t)ns;
+		redisAppendCommand(s->c, "EXEC");
 	}
 	for (size_t i = 0; i < neh && !oom; i++) {
 		char *ekey = store_key(s, "e", eh[i].tenant, eh[i].id);
-		char *topkey = store_tenant_key(s, "top", eh[i].tenant);
+		char *topkey = store_tenant_key_in(s, "top", store_bucket_of(eh[i].tenant, eh[i].id),
+						   eh[i].tenant);
 		if (ekey && topkey) {
+			redisAppendCommand(s->c, "MULTI");
 			if (!arch) {
 				redisAppendCommand(s->c, "EVAL %s 1 %s %lld", lua_hit, ekey,
 						   eh[i].hits);
@@ -656,12 +690,9 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 			}
 			redisAppendCommand(s->c, "ZINCRBY %s %lld %s", topkey, eh[i].hits,
 					   eh[i].id);
-			queued += 2;
-			/* one EXPIRE per leaderboard, after its last ZINCRBY */
-			if (i + 1 == neh || strcmp(eh[i + 1].tenant, eh[i].tenant) != 0) {
-				redisAppendCommand(s->c, "EXPIRE %s %lld", topkey, top_ttl_s);
-				queued++;
-			}
+			redisAppendCommand(s->c, "EXPIRE %s %lld", topkey, top_ttl_s);
+			redisAppendCommand(s->c, "EXEC");
+			queued[ntc + i] = 3;
 		} else {
 			oom = true;
 		}
@@ -669,16 +700,23 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		free(topkey);
 	}
 	if (oom) {
-		/* commands are already buffered: abandon the connection */
+		/* commands may be buffered already: abandon the connection */
 		store_drop(s);
+		free(queued);
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	}
-	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = store_read_exec(s, queued, e);
-	if (!exec)
-		return SG_ERR_REDIS;
-	freeReplyObject(exec);
-	return SG_OK;
+	for (size_t i = 0; i < nblocks; i++) {
+		redisReply *exec = store_read_exec(s, queued[i], e);
+		if (!exec) {
+			/* the later blocks' replies are never read */
+			store_drop(s);
+			rc = SG_ERR_REDIS;
+			break;
+		}
+		freeReplyObject(exec);
+	}
+	free(queued);
+	return rc;
 }
 
 /* ---- leaderboard ---- */
@@ -696,88 +734,172 @@ void store_top_finish(struct store_top *t)
 	memset(t, 0, sizeof(*t));
 }
 
-/* Read one window of the leaderboard [start, start+count) into out (up to
- * limit rows) and ZREM the ids whose entry is gone. *seen gets how many
- * rows the window had, *removed how many were stale. */
-static enum sg_err top_window(struct store *s, const char *tenant, const char *topkey,
-			      long start, long count, size_t limit, struct store_top *out,
-			      size_t *seen, size_t *removed, struct sg_error *e)
+/* One row of a bucket's leaderboard window (pointers into its reply). */
+struct top_cand {
+	const char *id;
+	size_t len;
+	long long score;
+	unsigned bucket;
+};
+
+static int cand_cmp(const void *pa, const void *pb)
 {
-	*seen = *removed = 0;
-	char a[24], b[24];
-	snprintf(a, sizeof(a), "%ld", start);
-	snprintf(b, sizeof(b), "%ld", start + count - 1);
-	const char *argv[] = { "ZREVRANGE", topkey, a, b, "WITHSCORES" };
-	redisReply *z = store_run(s, 5, argv, NULL, e);
-	if (!z)
-		return SG_ERR_REDIS;
+	const struct top_cand *a = pa, *b = pb;
+	if (a->score != b->score)
+		return a->score > b->score ? -1 : 1;
+	/* ZREVRANGE's order for equal scores: the greater member first */
+	return -strcmp(a->id, b->id);
+}
+
+/* ZREM the stale ids of each bucket's leaderboard (one command per bucket
+ * met, each on one key). */
+static enum sg_err top_remove(struct store *s, char **topkeys, const struct top_cand *c,
+			      const bool *stale, size_t n, struct sg_error *e)
+{
 	enum sg_err rc = SG_OK;
-	if (z->type != REDIS_REPLY_ARRAY) {
-		rc = z->type == REDIS_REPLY_ERROR ? store_reply_error(z, e) :
-			sg_error_set(e, SG_ERR_REDIS, "unexpected ZREVRANGE reply");
-		freeReplyObject(z);
-		return rc;
-	}
-	size_t rows = z->elements / 2;
-	*seen = rows;
-	for (size_t i = 0; i < rows; i++) {
-		redisReply *id = z->element[2 * i];
-		char *ekey = id->type == REDIS_REPLY_STRING ? store_key(s, "e", tenant, id->str) : NULL;
-		if (ekey)
-			redisAppendCommand(s->c, "HMGET %s query namespace kind", ekey);
-		else
-			redisAppendCommand(s->c, "PING");
-		free(ekey);
-	}
-	char **stale = calloc(rows + 1, sizeof(char *));
-	size_t nstale = 0;
-	for (size_t i = 0; i < rows; i++) {
-		redisReply *h = store_read_reply(s, e);
-		if (!h) {
+	const char **zargv = calloc(n + 2, sizeof(char *));
+	if (!zargv)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	for (unsigned b = 0; b < STORE_BUCKETS && rc == SG_OK; b++) {
+		int argc = 2;
+		for (size_t i = 0; i < n; i++)
+			if (stale[i] && c[i].bucket == b)
+				zargv[argc++] = c[i].id;
+		if (argc == 2)
+			continue;
+		zargv[0] = "ZREM";
+		zargv[1] = topkeys[b];
+		redisReply *zr = store_run(s, argc, zargv, NULL, e);
+		if (!zr)
 			rc = SG_ERR_REDIS;
+		else
+			freeReplyObject(zr);
+	}
+	free(zargv);
+	return rc;
+}
+
+/* Check candidates c[0..n) in order (HMGET of their entries, pipelined)
+ * until out holds limit rows; mark the stale ones. *checked gets how many
+ * were looked at. */
+static enum sg_err top_check(struct store *s, const char *tenant, const struct top_cand *c,
+			     size_t n, size_t limit, struct store_top *out, bool *stale,
+			     size_t *checked, struct sg_error *e)
+{
+	enum sg_err rc = SG_OK;
+	size_t i = 0;
+	while (i < n && out->n < limit && rc == SG_OK) {
+		size_t chunk = limit - out->n + 16;
+		if (chunk > n - i)
+			chunk = n - i;
+		if ((rc = store_conn(s, e)) != SG_OK)
 			break;
-		}
-		redisReply *id = z->element[2 * i];
-		bool live = h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
-			    h->element[0]->type == REDIS_REPLY_STRING &&
-			    id->type == REDIS_REPLY_STRING && id->len < 65;
-		if (!live && id->type == REDIS_REPLY_STRING && stale)
-			stale[nstale++] = id->str;
-		if (live && out->n < limit) {
-			struct store_top_row *row = &out->rows[out->n];
-			memset(row, 0, sizeof(*row));
-			memcpy(row->id, id->str, id->len + 1);
-			row->query = dup_reply(h->element[0], NULL);
-			row->ns = dup_reply(h->element[1], NULL);
-			row->kind = h->element[2]->type == REDIS_REPLY_STRING ?
-				    dup_reply(h->element[2], NULL) : strdup("chat");
-			row->hits = store_reply_ll(z->element[2 * i + 1]);
-			out->n++;
-			if (!row->query || !row->ns || !row->kind)
-				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-		}
-		freeReplyObject(h);
-	}
-	if (rc == SG_OK && !stale)
-		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	if (rc == SG_OK && nstale) {
-		const char **zargv = calloc(nstale + 2, sizeof(char *));
-		if (zargv) {
-			zargv[0] = "ZREM";
-			zargv[1] = topkey;
-			for (size_t i = 0; i < nstale; i++)
-				zargv[2 + i] = stale[i];
-			redisReply *zr = store_run(s, (int)nstale + 2, zargv, NULL, e);
-			if (!zr)
-				rc = SG_ERR_REDIS;
+		for (size_t j = i; j < i + chunk; j++) {
+			char *ekey = store_key(s, "e", tenant, c[j].id);
+			if (ekey)
+				redisAppendCommand(s->c, "HMGET %s query namespace kind", ekey);
 			else
-				freeReplyObject(zr);
-			free(zargv);
+				redisAppendCommand(s->c, "PING");
+			free(ekey);
 		}
-		*removed = nstale;
+		for (size_t j = i; j < i + chunk; j++) {
+			redisReply *h = store_read_reply(s, e);
+			if (!h)
+				return SG_ERR_REDIS;
+			bool live = h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
+				    h->element[0]->type == REDIS_REPLY_STRING && c[j].len < 65;
+			stale[j] = !live && h->type == REDIS_REPLY_ARRAY;
+			if (live && out->n < limit && rc == SG_OK) {
+				struct store_top_row *row = &out->rows[out->n];
+				memset(row, 0, sizeof(*row));
+				memcpy(row->id, c[j].id, c[j].len + 1);
+				row->query = dup_reply(h->element[0], NULL);
+				row->ns = dup_reply(h->element[1], NULL);
+				row->kind = h->element[2]->type == REDIS_REPLY_STRING ?
+					    dup_reply(h->element[2], NULL) : strdup("chat");
+				row->hits = c[j].score;
+				out->n++;
+				if (!row->query || !row->ns || !row->kind)
+					rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			}
+			freeReplyObject(h);
+		}
+		i += chunk;
 	}
+	*checked = i;
+	return rc;
+}
+
+/* One round: the top window of every bucket's leaderboard (pipelined),
+ * merged by score, checked in order. *more when a bucket's window was full
+ * and the round ended short of limit: stale rows were removed, so another
+ * round finds more. */
+static enum sg_err top_round(struct store *s, const char *tenant, char **topkeys,
+			     size_t limit, struct store_top *out, bool *more, struct sg_error *e)
+{
+	*more = false;
+	redisReply *z[STORE_BUCKETS] = { 0 };
+	long window = (long)limit + 16;
+	char last[24];
+	snprintf(last, sizeof(last), "%ld", window - 1);
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK)
+		return rc;
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		const char *argv[] = { "ZREVRANGE", topkeys[b], "0", last, "WITHSCORES" };
+		redisAppendCommandArgv(s->c, 5, argv, NULL);
+	}
+	size_t ncand = 0;
+	bool full = false;
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		if (!(z[b] = store_read_reply(s, e))) {
+			rc = SG_ERR_REDIS;
+			goto out;
+		}
+		if (z[b]->type == REDIS_REPLY_ERROR && rc == SG_OK)
+			rc = store_reply_error(z[b], e);
+		else if (z[b]->type == REDIS_REPLY_ARRAY)
+			ncand += z[b]->elements / 2;
+		if (z[b]->type == REDIS_REPLY_ARRAY && (long)(z[b]->elements / 2) >= window)
+			full = true;
+	}
+	if (rc != SG_OK)
+		goto out;
+	struct top_cand *c = calloc(ncand + 1, sizeof(*c));
+	bool *stale = calloc(ncand + 1, sizeof(*stale));
+	if (!c || !stale) {
+		free(c);
+		free(stale);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	size_t n = 0;
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		if (z[b]->type != REDIS_REPLY_ARRAY)
+			continue;
+		for (size_t i = 0; i + 1 < z[b]->elements; i += 2) {
+			redisReply *id = z[b]->element[i];
+			if (id->type != REDIS_REPLY_STRING)
+				continue;
+			c[n++] = (struct top_cand){ .id = id->str, .len = id->len, .bucket = b,
+						    .score = store_reply_ll(z[b]->element[i + 1]) };
+		}
+	}
+	qsort(c, n, sizeof(*c), cand_cmp);
+	size_t checked = 0;
+	rc = top_check(s, tenant, c, n, limit, out, stale, &checked, e);
+	size_t nstale = 0;
+	for (size_t i = 0; i < checked; i++)
+		nstale += stale[i];
+	if (rc == SG_OK && nstale)
+		rc = top_remove(s, topkeys, c, stale, checked, e);
+	*more = rc == SG_OK && full && nstale && out->n < limit;
+	free(c);
 	free(stale);
-	freeReplyObject(z);
+out:
+	for (unsigned b = 0; b < STORE_BUCKETS; b++)
+		if (z[b])
+			freeReplyObject(z[b]);
 	return rc;
 }
 
@@ -787,26 +909,26 @@ enum sg_err store_top_read(struct store *s, const char *tenant, size_t limit,
 	memset(out, 0, sizeof(*out));
 	if (limit == 0)
 		return SG_OK;
-	char *topkey = store_tenant_key(s, "top", tenant);
-	out->rows = calloc(limit, sizeof(*out->rows));
-	if (!topkey || !out->rows) {
-		free(topkey);
-		free(out->rows);
-		out->rows = NULL;
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	}
+	char *topkeys[STORE_BUCKETS] = { 0 };
 	enum sg_err rc = SG_OK;
-	long start = 0, window = (long)limit + 16;
-	/* stale rows are removed as they are met, so a few windows suffice;
-	 * the bound keeps one request's work finite whatever the set holds */
-	for (int round = 0; round < 16 && out->n < limit && rc == SG_OK; round++) {
-		size_t seen = 0, removed = 0;
-		rc = top_window(s, tenant, topkey, start, window, limit, out, &seen, &removed, e);
-		if (rc != SG_OK || seen < (size_t)window)
+	for (unsigned b = 0; b < STORE_BUCKETS && rc == SG_OK; b++)
+		if (!(topkeys[b] = store_tenant_key_in(s, "top", b, tenant)))
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	if (rc == SG_OK && !(out->rows = calloc(limit, sizeof(*out->rows))))
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	/* stale rows are removed as they are met, so a few rounds suffice;
+	 * the bound keeps one request's work finite whatever the sets hold */
+	bool more = rc == SG_OK;
+	for (int round = 0; round < 16 && more && rc == SG_OK; round++) {
+		store_top_finish(out);
+		if (!(out->rows = calloc(limit, sizeof(*out->rows)))) {
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 			break;
-		start += window - (long)removed;
+		}
+		rc = top_round(s, tenant, topkeys, limit, out, &more, e);
 	}
-	free(topkey);
+	for (unsigned b = 0; b < STORE_BUCKETS; b++)
+		free(topkeys[b]);
 	if (rc != SG_OK)
 		store_top_finish(out);
 	return rc;

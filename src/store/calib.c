@@ -42,16 +42,7 @@ enum sg_err store_calibration_add(struct store *s, const char *tenant, const cha
 			sent++;
 		}
 	}
-	for (int i = 0; i < sent; i++) {
-		redisReply *r = store_read_reply(s, e);
-		if (!r) {
-			rc = SG_ERR_REDIS;
-			break;
-		}
-		if (r->type == REDIS_REPLY_ERROR && rc == SG_OK)
-			rc = store_reply_error(r, e);
-		freeReplyObject(r);
-	}
+	rc = store_read_n(s, (size_t)sent, e);
 	free(keys[0]);
 	free(keys[1]);
 	return rc;

@@ -44,6 +44,13 @@ bool store_codec_entry_key(const char *prefix, const char *key, size_t len,
 	    memcmp(key + plen, "e:", 2) != 0)
 		return false;
 	const char *t = key + plen + 2, *end = key + len;
+	/* the bucket's hash tag "{...}:" comes before the tenant */
+	if (t >= end || *t != '{')
+		return false;
+	const char *close = memchr(t, '}', (size_t)(end - t));
+	if (!close || close + 1 >= end || close[1] != ':')
+		return false;
+	t = close + 2;
 	const char *colon = memchr(t, ':', (size_t)(end - t));
 	if (!colon || colon == t || (size_t)(colon - t) >= tcap)
 		return false;

@@ -8,12 +8,16 @@
 #include "semgate/store/store.h"
 #include "priv.h"
 
+/* In the bucket of (tenant, "{model}:{sha}"): a tenant's embeddings spread
+ * over every bucket. */
 static char *emb_key(const struct store *s, const char *tenant, const char *model,
 		     const char *sha)
 {
-	char *k = NULL;
-	if (asprintf(&k, "%semb:%s:%s:%s", s->cfg->redis_prefix, tenant, model, sha) < 0)
+	char *rest = NULL;
+	if (asprintf(&rest, "%s:%s", model, sha) < 0)
 		return NULL;
+	char *k = store_key(s, "emb", tenant, rest);
+	free(rest);
 	return k;
 }
 
@@ -51,39 +55,36 @@ enum sg_err store_emb_get(struct store *s, const char *tenant, const char *model
 	if (n == 0)
 		return SG_OK;
 	char **keys = make_keys(s, tenant, model, sha, n);
-	const char **argv = calloc(n + 1, sizeof(char *));
 	enum sg_err rc = SG_OK;
-	if (!keys || !argv) {
+	if (!keys) {
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	argv[0] = "MGET";
-	for (size_t i = 0; i < n; i++)
-		argv[i + 1] = keys[i];
-	redisReply *r = store_run(s, (int)(n + 1), argv, NULL, e);
-	if (!r) {
-		rc = SG_ERR_REDIS;
+	if ((rc = store_conn(s, e)) != SG_OK)
 		goto out;
+	/* one GET per key, pipelined: the keys are in different slots */
+	for (size_t i = 0; i < n; i++) {
+		const char *argv[] = { "GET", keys[i] };
+		redisAppendCommandArgv(s->c, 2, argv, NULL);
 	}
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == n) {
-		for (size_t i = 0; i < n && rc == SG_OK; i++) {
-			redisReply *it = r->element[i];
-			if (it->type != REDIS_REPLY_STRING)
-				continue;
-			blobs[i] = malloc(it->len ? it->len : 1);
-			if (!blobs[i]) {
-				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-				break;
-			}
-			memcpy(blobs[i], it->str, it->len);
-			lens[i] = it->len;
+	for (size_t i = 0; i < n; i++) {
+		redisReply *it = store_read_reply(s, e);
+		if (!it) {
+			rc = SG_ERR_REDIS;
+			break;
 		}
-	} else if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	} else {
-		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected MGET reply");
+		if (it->type == REDIS_REPLY_ERROR && rc == SG_OK) {
+			rc = store_reply_error(it, e);
+		} else if (it->type == REDIS_REPLY_STRING && rc == SG_OK) {
+			if ((blobs[i] = malloc(it->len ? it->len : 1))) {
+				memcpy(blobs[i], it->str, it->len);
+				lens[i] = it->len;
+			} else {
+				rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+			}
+		}
+		freeReplyObject(it);
 	}
-	freeReplyObject(r);
 	if (rc != SG_OK)
 		for (size_t i = 0; i < n; i++) {
 			free(blobs[i]);
@@ -92,7 +93,6 @@ enum sg_err store_emb_get(struct store *s, const char *tenant, const char *model
 		}
 out:
 	free_keys(keys, n);
-	free(argv);
 	return rc;
 }
 
@@ -112,13 +112,14 @@ enum sg_err store_emb_put(struct store *s, const char *tenant, const char *model
 		goto out;
 	char ttl[24];
 	snprintf(ttl, sizeof(ttl), "%lld", ttl_s);
-	bool ok = redisAppendCommand(s->c, "MULTI") == REDIS_OK;
+	/* one SET per key, pipelined (not one MULTI: the keys are in
+	 * different slots, and each vector stands alone) */
+	bool ok = true;
 	for (size_t i = 0; i < n && ok; i++) {
 		const char *argv[] = { "SET", keys[i], blobs[i], "EX", ttl };
 		const size_t alen[] = { 3, strlen(keys[i]), lens[i], 2, strlen(ttl) };
 		ok = redisAppendCommandArgv(s->c, 5, argv, alen) == REDIS_OK;
 	}
-	ok = ok && redisAppendCommand(s->c, "EXEC") == REDIS_OK;
 	if (!ok) {
 		/* half a pipeline is in the output buffer: the connection cannot
 		 * be reused */
@@ -126,11 +127,7 @@ enum sg_err store_emb_put(struct store *s, const char *tenant, const char *model
 		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis pipeline");
 		goto out;
 	}
-	redisReply *exec = store_read_exec(s, n, e);
-	if (!exec)
-		rc = SG_ERR_REDIS;
-	else
-		freeReplyObject(exec);
+	rc = store_read_n(s, n, e);
 out:
 	free_keys(keys, n);
 	return rc;

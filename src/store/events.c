@@ -135,6 +135,11 @@ struct store_sub {
 	const struct sg_config *cfg;
 	redisContext *c;
 	unsigned long gen; /* the master generation c is subscribed on */
+	unsigned next; /* cluster mode: the node to try first */
+	/* cluster mode with the hot exact cache: one tracking connection per
+	 * master (a node reports changes of its own keys only) */
+	redisContext *trk[STORE_CL_MAX_NODES];
+	int ntrk;
 };
 
 struct store_sub *store_sub_create(const struct sg_config *cfg)
@@ -147,10 +152,15 @@ struct store_sub *store_sub_create(const struct sg_config *cfg)
 
 void store_sub_drop(struct store_sub *sub)
 {
-	if (sub && sub->c) {
+	if (!sub)
+		return;
+	if (sub->c) {
 		redisFree(sub->c);
 		sub->c = NULL;
 	}
+	for (int i = 0; i < sub->ntrk; i++)
+		redisFree(sub->trk[i]);
+	sub->ntrk = 0;
 }
 
 void store_sub_destroy(struct store_sub *sub)
@@ -199,24 +209,94 @@ static bool subscribed(const redisReply *r)
 	       strcmp(r->element[0]->str, "subscribe") == 0;
 }
 
+/* Cluster mode: a connection per master that tracks the exact keys and
+ * receives its own invalidations (sub->trk). False (none kept, a reason in
+ * why) when one of them cannot be set up. */
+static bool track_masters(struct store_sub *sub, char *why, size_t cap)
+{
+	struct store_cl_addr m[STORE_CL_MAX_NODES];
+	struct sg_error e = { 0 };
+	struct store *s = store_create(sub->cfg);
+	int n = s ? store_cluster_masters(s, m, STORE_CL_MAX_NODES, &e) : -1;
+	store_destroy(s);
+	if (n <= 0) {
+		snprintf(why, cap, "no cluster masters known: %.150s", e.msg);
+		return false;
+	}
+	for (int i = 0; i < n; i++) {
+		redisContext *c = store_connect_node(sub->cfg, m[i].host, m[i].port, "events: ", &e);
+		if (!c) {
+			snprintf(why, cap, "%.200s", e.msg);
+			goto fail;
+		}
+		sub->trk[sub->ntrk++] = c;
+		if (!enable_tracking(c, sub->cfg, why, cap))
+			goto fail;
+		redisReply *r = redisCommand(c, "SUBSCRIBE __redis__:invalidate");
+		bool ok = subscribed(r);
+		if (r)
+			freeReplyObject(r);
+		if (!ok) {
+			snprintf(why, cap, "SUBSCRIBE __redis__:invalidate on %.64s:%d failed", m[i].host,
+				 m[i].port);
+			goto fail;
+		}
+	}
+	return true;
+fail:
+	for (int i = 0; i < sub->ntrk; i++)
+		redisFree(sub->trk[i]);
+	sub->ntrk = 0;
+	return false;
+}
+
+/* Cluster mode: connect to one node, trying in turn every node the slot map
+ * knows and the seeds, from where the last attempt stopped (a classic
+ * PUBLISH reaches every node of a Redis 7 cluster, so any node will do; after
+ * a failover the next reconnection finds a live one). */
+static redisContext *cluster_node(struct store_sub *sub, struct sg_error *e)
+{
+	struct store_cl_addr cand[2 * STORE_CL_MAX_NODES];
+	int n = store_cluster_known(cand, STORE_CL_MAX_NODES);
+	n += store_cl_parse_seeds(sub->cfg->redis_cluster, cand + n, STORE_CL_MAX_NODES);
+	for (int i = 0; i < n; i++) {
+		const struct store_cl_addr *a = &cand[(sub->next + (unsigned)i) % (unsigned)n];
+		redisContext *c = store_connect_node(sub->cfg, a->host, a->port, "events: ", e);
+		if (c) {
+			sub->next = (sub->next + (unsigned)i) % (unsigned)n;
+			return c;
+		}
+	}
+	sub->next++;
+	if (n == 0)
+		sg_error_set(e, SG_ERR_REDIS, "events: no redis cluster node known");
+	return NULL;
+}
+
 enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tracking,
 			      struct sg_error *e)
 {
 	const struct sg_config *cfg = sub->cfg;
 	*tracking = false;
 	store_sub_drop(sub);
+	bool cluster = cfg->redis_cluster && cfg->redis_cluster[0];
 	struct store_hostport at;
 	unsigned long gen = 0;
 	redisContext *c = NULL;
 	redisReply *r = NULL;
 	char *ch = NULL;
-	if (store_master_get(cfg, &at, &gen, e) != SG_OK) {
-		store_master_suspect();
-		return e ? e->code : SG_ERR_REDIS;
-	}
-	if (!(c = store_connect_node(cfg, at.host, at.port, "events: ", e))) {
-		store_master_suspect();
-		return e ? e->code : SG_ERR_REDIS;
+	if (cluster) {
+		if (!(c = cluster_node(sub, e)))
+			goto fail;
+	} else {
+		if (store_master_get(cfg, &at, &gen, e) != SG_OK) {
+			store_master_suspect();
+			return e ? e->code : SG_ERR_REDIS;
+		}
+		if (!(c = store_connect_node(cfg, at.host, at.port, "events: ", e))) {
+			store_master_suspect();
+			return e ? e->code : SG_ERR_REDIS;
+		}
 	}
 	/* pub/sub channels are not per database: no SELECT needed */
 	if (!(ch = store_events_channel(cfg))) {
@@ -224,14 +304,17 @@ enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tra
 		goto fail;
 	}
 	char why[256] = "";
-	bool track = track_exact && enable_tracking(c, cfg, why, sizeof(why));
+	/* on a cluster a node tracks only its own keys: one tracking
+	 * connection per master, and this one carries the events only */
+	bool track = track_exact && (cluster ? track_masters(sub, why, sizeof(why)) :
+				     enable_tracking(c, cfg, why, sizeof(why)));
 	if (track_exact && !track)
 		sg_log(SG_LOG_WARN, "hot exact cache off: %s", why);
 	if (c->err) {
 		sg_error_set(e, SG_ERR_REDIS, "events: %s", c->errstr);
 		goto fail;
 	}
-	r = track ? redisCommand(c, "SUBSCRIBE %s __redis__:invalidate", ch) :
+	r = track && !cluster ? redisCommand(c, "SUBSCRIBE %s __redis__:invalidate", ch) :
 		    redisCommand(c, "SUBSCRIBE %s", ch);
 	if (!subscribed(r)) {
 		sg_error_set(e, SG_ERR_REDIS, "events: SUBSCRIBE failed: %s",
@@ -241,7 +324,7 @@ enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tra
 	}
 	freeReplyObject(r);
 	r = NULL;
-	if (track) {
+	if (track && !cluster) {
 		/* the second channel's confirmation: from here on, every change
 		 * of an exact key reaches this connection */
 		void *second = NULL;
@@ -329,19 +412,39 @@ enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, struct store_s
 		store_sub_drop(sub);
 		return sg_error_set(e, SG_ERR_REDIS, "events: the redis master changed");
 	}
+	/* the events connection, then (cluster mode) each tracking one */
+	redisContext *v[1 + STORE_CL_MAX_NODES];
+	int n = 0;
+	v[n++] = sub->c;
+	for (int i = 0; i < sub->ntrk; i++)
+		v[n++] = sub->trk[i];
 	void *reply = NULL;
-	if (redisGetReplyFromReader(sub->c, &reply) != REDIS_OK)
-		goto lost;
+	redisContext *bad = NULL;
+	for (int i = 0; i < n && !reply; i++)
+		if (redisGetReplyFromReader(v[i], &reply) != REDIS_OK) {
+			bad = v[i];
+			goto lost;
+		}
 	if (!reply) {
-		struct pollfd pfd = { .fd = sub->c->fd, .events = POLLIN };
-		int n = poll(&pfd, 1, timeout_ms);
-		if (n < 0 && errno != EINTR)
+		struct pollfd pfd[1 + STORE_CL_MAX_NODES];
+		for (int i = 0; i < n; i++)
+			pfd[i] = (struct pollfd){ .fd = v[i]->fd, .events = POLLIN };
+		int k = poll(pfd, (nfds_t)n, timeout_ms);
+		if (k < 0 && errno != EINTR) {
+			bad = sub->c;
 			goto lost;
-		if (n <= 0)
+		}
+		if (k <= 0)
 			return SG_OK;
-		if (redisBufferRead(sub->c) != REDIS_OK ||
-		    redisGetReplyFromReader(sub->c, &reply) != REDIS_OK)
-			goto lost;
+		for (int i = 0; i < n && !reply; i++) {
+			if (!pfd[i].revents)
+				continue;
+			if (redisBufferRead(v[i]) != REDIS_OK ||
+			    redisGetReplyFromReader(v[i], &reply) != REDIS_OK) {
+				bad = v[i];
+				goto lost;
+			}
+		}
 		if (!reply)
 			return SG_OK;
 	}
@@ -352,7 +455,7 @@ lost:
 	if (reply)
 		freeReplyObject(reply);
 	sg_error_set(e, SG_ERR_REDIS, "events: redis connection lost: %s",
-		     sub->c->errstr[0] ? sub->c->errstr : "closed");
+		     bad && bad->errstr[0] ? bad->errstr : "closed");
 	store_sub_drop(sub);
 	store_master_suspect();
 	return SG_ERR_REDIS;

@@ -57,8 +57,9 @@ enum sg_err store_rate_limit(struct store *s, const char *tenant, long long max,
 	*allowed = true;
 	*remaining = 0;
 	*retry_ms = 0;
-	char *key = NULL;
-	if (asprintf(&key, "%srl:%s", s->cfg->redis_prefix, tenant) < 0)
+	/* one key per tenant: a sliding window is not split */
+	char *key = store_tenant_key(s, "rl", tenant);
+	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	char win[24], lim[24], member[33];
 	snprintf(win, sizeof(win), "%lld", window_ms);

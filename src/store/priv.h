@@ -9,17 +9,44 @@
 #include "semgate/core/err.h"
 #include "semgate/store/sentinel.h"
 #include "semgate/store/archive.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/store.h"
 #include "codec.h"
 
 
 #define RECONNECT_BACKOFF_MS 100.0
 
+/* ---- Redis Cluster (cluster.c) ---- */
+
+#define STORE_CL_MAX_NODES 32
+
+struct store_cl_addr {
+	char host[64];
+	int port; /* 0: none */
+};
+
+struct store_cl_conn {
+	struct store_cl_addr addr;
+	redisContext *c;
+	bool had; /* connected before: the next connection is a reconnection */
+	double down_until_ms; /* refused a connection: not tried again before this */
+};
+
 struct store {
 	const struct sg_config *cfg;
+	/* one server: the connection; cluster mode: a staging context, never
+	 * connected, whose output buffer store_cluster_dispatch sends */
 	redisContext *c;
 	double next_attempt_ms; /* monotonic; no connect before this */
 	bool had_connection;    /* a success before the current outage */
+	bool cluster;           /* SEMGATE_REDIS_CLUSTER is set */
+	/* cluster mode only: a connection per node, the replies of the last
+	 * dispatch not read yet, and the node keyless commands go to (a SCAN's) */
+	struct store_cl_conn cl[STORE_CL_MAX_NODES];
+	int ncl;
+	redisReply **q;
+	size_t qn, qpos, qcap;
+	struct store_cl_addr pin;
 	unsigned long gen;      /* the master generation c is connected to */
 };
 
@@ -48,13 +75,87 @@ bool store_reply_readonly(const redisReply *r);
 redisContext *store_connect_node(const struct sg_config *cfg, const char *host, int port,
 				 const char *who, struct sg_error *e);
 
-/* "{prefix}{kind}:{tenant}:{rest}", malloc'd; NULL on out of memory. */
-char *store_key(const struct store *s, const char *kind, const char *tenant,
-	      const char *rest);
+/* Count a successful reconnection after a lost connection (store_reconnects). */
+void store_count_reconnect(void);
 
-/* "{prefix}{kind}:{tenant}" — a per-tenant key with nothing after the
- * tenant (stats, top, live, size), malloc'd; NULL on out of memory. */
+/* Cluster mode's store_conn: the staging context and a loaded slot map. */
+enum sg_err store_cluster_conn(struct store *s, struct sg_error *e);
+/* Send what is staged (routed by slot, redirections followed) and queue
+ * the replies in order; then pop them one by one. NULL with e set when a
+ * node could not be reached (the staged commands are dropped). */
+enum sg_err store_cluster_dispatch(struct store *s, struct sg_error *e);
+redisReply *store_cluster_next(struct store *s, struct sg_error *e);
+/* Forget what is staged and the unread replies. */
+void store_cluster_discard(struct store *s);
+void store_cluster_discard_replies(struct store *s);
+/* Close every node connection and the staging context. */
+void store_cluster_close(struct store *s);
+/* The masters of the slot map (loading it if need be); -1 with e set. */
+int store_cluster_masters(struct store *s, struct store_cl_addr *out, int cap,
+			  struct sg_error *e);
+/* Every node the shared map knows (for the events subscriber). */
+int store_cluster_known(struct store_cl_addr *out, int cap);
+
+/* Parsing, pure (unit-tested): "host:port"; a comma-separated list of
+ * them (returns how many were valid, at most cap); a CLUSTER SLOTS reply
+ * into masters (returns how many, -1 when malformed) and slot -> index
+ * (0xffff: no master). */
+bool store_cl_parse_addr(const char *p, size_t len, struct store_cl_addr *out);
+int store_cl_parse_seeds(const char *list, struct store_cl_addr *out, int cap);
+int store_cl_parse_slots(const redisReply *r, struct store_cl_addr *nodes, int cap,
+			 unsigned short *slot);
+
+/* ---- walking every node (SCAN fans out in cluster mode) ---- */
+
+/* The nodes a SCAN must visit: every master in cluster mode, the one
+ * server otherwise (one entry, port 0). -1 with e set. */
+int store_scan_nodes(struct store *s, struct store_cl_addr *out, int cap, struct sg_error *e);
+/* Send keyless commands (SCAN) to node a from now on; NULL: undo. */
+void store_pin(struct store *s, const struct store_cl_addr *a);
+
+/* Key names (store.c, the only place they are made; layout in
+ * semgate/store/layout.h and docs/CACHE-API.md). Every key carries the hash
+ * tag of one of STORE_BUCKETS buckets:
+ *
+ *   store_key(s, kind, tenant, rest)   "{prefix}{kind}:{T}:{tenant}:{rest}"
+ *       in the bucket of (tenant, rest): a conversation (rest = its id), an
+ *       entry (its id), an exact key (the question's sha), ...
+ *   store_key_in(s, kind, b, tenant, rest)   the same in bucket b: keys that
+ *       belong with an object of that bucket (an entry's tag memberships)
+ *   store_tenant_key_in(s, kind, b, tenant)  "{prefix}{kind}:{T}:{tenant}":
+ *       the bucket-b part of a tenant-wide structure (top, live, size,
+ *       stats); readers merge the STORE_BUCKETS parts
+ *   store_tenant_key(s, kind, tenant)   one key per tenant, in the bucket
+ *       of (tenant, kind) (the rate-limit window)
+ *
+ * where T is "{<bucket tag>}". Keys built from the same (tenant, object id)
+ * share a slot, so they may be written in one MULTI or EVAL on a cluster:
+ * a key written with a conversation must be built with store_key* from the
+ * conversation's (tenant, conv id) or in store_bucket_of(tenant, conv id);
+ * a key written with an entry in store_bucket_of(tenant, entry id). A
+ * structure written in those MULTIs but read tenant-wide (a stream, say) is
+ * one key per bucket: store_tenant_key_in(s, kind, store_bucket_of(tenant,
+ * object id), tenant) to write, and the STORE_BUCKETS keys of
+ * store_tenant_key_in(s, kind, b, tenant) to read. All malloc'd; NULL on out
+ * of memory. */
+char *store_key(const struct store *s, const char *kind, const char *tenant,
+		const char *rest);
+char *store_key_in(const struct store *s, const char *kind, unsigned bucket,
+		   const char *tenant, const char *rest);
+char *store_tenant_key_in(const struct store *s, const char *kind, unsigned bucket,
+			  const char *tenant);
 char *store_tenant_key(const struct store *s, const char *kind, const char *tenant);
+
+/* The name the layout before slot buckets gave a key,
+ * "{prefix}{kind}:{tenant}:{rest}" (read once to migrate it); malloc'd. */
+char *store_legacy_key(const struct store *s, const char *kind, const char *tenant,
+		       const char *rest);
+
+/* SCAN MATCH pattern of every key of kind built by store_key*, of one
+ * tenant (glob-escaped) or of every tenant (tenant NULL); malloc'd. */
+char *store_key_pattern(const struct store *s, const char *kind, const char *tenant);
+/* The same for every tenant. */
+char *store_key_pattern_all(const struct store *s, const char *kind);
 
 /* An integer reply, or a string holding one (strtoll); 0 for anything else. */
 long long store_reply_ll(const redisReply *r);
@@ -91,6 +192,9 @@ redisReply *store_run(struct store *s, int argc, const char **argv,
 /* Run argv for its status only: SG_OK, or the failure (connection or
  * error reply) with e set. */
 enum sg_err store_run_status(struct store *s, int argc, const char **argv, struct sg_error *e);
+/* Read and free n pipelined replies: the first error reply's error, or
+ * SG_ERR_REDIS when the connection was lost (the rest is not read). */
+enum sg_err store_read_n(struct store *s, size_t n, struct sg_error *e);
 
 /* Set e from an error reply; returns SG_ERR_REDIS. */
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
@@ -135,6 +239,14 @@ void store_skip_wait(struct store *s);
 enum sg_err store_scan_step(struct store *s, int argc, const char **argv, char cursor[32],
 			    redisReply **out, struct sg_error *e);
 
+/* SCAN MATCH pattern on every node (every master of a cluster, the one
+ * server otherwise), each batch of keys (a reply array) to fn; the commands
+ * fn sends go by their keys' slots. */
+typedef enum sg_err (*store_keys_fn)(struct store *s, redisReply *keys, void *ud,
+				     struct sg_error *e);
+enum sg_err store_scan_every_node(struct store *s, const char *pattern, store_keys_fn fn,
+				  void *ud, struct sg_error *e);
+
 /* One key of a SCAN batch that is an entry of the tenant being walked. */
 struct store_tenant_entry {
 	const char *key;          /* into the SCAN reply */
@@ -176,6 +288,11 @@ void store_acct_check(const redisReply *exec, size_t pos);
  * the connection). */
 struct store_tenant_counts;
 long store_series_append(struct store *s, const struct store_tenant_counts *tc);
+
+/* The bucket of a tenant's counters of a minute (unix time / 60; 0: now):
+ * the bucket of (tenant, "h:<hour>"). The minute and hour series hashes and
+ * the part of the stats counters written with them live there. */
+unsigned store_series_bucket(const char *tenant, long long minute);
 
 /* ---- {prefix}events (events.c) ---- */
 

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
 #include "priv.h"
 
@@ -47,11 +49,23 @@ static size_t nreasons(const char *const *reasons)
 	return n;
 }
 
+unsigned store_series_bucket(const char *tenant, long long minute)
+{
+	if (minute <= 0)
+		minute = (long long)time(NULL) / 60;
+	char hour[32];
+	snprintf(hour, sizeof(hour), "h:%lld", minute / 60);
+	return store_bucket_of(tenant, hour);
+}
+
+/* In the bucket of its hour: a tenant's series moves to another slot every
+ * hour, and one hour's minute and hour hashes share a slot. */
 static char *series_key(const struct store *s, const char *tenant, bool hourly, long long b)
 {
 	char rest[32];
 	snprintf(rest, sizeof(rest), "%c:%lld", hourly ? 'h' : 'm', b);
-	return store_key(s, "ts", tenant, rest);
+	return store_key_in(s, "ts", store_series_bucket(tenant, hourly ? b * 60 : b), tenant,
+			    rest);
 }
 
 /* The values of one row, in field order: fixed, extra, then

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "semgate/core/log.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
 #include "priv.h"
 
@@ -126,11 +127,13 @@ static void acct_keys_finish(struct acct_keys *k)
 	memset(k, 0, sizeof(*k));
 }
 
-static bool acct_keys_make(const struct store *s, const char *tenant, struct acct_keys *k)
+/* Bucket b's part of the accounting: it tracks the entries of bucket b. */
+static bool acct_keys_make(const struct store *s, const char *tenant, unsigned b,
+			   struct acct_keys *k)
 {
-	k->live = store_tenant_key(s, "live", tenant);
-	k->size = store_tenant_key(s, "size", tenant);
-	k->eprefix = store_key(s, "e", tenant, "");
+	k->live = store_tenant_key_in(s, "live", b, tenant);
+	k->size = store_tenant_key_in(s, "size", b, tenant);
+	k->eprefix = store_key_in(s, "e", b, tenant, "");
 	if (k->live && k->size && k->eprefix)
 		return true;
 	acct_keys_finish(k);
@@ -140,7 +143,7 @@ static bool acct_keys_make(const struct store *s, const char *tenant, struct acc
 bool store_acct_append_sync(struct store *s, const char *tenant, const char *id)
 {
 	struct acct_keys k;
-	if (!acct_keys_make(s, tenant, &k))
+	if (!acct_keys_make(s, tenant, store_bucket_of(tenant, id), &k))
 		return false;
 	const char *argv[] = { "EVAL", lua_sync, "2", k.live, k.size, k.eprefix,
 			       ACCT_PURGE_ON_WRITE, id };
@@ -175,25 +178,62 @@ static enum sg_err sync_ids(struct store *s, const struct acct_keys *k,
 	return rc;
 }
 
-/* Sync every entry of one SCAN batch. */
+/* The accounting keys of every bucket of one tenant. */
+struct acct_all {
+	struct acct_keys k[STORE_BUCKETS];
+	char *stats[STORE_BUCKETS];
+};
+
+static void acct_all_finish(struct acct_all *a)
+{
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		acct_keys_finish(&a->k[b]);
+		free(a->stats[b]);
+		a->stats[b] = NULL;
+	}
+}
+
+static bool acct_all_make(const struct store *s, const char *tenant, struct acct_all *a)
+{
+	memset(a, 0, sizeof(*a));
+	for (unsigned b = 0; b < STORE_BUCKETS; b++)
+		if (!acct_keys_make(s, tenant, b, &a->k[b]) ||
+		    !(a->stats[b] = store_tenant_key_in(s, "stats", b, tenant))) {
+			acct_all_finish(a);
+			return false;
+		}
+	return true;
+}
+
+/* Sync every entry of one SCAN batch, one EVAL per bucket met (each EVAL
+ * touches one bucket's keys only). */
 static enum sg_err build_batch(struct store *s, const char *tenant,
 			       const struct store_tenant_entry *en, size_t n, void *ud,
 			       struct sg_error *e)
 {
-	(void)tenant;
+	struct acct_all *a = ud;
 	const char **ids = calloc(n + 1, sizeof(*ids));
-	if (!ids)
-		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	for (size_t i = 0; i < n; i++)
-		ids[i] = en[i].id;
-	enum sg_err rc = sync_ids(s, ud, ids, n, e);
+	unsigned char *bk = calloc(n + 1, 1);
+	enum sg_err rc = SG_OK;
+	if (!ids || !bk)
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; rc == SG_OK && i < n; i++)
+		bk[i] = (unsigned char)store_bucket_of(tenant, en[i].id);
+	for (unsigned b = 0; rc == SG_OK && b < STORE_BUCKETS; b++) {
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (bk[i] == b)
+				ids[m++] = en[i].id;
+		rc = sync_ids(s, &a->k[b], ids, m, e);
+	}
 	free(ids);
+	free(bk);
 	return rc;
 }
 
-/* Sync every id the live set tracks (ZSCAN), so ids whose entry went
- * without a delete (evicted, deleted behind the gateway's back) are
- * untracked now rather than when their expiry passes. */
+/* Sync every id the live set of one bucket tracks (ZSCAN), so ids whose
+ * entry went without a delete (evicted, deleted behind the gateway's back)
+ * are untracked now rather than when their expiry passes. */
 static enum sg_err build_tracked(struct store *s, const struct acct_keys *k,
 				 struct sg_error *e)
 {
@@ -221,24 +261,26 @@ static enum sg_err build_tracked(struct store *s, const struct acct_keys *k,
 	return rc;
 }
 
-/* Track every entry the tenant has (SCAN: O(keyspace), once) and untrack
- * every tracked id that has no entry, then set the marker. Idempotent, and
- * safe beside stores, deletes and other builds: each sync is atomic and
- * moves the totals only by what differs. */
-static enum sg_err build(struct store *s, const char *tenant, const struct acct_keys *k,
-			 const char *skey, struct sg_error *e)
+/* Track every entry the tenant has (SCAN on every node: O(keyspace), once)
+ * and untrack every tracked id that has no entry, then set the marker in
+ * every bucket's stats hash. Idempotent, and safe beside stores, deletes
+ * and other builds: each sync is atomic and moves the totals only by what
+ * differs. */
+static enum sg_err build(struct store *s, const char *tenant, struct acct_all *a,
+			 struct sg_error *e)
 {
-	enum sg_err rc = store_scan_tenant(s, tenant, build_batch, (void *)k, e);
-	if (rc == SG_OK)
-		rc = build_tracked(s, k, e);
+	enum sg_err rc = store_scan_tenant(s, tenant, build_batch, a, e);
+	for (unsigned b = 0; rc == SG_OK && b < STORE_BUCKETS; b++)
+		rc = build_tracked(s, &a->k[b], e);
 	if (rc != SG_OK)
 		return rc;
-	const char *argv[] = { "HSET", skey, ACCT_MARKER, "1" };
-	redisReply *r = store_run(s, 4, argv, NULL, e);
-	if (!r)
-		return SG_ERR_REDIS;
-	rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
-	freeReplyObject(r);
+	if ((rc = store_conn(s, e)) != SG_OK)
+		return rc;
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		const char *argv[] = { "HSET", a->stats[b], ACCT_MARKER, "1" };
+		redisAppendCommandArgv(s->c, 4, argv, NULL);
+	}
+	rc = store_read_n(s, STORE_BUCKETS, e);
 	if (rc == SG_OK)
 		sg_log(SG_LOG_INFO, "stats: built the entry accounting of tenant %s", tenant);
 	return rc;
@@ -261,38 +303,52 @@ static void stats_field(struct store_stats *st, const char *name, long long v)
 	};
 	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
 		if (strcmp(name, fields[i].name) == 0)
-			*(long long *)((char *)st + fields[i].off) = v;
+			*(long long *)((char *)st + fields[i].off) += v;
 }
 
-/* One EVAL of lua_read. *built false (SG_OK) when the accounting must be
- * built first. */
-static enum sg_err read_once(struct store *s, const struct acct_keys *k, const char *skey,
+/* One EVAL of lua_read per bucket, pipelined (each touches one bucket),
+ * summed into out. *built false (SG_OK) when some bucket's accounting must
+ * be built first. */
+static enum sg_err read_once(struct store *s, const struct acct_all *a,
 			     struct store_stats *out, bool *built, struct sg_error *e)
 {
-	*built = false;
-	const char *argv[] = { "EVAL", lua_read, "3", k->live, k->size, skey, k->eprefix,
-			       ACCT_PURGE_ON_READ, ACCT_MARKER };
-	redisReply *r = store_run(s, 9, argv, NULL, e);
-	if (!r)
-		return SG_ERR_REDIS;
-	enum sg_err rc = SG_OK;
-	if (r->type == REDIS_REPLY_ERROR) {
-		rc = store_reply_error(r, e);
-	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 5 &&
-		   r->element[0]->type == REDIS_REPLY_ARRAY) {
-		redisReply *h = r->element[0];
-		for (size_t i = 0; i + 1 < h->elements; i += 2)
-			if (h->element[i]->type == REDIS_REPLY_STRING)
-				stats_field(out, h->element[i]->str, store_reply_ll(h->element[i + 1]));
-		out->entries = store_reply_ll(r->element[1]);
-		out->indexed = store_reply_ll(r->element[2]);
-		out->bytes = store_reply_ll(r->element[3]);
-		out->vector_bytes = store_reply_ll(r->element[4]);
-		*built = true;
-	} else if (r->type != REDIS_REPLY_INTEGER) {
-		rc = sg_error_set(e, SG_ERR_REDIS, "unexpected stats reply");
+	*built = true;
+	memset(out, 0, sizeof(*out));
+	enum sg_err rc = store_conn(s, e);
+	if (rc != SG_OK)
+		return rc;
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		const char *argv[] = { "EVAL", lua_read, "3", a->k[b].live, a->k[b].size,
+				       a->stats[b], a->k[b].eprefix, ACCT_PURGE_ON_READ,
+				       ACCT_MARKER };
+		redisAppendCommandArgv(s->c, 9, argv, NULL);
 	}
-	freeReplyObject(r);
+	for (unsigned b = 0; b < STORE_BUCKETS; b++) {
+		redisReply *r = store_read_reply(s, e);
+		if (!r)
+			return SG_ERR_REDIS;
+		if (rc != SG_OK) {
+			/* read the rest, so the connection stays in step */
+		} else if (r->type == REDIS_REPLY_ERROR) {
+			rc = store_reply_error(r, e);
+		} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 5 &&
+			   r->element[0]->type == REDIS_REPLY_ARRAY) {
+			redisReply *h = r->element[0];
+			for (size_t i = 0; i + 1 < h->elements; i += 2)
+				if (h->element[i]->type == REDIS_REPLY_STRING)
+					stats_field(out, h->element[i]->str,
+						    store_reply_ll(h->element[i + 1]));
+			out->entries += store_reply_ll(r->element[1]);
+			out->indexed += store_reply_ll(r->element[2]);
+			out->bytes += store_reply_ll(r->element[3]);
+			out->vector_bytes += store_reply_ll(r->element[4]);
+		} else if (r->type == REDIS_REPLY_INTEGER) {
+			*built = false;
+		} else {
+			rc = sg_error_set(e, SG_ERR_REDIS, "unexpected stats reply");
+		}
+		freeReplyObject(r);
+	}
 	return rc;
 }
 
@@ -300,10 +356,9 @@ enum sg_err store_stats_read(struct store *s, const char *tenant,
 			     struct store_stats *out, struct sg_error *e)
 {
 	memset(out, 0, sizeof(*out));
-	struct acct_keys k;
-	char *skey = store_tenant_key(s, "stats", tenant);
-	if (!skey || !acct_keys_make(s, tenant, &k)) {
-		free(skey);
+	struct acct_all *a = malloc(sizeof(*a));
+	if (!a || !acct_all_make(s, tenant, a)) {
+		free(a);
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	}
 	enum sg_err rc = SG_OK;
@@ -311,14 +366,16 @@ enum sg_err store_stats_read(struct store *s, const char *tenant,
 	/* a second round only after a build; a build undone at once again
 	 * (the marker dropped by something else) is an error, not a loop */
 	for (int round = 0; round < 2 && rc == SG_OK && !built; round++) {
-		rc = read_once(s, &k, skey, out, &built, e);
+		rc = read_once(s, a, out, &built, e);
 		if (rc == SG_OK && !built && round == 0)
-			rc = build(s, tenant, &k, skey, e);
+			rc = build(s, tenant, a, e);
 	}
 	if (rc == SG_OK && !built)
 		rc = sg_error_set(e, SG_ERR_REDIS, "the entry accounting of the tenant was reset "
 				  "while it was being built; try again");
-	acct_keys_finish(&k);
-	free(skey);
+	if (rc != SG_OK)
+		memset(out, 0, sizeof(*out));
+	acct_all_finish(a);
+	free(a);
 	return rc;
 }

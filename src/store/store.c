@@ -13,6 +13,7 @@
 #include "semgate/core/clock.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
+#include "semgate/store/layout.h"
 #include "semgate/store/store.h"
 #include "priv.h"
 
@@ -21,6 +22,11 @@ static atomic_ullong g_reconnects;
 unsigned long long store_reconnects(void)
 {
 	return atomic_load(&g_reconnects);
+}
+
+void store_count_reconnect(void)
+{
+	atomic_fetch_add(&g_reconnects, 1);
 }
 
 void store_strlist_finish(struct store_strlist *l)
@@ -37,8 +43,10 @@ void store_strlist_finish(struct store_strlist *l)
 struct store *store_create(const struct sg_config *cfg)
 {
 	struct store *s = calloc(1, sizeof(*s));
-	if (s)
+	if (s) {
 		s->cfg = cfg;
+		s->cluster = cfg->redis_cluster && cfg->redis_cluster[0];
+	}
 	return s;
 }
 
@@ -46,15 +54,51 @@ void store_destroy(struct store *s)
 {
 	if (!s)
 		return;
+	if (s->cluster)
+		store_cluster_close(s);
 	if (s->c)
 		redisFree(s->c);
+	free(s->q);
 	free(s);
 }
 
-/* ---- key layout: the only place key names are made ---- */
+/* ---- key layout: the only place key names are made ----
+ * "{prefix}{kind}:{<bucket tag>}:{tenant}[:{rest}]" (semgate/store/layout.h,
+ * docs/CACHE-API.md): the braces make the bucket tag the key's hash tag. */
+
+char *store_key_in(const struct store *s, const char *kind, unsigned bucket,
+		   const char *tenant, const char *rest)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:{%s}:%s:%s", s->cfg->redis_prefix, kind,
+		     store_bucket_tag(bucket), tenant, rest) < 0)
+		return NULL;
+	return k;
+}
 
 char *store_key(const struct store *s, const char *kind, const char *tenant,
-		     const char *rest)
+		const char *rest)
+{
+	return store_key_in(s, kind, store_bucket_of(tenant, rest), tenant, rest);
+}
+
+char *store_tenant_key_in(const struct store *s, const char *kind, unsigned bucket,
+			  const char *tenant)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:{%s}:%s", s->cfg->redis_prefix, kind,
+		     store_bucket_tag(bucket), tenant) < 0)
+		return NULL;
+	return k;
+}
+
+char *store_tenant_key(const struct store *s, const char *kind, const char *tenant)
+{
+	return store_tenant_key_in(s, kind, store_bucket_of(tenant, kind), tenant);
+}
+
+char *store_legacy_key(const struct store *s, const char *kind, const char *tenant,
+		       const char *rest)
 {
 	char *k = NULL;
 	if (asprintf(&k, "%s%s:%s:%s", s->cfg->redis_prefix, kind, tenant, rest) < 0)
@@ -62,10 +106,33 @@ char *store_key(const struct store *s, const char *kind, const char *tenant,
 	return k;
 }
 
-char *store_tenant_key(const struct store *s, const char *kind, const char *tenant)
+char *store_key_pattern(const struct store *s, const char *kind, const char *tenant)
 {
 	char *k = NULL;
-	if (asprintf(&k, "%s%s:%s", s->cfg->redis_prefix, kind, tenant) < 0)
+	if (!tenant) {
+		if (asprintf(&k, "%s%s:{*}:*", s->cfg->redis_prefix, kind) < 0)
+			return NULL;
+		return k;
+	}
+	char *esc = malloc(2 * strlen(tenant) + 1), *o = esc;
+	if (!esc)
+		return NULL;
+	for (const char *in = tenant; *in; in++) {
+		if (strchr("*?[]\\", *in))
+			*o++ = '\\';
+		*o++ = *in;
+	}
+	*o = '\0';
+	if (asprintf(&k, "%s%s:{*}:%s:*", s->cfg->redis_prefix, kind, esc) < 0)
+		k = NULL;
+	free(esc);
+	return k;
+}
+
+char *store_key_pattern_all(const struct store *s, const char *kind)
+{
+	char *k = NULL;
+	if (asprintf(&k, "%s%s:{*}:*", s->cfg->redis_prefix, kind) < 0)
 		return NULL;
 	return k;
 }
@@ -83,6 +150,11 @@ long long store_reply_ll(const redisReply *r)
 
 void store_drop(struct store *s)
 {
+	if (s->cluster) {
+		/* what is staged or unread belongs to the failed call */
+		store_cluster_discard(s);
+		return;
+	}
 	if (s->c) {
 		redisFree(s->c);
 		s->c = NULL;
@@ -125,6 +197,8 @@ redisContext *store_connect_node(const struct sg_config *cfg, const char *host, 
 
 enum sg_err store_conn(struct store *s, struct sg_error *e)
 {
+	if (s->cluster)
+		return store_cluster_conn(s, e);
 	unsigned long gen = store_master_gen();
 	if (s->c && !s->c->err && s->gen == gen)
 		return SG_OK;
@@ -170,10 +244,31 @@ enum sg_err store_conn(struct store *s, struct sg_error *e)
 	return SG_OK;
 }
 
+int store_scan_nodes(struct store *s, struct store_cl_addr *out, int cap, struct sg_error *e)
+{
+	if (!s->cluster) {
+		memset(out, 0, sizeof(*out));
+		return 1;
+	}
+	return store_cluster_masters(s, out, cap, e);
+}
+
+void store_pin(struct store *s, const struct store_cl_addr *a)
+{
+	if (!s->cluster)
+		return;
+	if (a)
+		s->pin = *a;
+	else
+		memset(&s->pin, 0, sizeof(s->pin));
+}
+
 /* Read one pipelined reply. NULL means the connection is gone (dropped
  * here, e set); an error reply is returned for the caller to judge. */
 redisReply *store_read_reply(struct store *s, struct sg_error *e)
 {
+	if (s->cluster)
+		return store_cluster_next(s, e);
 	void *r = NULL;
 	if (redisGetReply(s->c, &r) != REDIS_OK || !r) {
 		sg_error_set(e, SG_ERR_REDIS, "redis connection lost: %s",
@@ -265,6 +360,20 @@ enum sg_err store_run_status(struct store *s, int argc, const char **argv, struc
 	return rc;
 }
 
+enum sg_err store_read_n(struct store *s, size_t n, struct sg_error *e)
+{
+	enum sg_err rc = SG_OK;
+	for (size_t i = 0; i < n; i++) {
+		redisReply *r = store_read_reply(s, e);
+		if (!r)
+			return SG_ERR_REDIS;
+		if (r->type == REDIS_REPLY_ERROR && rc == SG_OK)
+			rc = store_reply_error(r, e);
+		freeReplyObject(r);
+	}
+	return rc;
+}
+
 enum sg_err store_reply_error(redisReply *r, struct sg_error *e)
 {
 	if (store_reply_readonly(r))
@@ -290,7 +399,9 @@ static void set_read_timeout(struct store *s, long long ms)
 int store_append_wait(struct store *s)
 {
 	const struct sg_config *cfg = s->cfg;
-	if (cfg->redis_wait_replicas <= 0)
+	/* not on a cluster: WAIT answers for the node it is sent to, and the
+	 * gateway refuses the combination at start (main.c) */
+	if (cfg->redis_wait_replicas <= 0 || s->cluster)
 		return 0;
 	if (redisAppendCommand(s->c, "WAIT %lld %lld", cfg->redis_wait_replicas,
 			       cfg->redis_wait_timeout_ms) != REDIS_OK)
@@ -363,6 +474,92 @@ nomem:
 	return sg_error_set(e, SG_ERR_NOMEM, "out of memory copying a redis list");
 }
 
+/* ---- conversations of the layout before slot buckets ---- */
+
+/* KEYS[1] the conversation; ARGV[1] 'get' (adopt only into an absent list)
+ * or 'append' (put before what the append just wrote), ARGV[2] most
+ * messages kept (0: all), ARGV[3] the old list's PTTL, ARGV[4..] its
+ * messages, oldest first. Returns the list's length. */
+static const char lua_adopt[] =
+	"local n = redis.call('LLEN', KEYS[1]) "
+	"if ARGV[1] == 'get' and n > 0 then return n end "
+	"for i = #ARGV, 4, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end "
+	"local max = tonumber(ARGV[2]) "
+	"if max > 0 then redis.call('LTRIM', KEYS[1], -max, -1) end "
+	"if n == 0 and tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end "
+	"return redis.call('LLEN', KEYS[1])";
+
+/* Move the conversation's list of the old layout, if there is one, into
+ * key: before what it holds (mode "append") or into it while it is absent
+ * (mode "get"). *moved tells whether anything was. The old key is deleted
+ * afterwards (another slot: not in the same transaction; the adoption is
+ * idempotent for "get"). */
+static enum sg_err history_adopt(struct store *s, const char *tenant, const char *conv,
+				 const char *key, const char *mode, long long max, bool *moved,
+				 struct sg_error *e)
+{
+	*moved = false;
+	char *old = store_legacy_key(s, "chat", tenant, conv);
+	if (!old)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	const char *argv[] = { "LRANGE", old, "0", "-1" };
+	redisReply *l = NULL, *t = NULL;
+	enum sg_err rc = SG_OK;
+	if (!store_run_with_ttl(s, 4, argv, "PTTL", old, &l, &t, e)) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	if (l->type != REDIS_REPLY_ARRAY || l->elements == 0 || t->type != REDIS_REPLY_INTEGER)
+		goto out;
+	const char **av = calloc(l->elements + 7, sizeof(*av));
+	size_t *al = calloc(l->elements + 7, sizeof(*al));
+	char smax[24], sttl[24];
+	snprintf(smax, sizeof(smax), "%lld", max > 0 ? max : 0);
+	snprintf(sttl, sizeof(sttl), "%lld", t->integer > 0 ? t->integer : 0);
+	if (!av || !al) {
+		free(av);
+		free(al);
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	const char *head[] = { "EVAL", lua_adopt, "1", key, mode, smax, sttl };
+	int argc = 0;
+	for (; argc < 7; argc++) {
+		av[argc] = head[argc];
+		al[argc] = strlen(head[argc]);
+	}
+	for (size_t i = 0; i < l->elements; i++)
+		if (l->element[i]->type == REDIS_REPLY_STRING) {
+			av[argc] = l->element[i]->str;
+			al[argc++] = l->element[i]->len;
+		}
+	redisReply *r = store_run(s, argc, av, al, e);
+	free(av);
+	free(al);
+	if (!r) {
+		rc = SG_ERR_REDIS;
+		goto out;
+	}
+	rc = r->type == REDIS_REPLY_ERROR ? store_reply_error(r, e) : SG_OK;
+	freeReplyObject(r);
+	if (rc == SG_OK) {
+		const char *dargv[] = { "DEL", old };
+		redisReply *d = store_run(s, 2, dargv, NULL, e);
+		if (d)
+			freeReplyObject(d);
+		*moved = true;
+		sg_log(SG_LOG_INFO, "conversation %.64s of tenant %.64s moved to the slot-bucket "
+		       "layout", conv, tenant);
+	}
+out:
+	if (l)
+		freeReplyObject(l);
+	if (t)
+		freeReplyObject(t);
+	free(old);
+	return rc;
+}
+
 enum sg_err store_history_get(struct store *s, const char *tenant, const char *conv,
 			      struct store_strlist *out, long long *ttl,
 			      struct sg_error *e)
@@ -388,6 +585,14 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 		freeReplyObject(r1);
 	if (r2)
 		freeReplyObject(r2);
+	bool moved = false;
+	/* no such list: maybe one of the old layout, moved here on first read */
+	if (rc == SG_OK && *ttl == -2 &&
+	    (rc = history_adopt(s, tenant, conv, key, "get", 0, &moved, e)) == SG_OK && moved) {
+		store_strlist_finish(out);
+		free(key);
+		return store_history_get(s, tenant, conv, out, ttl, e);
+	}
 	free(key);
 	return rc;
 }
@@ -428,6 +633,17 @@ lost:
 	if (bad)
 		freeReplyObject(bad);
 	return NULL;
+}
+
+/* LLEN key, or fallback when it cannot be read. */
+static long long store_history_len(struct store *s, const char *key, long long fallback)
+{
+	const char *argv[] = { "LLEN", key };
+	redisReply *r = store_run(s, 2, argv, NULL, NULL);
+	long long n = r && r->type == REDIS_REPLY_INTEGER ? r->integer : fallback;
+	if (r)
+		freeReplyObject(r);
+	return n;
 }
 
 enum sg_err store_history_append(struct store *s, const char *tenant, const char *conv,
@@ -504,6 +720,13 @@ enum sg_err store_history_append(struct store *s, const char *tenant, const char
 		rc = sg_error_set(e, SG_ERR_REPLICAS, "the write reached the redis master, but "
 				  "there was no memory to wait for its replicas");
 	}
+	bool moved = false;
+	/* this append began the list: the conversation may have one of the old
+	 * layout, which goes before it */
+	struct sg_error ae = { 0 }; /* the turn is stored whatever this does */
+	if (rc == SG_OK && *new_len == (long long)n &&
+	    history_adopt(s, tenant, conv, key, "append", max, &moved, &ae) == SG_OK && moved)
+		*new_len = store_history_len(s, key, *new_len);
 out:
 	free(key);
 	free(argv);

@@ -343,43 +343,47 @@ out:
 	return rc;
 }
 
+struct summary_scan {
+	store_pending_fn fn;
+	void *ud;
+	size_t *found;
+};
+
+/* One SCAN batch of summary hashes: each that still waits goes to fn. */
+static enum sg_err summary_keys(struct store *s, redisReply *batch, void *ud,
+				struct sg_error *e)
+{
+	struct summary_scan *sc = ud;
+	for (size_t i = 0; i < batch->elements; i++) {
+		const redisReply *k = batch->element[i];
+		if (k->type != REDIS_REPLY_STRING)
+			continue;
+		const char *hargv[] = { "HMGET", k->str, "tenant", "conv", "waiting" };
+		size_t hlen[] = { 5, k->len, 6, 4, 7 };
+		redisReply *h = store_run(s, 5, hargv, hlen, e);
+		if (!h)
+			return SG_ERR_REDIS;
+		if (h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
+		    h->element[0]->type == REDIS_REPLY_STRING &&
+		    h->element[1]->type == REDIS_REPLY_STRING && store_reply_ll(h->element[2]) > 0) {
+			sc->fn(sc->ud, h->element[0]->str, h->element[1]->str);
+			(*sc->found)++;
+		}
+		freeReplyObject(h);
+	}
+	return SG_OK;
+}
+
 enum sg_err store_summary_scan(struct store *s, store_pending_fn fn, void *ud, size_t *found,
 			       struct sg_error *e)
 {
 	*found = 0;
-	char *pattern = store_key(s, "chatsum", "*", "*");
-	char cursor[32] = "0";
-	enum sg_err rc = SG_OK;
+	/* every tenant's, in every bucket, on every node */
+	char *pattern = store_key_pattern_all(s, "chatsum");
 	if (!pattern)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	do {
-		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "500" };
-		redisReply *r = NULL;
-		if ((rc = store_scan_step(s, 6, argv, cursor, &r, e)) != SG_OK)
-			break;
-		const redisReply *batch = r->element[1];
-		for (size_t i = 0; rc == SG_OK && i < batch->elements; i++) {
-			const redisReply *k = batch->element[i];
-			if (k->type != REDIS_REPLY_STRING)
-				continue;
-			const char *hargv[] = { "HMGET", k->str, "tenant", "conv", "waiting" };
-			size_t hlen[] = { 5, k->len, 6, 4, 7 };
-			redisReply *h = store_run(s, 5, hargv, hlen, e);
-			if (!h) {
-				rc = SG_ERR_REDIS;
-				break;
-			}
-			if (h->type == REDIS_REPLY_ARRAY && h->elements == 3 &&
-			    h->element[0]->type == REDIS_REPLY_STRING &&
-			    h->element[1]->type == REDIS_REPLY_STRING &&
-			    store_reply_ll(h->element[2]) > 0) {
-				fn(ud, h->element[0]->str, h->element[1]->str);
-				(*found)++;
-			}
-			freeReplyObject(h);
-		}
-		freeReplyObject(r);
-	} while (rc == SG_OK && strcmp(cursor, "0") != 0);
+	struct summary_scan sc = { .fn = fn, .ud = ud, .found = found };
+	enum sg_err rc = store_scan_every_node(s, pattern, summary_keys, &sc, e);
 	free(pattern);
 	return rc;
 }

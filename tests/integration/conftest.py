@@ -11,6 +11,7 @@ import time
 
 import pytest
 import redis as redis_lib
+import redis.cluster
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,7 +70,7 @@ class RedisServer:
                                socket_timeout=5, decode_responses=False)
 
     def gateway_env(self):
-        return {"SEMGATE_REDIS_PORT": self.port}
+        return {"SEMGATE_REDIS_PORT": str(self.port)}
 
     def set_password(self, pw):
         c = self.client()
@@ -81,22 +82,219 @@ class RedisServer:
     def shutdown(self):
         self.stop()
 
+    def flush(self):
+        self.client().flushall()
 
-# What the suite runs on: SEMGATE_TEST_REDIS=single (the default) or sentinel.
-REDIS_MODE = os.environ.get("SEMGATE_TEST_REDIS") or "single"
+    def any_node(self):
+        """A plain client of one node (for PUBLISH and server commands)."""
+        return self.client()
+
+    def config_set(self, name, value, password=None):
+        c = self.client()
+        if password:
+            c.execute_command("AUTH", password)
+        c.config_set(name, value)
+
+
+class ClusterClient(redis.cluster.RedisCluster):
+    """redis-py's cluster client, with KEYS over every master (redis-py sends
+    it to one node only)."""
+
+    def keys(self, pattern="*", **kwargs):
+        kwargs.setdefault("target_nodes", self.PRIMARIES)
+        return super().keys(pattern, **kwargs)
+
+    def flushdb(self, *args, **kwargs):
+        kwargs.setdefault("target_nodes", self.PRIMARIES)
+        return super().flushdb(*args, **kwargs)
+
+    def config_resetstat(self, **kwargs):
+        kwargs.setdefault("target_nodes", self.PRIMARIES)
+        return super().config_resetstat(**kwargs)
+
+    def info(self, section=None, *args, **kwargs):
+        """INFO commandstats summed over the masters (other sections: one node)."""
+        if section != "commandstats":
+            return super().info(section, *args, **kwargs)
+        out = {}
+        for node in self.get_primaries():
+            for k, v in super().info(section, target_nodes=node).items():
+                acc = out.setdefault(k, {"calls": 0})
+                acc["calls"] += v.get("calls", 0)
+        return out
+
+
+def on_masters(r, *cmd):
+    """Run a server command (CLIENT PAUSE, ...) on every master: the one
+    Redis, or each master of a cluster."""
+    if isinstance(r, redis.cluster.RedisCluster):
+        return r.execute_command(*cmd, target_nodes=r.PRIMARIES)
+    return r.execute_command(*cmd)
+
+
+def free_cluster_port(taken=()):
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(1000):
+        p = free_port()
+        if p >= 55535 or p in taken or p + 10000 in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no free port pair below 55535")
+
+
+class RedisCluster:
+    """A real local Redis Cluster: `masters` masters with `replicas` replicas
+    each (redis-server --cluster-enabled yes + redis-cli --cluster create),
+    on free loopback ports, in a temp dir. stop() and start() take every node
+    down and up again (their nodes.conf survives: the same cluster, empty)."""
+    # what the replicas send their masters on their own
+    background_commands = frozenset({"cmdstat_replconf", "cmdstat_ping"})
+
+    def __init__(self, tmpdir, masters=3, replicas=1):
+        self.ports = []
+        for _ in range(masters * (1 + replicas)):
+            self.ports.append(free_cluster_port(self.ports))
+        self.port = self.ports[0]
+        self.dir = os.path.join(tmpdir, f"cluster-{self.port}")
+        self.masters, self.replicas = masters, replicas
+        self.procs = {}
+        self.created = False
+
+    def start_node(self, port):
+        d = os.path.join(self.dir, str(port))
+        os.makedirs(d, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", d,
+             "--logfile", os.path.join(d, "redis.log"),
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.node(port).ping(), what=f"redis node {port} to start")
+
+    def start(self):
+        for p in self.ports:
+            if p not in self.procs or self.procs[p].poll() is not None:
+                self.start_node(p)
+        if not self.created:
+            r = subprocess.run(["redis-cli", "--cluster", "create",
+                                *[f"127.0.0.1:{p}" for p in self.ports],
+                                "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stdout + r.stderr
+            self.created = True
+        self.wait_ok()
+
+    def wait_ok(self, timeout=60):
+        def ok():
+            live = [p for p in self.ports if self.procs.get(p) and self.procs[p].poll() is None]
+            for p in live:
+                info = self.node(p).execute_command("CLUSTER", "INFO").decode()
+                if "cluster_state:ok" not in info:
+                    return False
+                slots = self.node(p).execute_command("CLUSTER", "SLOTS")
+                if sum(int(s[1]) - int(s[0]) + 1 for s in slots) != 16384:
+                    return False
+                # a replica that never synced could not take over
+                repl = self.node(p).info("replication")
+                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
+                    return False
+            return len(self.master_ports()) == self.masters
+        wait_until(ok, timeout=timeout, interval=0.1, what="cluster_state:ok")
+
+    def node(self, port):
+        return redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def master_ports(self):
+        out = []
+        for p in self.ports:
+            if self.procs.get(p) is None or self.procs[p].poll() is not None:
+                continue
+            try:
+                if self.node(p).execute_command("ROLE")[0] == b"master":
+                    out.append(p)
+            except redis_lib.RedisError:
+                pass
+        return out
+
+    def kill(self, port):
+        """Kill one node (SIGKILL, by pid), as a crash would."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop(self):
+        for p in list(self.procs):
+            self.kill(p)
+        self.procs = {}
+
+    @property
+    def proc(self):
+        """Like RedisServer.proc: None once stopped."""
+        return next(iter(self.procs.values()), None)
+
+    def client(self):
+        return ClusterClient(host="127.0.0.1", port=self.master_ports()[0],
+                             socket_timeout=5, decode_responses=False)
+
+    def flush(self):
+        for p in self.master_ports():
+            self.node(p).flushall()
+
+    def any_node(self):
+        """A plain client of one node (for PUBLISH and server commands)."""
+        return self.node(self.master_ports()[0])
+
+    def config_set(self, name, value, password=None):
+        """CONFIG SET on every node (masters and replicas)."""
+        for p in self.ports:
+            if self.procs.get(p) is not None and self.procs[p].poll() is None:
+                redis_lib.Redis(host="127.0.0.1", port=p, socket_timeout=5,
+                                password=password).config_set(name, value)
+
+    def seeds(self):
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def shutdown(self):
+        self.stop()
+
+    def set_password(self, pw):
+        self.config_set("requirepass", pw, password=getattr(self, "password", "") or None)
+        self.password = pw
+
+    def gateway_env(self):
+        return {"SEMGATE_REDIS_CLUSTER": self.seeds()}
+
+
+def redis_mode():
+    """SEMGATE_TEST_REDIS: single (the default), sentinel or cluster: the one
+    switch between the Redis deployments the suite runs against."""
+    mode = os.environ.get("SEMGATE_TEST_REDIS") or "single"
+    assert mode in ("single", "sentinel", "cluster"), \
+        f"SEMGATE_TEST_REDIS={mode!r}: expected single, sentinel or cluster"
+    return mode
+
+
+REDIS_MODE = redis_mode()
 
 
 def make_redis(tmpdir, mode=REDIS_MODE):
     """The Redis deployment of this mode, started. Each offers start, stop
-    (Redis down), client (the current master), port (the master's),
-    gateway_env (what points a gateway at it), set_password and shutdown."""
+    (Redis down), client (the current master, or a cluster client), port,
+    gateway_env (what points a gateway at it), flush, any_node, config_set,
+    set_password and shutdown."""
     if mode == "single":
         srv = RedisServer(tmpdir)
     elif mode == "sentinel":
         from redis_sentinel import SentinelRedis
         srv = SentinelRedis(tmpdir)
     else:
-        raise AssertionError(f"SEMGATE_TEST_REDIS={mode!r}: expected single or sentinel")
+        srv = RedisCluster(tmpdir)
     srv.start()
     return srv
 
@@ -270,11 +468,12 @@ def openai_node():
 
 @pytest.fixture
 def redis_db(redis_server):
-    """A running Redis, emptied before the test."""
+    """A running Redis (every master of a cluster), emptied before the test;
+    a client of the deployment (redis.cluster.RedisCluster on a cluster)."""
     if redis_server.proc is None:
         redis_server.start()
+    redis_server.flush()
     c = redis_server.client()
-    c.flushall()
     yield c
     if redis_server.proc is None:  # a test stopped it: bring it back for the next one
         redis_server.start()
@@ -292,8 +491,9 @@ def make_gateway(tmpdir_session, redis_server, mock_upstream):
 
     def make(env=None, args=(), wait_index=True, **kw):
         own = {**(env or {}), **kw}
-        # a test that names its own Redis server talks to that one directly
-        where = {} if "SEMGATE_REDIS_PORT" in own else redis_server.gateway_env()
+        # a test that names its own Redis deployment talks to that one only
+        own_redis = {"SEMGATE_REDIS_PORT", "SEMGATE_REDIS_SENTINELS", "SEMGATE_REDIS_CLUSTER"}
+        where = {} if own_redis & set(own) else redis_server.gateway_env()
         full = {**where,
                 "SEMGATE_UPSTREAM_URL": mock_upstream.base,
                 "SEMGATE_EMBED_URL": mock_upstream.base,

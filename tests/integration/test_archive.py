@@ -6,6 +6,7 @@ reads back (?all=1, the warm start) and deletes propagate; bad input and
 other tenants change and see nothing."""
 import concurrent.futures
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,10 +14,46 @@ import time
 import pytest
 import requests
 
-from conftest import SEMGATE_BIN, SLOW, user, wait_until
+from conftest import REDIS_MODE, SEMGATE_BIN, SLOW, user, wait_until
+import keys as K
 from pgserver import PostgresServer
 
-STREAM = b"sg:arch"
+# one stream on one server (and through Sentinel), one per slot bucket on a
+# cluster (src/store/archive.c)
+STREAMS = ([f"sg:arch:{{{t}}}".encode() for t in K.TAGS] if REDIS_MODE == "cluster"
+           else [b"sg:arch"])
+
+
+def stream_len(r):
+    return sum(r.xlen(s) for s in STREAMS)
+
+
+def stream_exists(r):
+    return any(r.exists(s) for s in STREAMS)
+
+
+def grouped(r):
+    """The streams that have the archive's consumer group."""
+    out = []
+    for s in STREAMS:
+        try:
+            if any(g["name"] in (GROUP, GROUP.encode()) for g in r.xinfo_groups(s)):
+                out.append(s)
+        except Exception:  # no such stream yet
+            pass
+    return out
+
+
+def pending(r):
+    return sum(r.xpending(s, GROUP)["pending"] for s in grouped(r))
+
+
+def consumers(r):
+    return {c["name"] for s in grouped(r) for c in r.xinfo_consumers(s, GROUP)}
+
+
+def lag_zero(r):
+    return all((g.get("lag") or 0) == 0 for s in grouped(r) for g in r.xinfo_groups(s))
 GROUP = "semgate-archive"
 
 
@@ -76,10 +113,10 @@ def metric(gw, name):
     return None
 
 
-def start_archiver(tmpdir, env, redis_port, name):
+def start_archiver(tmpdir, env, redis_server, name):
     log = open(os.path.join(tmpdir, f"archiver-{name}-{time.monotonic_ns()}.log"), "ab")
     full = {k: v for k, v in os.environ.items() if not k.startswith("SEMGATE_")}
-    full.update({"SEMGATE_REDIS_PORT": str(redis_port), "SEMGATE_LOG_LEVEL": "info"})
+    full.update({**redis_server.gateway_env(), "SEMGATE_LOG_LEVEL": "info"})
     full.update(env)
     p = subprocess.Popen([SEMGATE_BIN, "--archiver"], env=full, stdout=log, stderr=log)
     p.log_path = log.name
@@ -101,7 +138,7 @@ def test_turns_and_entries_arrive_in_the_archive(agw, pg, upstream, redis_db):
     assert r.status_code == 201, r.text
     eid = r.json()["id"]
     # the record sits in the stream: written in the entry's own transaction
-    assert redis_db.xlen(STREAM) >= 5
+    assert stream_len(redis_db) >= 5
     wait_until(lambda: count(pg, db, "SELECT count(*) FROM archive_turns") == 7,
                timeout=30, what="turns to reach the archive")
     rows = q(pg, db, "SELECT conv, idx, message FROM archive_turns WHERE tenant = 'default'"
@@ -114,7 +151,7 @@ def test_turns_and_entries_arrive_in_the_archive(agw, pg, upstream, redis_db):
                == "What is the capital of France?|Paris|geo|f|text", timeout=30,
                what="the sidecar entry in the archive")
     # the chat turns' cache entries (first turn of arr-1) with their vectors
-    dim = int(redis_db.hget(next(iter(redis_db.scan_iter(b"sg:e:default:*"))), "dim") or 0)
+    dim = int(redis_db.hget(next(iter(redis_db.scan_iter(K.pattern("e", "default")))), "dim") or 0)
     wait_until(lambda: count(pg, db, "SELECT count(*) FROM archive_entries WHERE kind = 'chat'"
                                  f" AND octet_length(vector) = {4 * dim}") >= 1,
                timeout=30, what="a chat entry with its vector")
@@ -137,7 +174,7 @@ def test_archive_off_writes_no_stream_record(gateway, redis_db):
     assert turn(gateway, "off-1", "hello there").status_code == 200
     assert append(gateway, "off-1", "more").status_code == 201
     assert requests.delete(gateway.url + "/v1/conversations/off-1", timeout=5).status_code == 204
-    assert not redis_db.exists(STREAM)
+    assert not stream_exists(redis_db)
     assert metric(gateway, "semgate_archive_lag") is None
     r = requests.get(gateway.url + "/v1/conversations/off-1?all=1", timeout=5)
     assert r.status_code == 400 and r.json()["error"]["code"] == "archive_disabled"
@@ -153,7 +190,7 @@ def test_sigkill_of_the_archiver_mid_batch_loses_and_doubles_nothing(
         r = append(g, f"kill-{i % 10}", f"message {i}")
         assert r.status_code == 201, r.text
 
-    arch = start_archiver(tmpdir_session, env, redis_server.port, "a")
+    arch = start_archiver(tmpdir_session, env, redis_server, "a")
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         list(ex.map(write, range(total // 2)))
         wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") > 0,
@@ -168,29 +205,30 @@ def test_sigkill_of_the_archiver_mid_batch_loses_and_doubles_nothing(
                                  "mode = 'AccessExclusiveLock' AND granted") > 0,
                    what="the lock")
         list(ex.map(write, range(total // 2, total // 2 + 20)))
-        wait_until(lambda: redis_db.xpending(STREAM, GROUP)["pending"] > 0, timeout=30,
+        wait_until(lambda: pending(redis_db) > 0, timeout=30,
                    what="the archiver inside a batch")
         arch.kill()  # SIGKILL: the batch it held stays pending, unacknowledged
         arch.wait()
-        held = redis_db.xpending(STREAM, GROUP)["pending"]
+        held = pending(redis_db)
         assert held > 0
         locker.wait(timeout=30)
         list(ex.map(write, range(total // 2 + 20, total)))
     assert count(pg, archive_db, "SELECT count(*) FROM archive_turns") < total
-    arch2 = start_archiver(tmpdir_session, env, redis_server.port, "b")
+    arch2 = start_archiver(tmpdir_session, env, redis_server, "b")
     try:
         wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") == total,
                    timeout=60, what="every turn archived after the restart")
-        wait_until(lambda: redis_db.xpending(STREAM, GROUP)["pending"] == 0, timeout=30,
+        wait_until(lambda: pending(redis_db) == 0, timeout=30,
                    what="the dead archiver's records claimed and acknowledged")
         # the dead consumer, left with nothing pending, is forgotten after ten
         # claim periods (SEMGATE_ARCHIVE_CLAIM_MS=1000 here)
-        wait_until(lambda: len(redis_db.xinfo_consumers(STREAM, GROUP)) == 1, timeout=40,
+        wait_until(lambda: len(consumers(redis_db)) == 1, timeout=40,
                    what="the dead consumer removed")
         # replay everything: the rows are idempotent
-        redis_db.xgroup_setid(STREAM, GROUP, "0")
-        wait_until(lambda: redis_db.xinfo_groups(STREAM)[0]["lag"] == 0 and
-                   redis_db.xpending(STREAM, GROUP)["pending"] == 0, timeout=60,
+        for st in grouped(redis_db):
+            redis_db.xgroup_setid(st, GROUP, "0")
+        wait_until(lambda: lag_zero(redis_db) and
+                   pending(redis_db) == 0, timeout=60,
                    what="the replay to drain")
     finally:
         arch2.send_signal(signal.SIGTERM)
@@ -297,11 +335,11 @@ def test_bad_input_changes_nothing_in_redis_or_postgres(agw, pg, redis_db):
 
     def snapshot():
         keys = sorted(k for k in redis_db.keys(b"*") if b"bad-marker" not in k)
-        return (keys, redis_db.lrange(b"sg:chat:default:bad-1", 0, -1),
+        return (keys, redis_db.lrange(K.chat("default", "bad-1"), 0, -1),
                 q(pg, db, "SELECT count(*), coalesce(string_agg(message, ','), '') FROM "
                           "archive_turns WHERE conv <> 'bad-marker'"),
                 q(pg, db, "SELECT count(*) FROM archive_entries"))
-    xlen = redis_db.xlen(STREAM)
+    xlen = stream_len(redis_db)
     before = snapshot()
     url = agw.url + "/v1/conversations/bad-1/messages"
     bodies = [b"{", b'{"messages":[{"role":"user","content":"x"}]} trailing',
@@ -325,7 +363,7 @@ def test_bad_input_changes_nothing_in_redis_or_postgres(agw, pg, redis_db):
     assert append(agw, "bad-marker", "marker").status_code == 201
     wait_until(lambda: count(pg, db, "SELECT count(*) FROM archive_turns WHERE conv = "
                                      "'bad-marker'") == 1, timeout=30, what="the marker")
-    assert redis_db.xlen(STREAM) == xlen + 1
+    assert stream_len(redis_db) == xlen + 1
     assert snapshot() == before
 
 
@@ -388,7 +426,7 @@ def test_warm_start_from_the_archive_after_redis_lost_everything(
     r = requests.post(g2.url + "/v1/cache/lookup", headers=ha, timeout=5,
                       json={"query": "beta only question"})
     assert r.json()["hit"] is False
-    ttl = [redis_db.ttl(k) for k in redis_db.scan_iter(b"sg:e:beta:*")]
+    ttl = [redis_db.ttl(k) for k in redis_db.scan_iter(K.pattern("e", "beta"))]
     assert len(ttl) == 1 and 0 < ttl[0] <= 600
     # a warm restore is not archived again
     assert count(pg, archive_db, "SELECT count(*) FROM archive_entries") == 3
@@ -400,12 +438,15 @@ def test_records_trimmed_before_archiving_are_counted_as_lost(
     env = arch_env(pg, archive_db, SEMGATE_ARCHIVE_THREAD=0, SEMGATE_ARCHIVE_STREAM_MAX=100)
     g = make_gateway(env)
     total = 450
+    # MAXLEN holds per stream: on a cluster (a stream per slot bucket) the
+    # turns go to one conversation, so to one stream, as on one server
+    conv = (lambda i: "trim-0") if REDIS_MODE == "cluster" else (lambda i: f"trim-{i % 5}")
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         assert all(r.status_code == 201 for r in ex.map(
-            lambda i: append(g, f"trim-{i % 5}", f"t{i}"), range(total)))
-    kept = redis_db.xlen(STREAM)
+            lambda i: append(g, conv(i), f"t{i}"), range(total)))
+    kept = stream_len(redis_db)
     assert kept < total
-    arch = start_archiver(tmpdir_session, env, redis_server.port, "trim")
+    arch = start_archiver(tmpdir_session, env, redis_server, "trim")
     try:
         wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") == kept,
                    timeout=60, what="what the stream kept")
@@ -414,7 +455,8 @@ def test_records_trimmed_before_archiving_are_counted_as_lost(
         assert arch.wait(timeout=30) == 0
     with open(arch.log_path, "rb") as f:
         log = f.read().decode()
-    assert f"{total - kept} records of sg:arch were trimmed" in log, log[-2000:]
+    trimmed = sum(int(n) for n in re.findall(r"(\d+) records of sg:arch\S* were trimmed", log))
+    assert trimmed == total - kept, log[-2000:]
     # the newest records are the ones kept
     assert q(pg, archive_db, "SELECT count(*) FROM archive_turns WHERE message LIKE "
              f"'%\"t{total - 1}\"%'") == "1"
@@ -456,7 +498,9 @@ def test_two_gateways_starting_at_once_migrate_the_schema_once(make_gateway, red
         assert append(gws[i % 2], f"two-{i % 3}", f"m{i}").status_code == 201
     wait_until(lambda: count(pg, archive_db, "SELECT count(*) FROM archive_turns") == 20,
                timeout=30, what="both gateways' turns")
-    groups = redis_db.xinfo_groups(STREAM)
-    assert len(groups) == 1 and groups[0]["consumers"] == 2
+    for st in grouped(redis_db):
+        groups = redis_db.xinfo_groups(st)
+        assert len(groups) == 1 and groups[0]["consumers"] == 2, (st, groups)
+    assert grouped(redis_db)
     for g in gws:
         assert "archive:" not in "".join(l for l in g.logs().splitlines() if " warn " in l)

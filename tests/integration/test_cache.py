@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from conftest import user, wait_until
+import keys as K
 
 
 def ask(gw, text, headers=None, **kw):
@@ -132,7 +133,7 @@ def test_every_key_has_a_ttl_and_x_semgate_ttl_sets_it(gateway, upstream, redis_
     keys = redis_db.keys("sg:*")
     assert keys
     for k in keys:
-        if k.startswith(b"sg:stats:"):
+        if K.is_kind(k, "stats"):
             continue  # the per-tenant counters: integers only, no TTL by design
         assert redis_db.ttl(k) > 0, k
     custom = [k for k in redis_db.keys("sg:e:*") if redis_db.hget(k, "query") == b"ttl custom"][0]
@@ -144,7 +145,7 @@ def test_every_key_has_a_ttl_and_x_semgate_ttl_sets_it(gateway, upstream, redis_
 def test_entry_hash_holds_the_documented_fields(gateway, upstream, redis_db):
     r = ask(gateway, "field check", headers={"X-Semgate-Namespace": "docs"})
     gateway.settle()
-    key = f"sg:e:default:{r.headers['X-Semgate-Entry']}".encode()
+    key = K.entry("default", r.headers['X-Semgate-Entry']).encode()
     h = redis_db.hgetall(key)
     for f in (b"query", b"answer", b"scope", b"namespace", b"vector", b"dim", b"model",
               b"created", b"hits"):
@@ -195,7 +196,7 @@ def test_restart_keeps_semantic_hits(make_gateway, redis_db, upstream):
 def test_entry_gone_from_redis_is_a_miss(gateway, upstream, redis_db):
     r = ask(gateway, "ephemeral")
     gateway.settle()
-    redis_db.delete(f"sg:e:default:{r.headers['X-Semgate-Entry']}".encode())
+    redis_db.delete(K.entry("default", r.headers['X-Semgate-Entry']))
     for k in redis_db.keys("sg:x:*"):
         redis_db.delete(k)
     upstream.set_similarity("Ephemeral", "ephemeral", 0.99)

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from conftest import user, wait_until
+import keys as K
 
 API = "/v1/cache"
 
@@ -143,7 +144,7 @@ def test_chat_entries_can_be_read_and_deleted_by_id(gateway, upstream, redis_db)
     assert json.loads(e["answer"])["choices"][0]["message"]["content"] == "Mock answer: chat entry by id"
     assert call(gateway, "DELETE", f"{API}/entries/{eid}").status_code == 204
     assert gateway.chat(user("chat entry by id")).headers["X-Semgate-Cache"] == "miss"
-    assert not redis_db.exists(f"sg:e:default:{eid}")
+    assert not redis_db.exists(K.entry("default", eid))
 
 
 def test_unknown_and_malformed_entry_ids(gateway, upstream):
@@ -159,16 +160,17 @@ def test_delete_removes_the_entry_its_exact_key_tags_and_leaderboard_row(gateway
     eid = store(gateway, query="delete me", answer="gone soon", tags=["t1", "t2"])
     keep = store(gateway, query="keep me", answer="stays", tags=["t1"])
     assert lookup(gateway, query="delete me")["hit"] is True
-    assert redis_db.zscore("sg:top:default", eid) == 1
+    assert K.zscore(redis_db, "default", eid) == 1
     assert call(gateway, "DELETE", f"{API}/entries/{eid}").status_code == 204
     assert_error(call(gateway, "GET", f"{API}/entries/{eid}"), 404)
     assert lookup(gateway, query="delete me")["hit"] is False
     upstream.set_similarity("delete me please", "delete me", 0.99)
     assert lookup(gateway, query="delete me please")["hit"] is False
-    assert not redis_db.exists(f"sg:e:default:{eid}")
-    assert redis_db.zscore("sg:top:default", eid) is None
-    assert redis_db.smembers("sg:tag:default:t1") == {keep.encode()}
-    assert not redis_db.exists("sg:tag:default:t2")
+    assert not redis_db.exists(K.entry("default", eid))
+    assert K.zscore(redis_db, "default", eid) is None
+    assert K.smembers(redis_db, "default", "t1") == {keep.encode()}
+    assert redis_db.smembers(K.tag("default", "t1", keep)) == {keep.encode()}
+    assert not redis_db.exists(*K.tag_keys("default", "t2"))
     xvals = [redis_db.get(k) for k in redis_db.scan_iter(match="sg:x:*")]
     assert len(xvals) == 1 and xvals[0].startswith(keep.encode() + b":text\n")
     assert_error(call(gateway, "DELETE", f"{API}/entries/{eid}"), 404)
@@ -178,7 +180,7 @@ def test_delete_removes_the_entry_its_exact_key_tags_and_leaderboard_row(gateway
 def test_storing_with_a_caller_vector_makes_no_embedding_call(gateway, upstream, redis_db):
     eid = store(gateway, query="vec question", answer="vec answer", vector=[1, 0, 0, 0])
     assert upstream.stats()["embedding_requests"] == 0
-    h = redis_db.hgetall(f"sg:e:default:{eid}")
+    h = redis_db.hgetall(K.entry("default", eid))
     assert h[b"model"] == b"external" and h[b"dim"] == b"4" and len(h[b"vector"]) == 16
     off = {"X-Semgate-Verify": "off"}  # the texts differ on purpose
     hit = lookup(gateway, query="another wording", vector=[0.9, 0.1, 0, 0], headers=off)
@@ -196,14 +198,14 @@ def test_storing_with_a_caller_vector_makes_no_embedding_call(gateway, upstream,
 
 def test_vector_dimension_mismatch_is_400_and_changes_nothing(gateway, upstream, redis_db):
     store(gateway, query="three dims", answer="a", vector=[0.1, 0.2, 0.3])
-    keys, st = all_keys(redis_db), redis_db.hgetall("sg:stats:default")
+    keys, st = all_keys(redis_db), K.stats(redis_db, "default")
     err = assert_error(call(gateway, "POST", API + "/entries",
                             {"query": "four dims", "answer": "b", "vector": [1, 2, 3, 4]}), 400)
     assert "dimension 4" in err["message"] and "3" in err["message"]
     err = assert_error(call(gateway, "POST", API + "/lookup",
                             {"query": "four dims", "vector": [1, 2, 3, 4]}), 400)
     assert "dimension" in err["message"]
-    assert all_keys(redis_db) == keys and redis_db.hgetall("sg:stats:default") == st
+    assert all_keys(redis_db) == keys and K.stats(redis_db, "default") == st
     # another scope is another partition: any dimension is fine there
     store(gateway, query="four dims", answer="b", vector=[1, 2, 3, 4], scope="other")
 
@@ -314,18 +316,29 @@ def test_entries_expire_with_their_ttl(gateway, upstream, redis_db):
     eid = store(gateway, query="short lived", answer="soon gone", ttl=1, tags=["brief"])
     assert lookup(gateway, query="short lived")["hit"] is True
     upstream.set_similarity("short lived?", "short lived", 0.99)
-    wait_until(lambda: not redis_db.exists(f"sg:e:default:{eid}"), timeout=5, what="expiry")
+    wait_until(lambda: not redis_db.exists(K.entry("default", eid)), timeout=5, what="expiry")
     assert lookup(gateway, query="short lived")["hit"] is False
     assert lookup(gateway, query="short lived?")["hit"] is False
     assert all(e["id"] != eid for e in top(gateway))
 
 
 def test_tag_sets_keep_the_longest_ttl_of_their_members(gateway, upstream, redis_db):
-    store(gateway, query="long", answer="a", ttl=5000, tags=["shared"])
-    store(gateway, query="short", answer="b", ttl=100, tags=["shared"])
-    assert 4990 <= redis_db.ttl("sg:tag:default:shared") <= 5000
-    store(gateway, query="longer", answer="c", ttl=9000, tags=["shared"])
-    assert 8990 <= redis_db.ttl("sg:tag:default:shared") <= 9000
+    # a tag set per slot bucket: each lives as long as its longest member
+    ttls = {}
+
+    def check():
+        want = {}
+        for eid, ttl in ttls.items():
+            k = K.tag("default", "shared", eid)
+            want[k] = max(want.get(k, 0), ttl)
+        for k, ttl in want.items():
+            assert ttl - 10 <= redis_db.ttl(k) <= ttl, (k, ttl)
+
+    ttls[store(gateway, query="long", answer="a", ttl=5000, tags=["shared"])] = 5000
+    ttls[store(gateway, query="short", answer="b", ttl=100, tags=["shared"])] = 100
+    check()
+    ttls[store(gateway, query="longer", answer="c", ttl=9000, tags=["shared"])] = 9000
+    check()
 
 
 def test_redis_down_is_503_for_the_cache_api(gateway, upstream, redis_server):
@@ -356,14 +369,14 @@ def test_invalidate_by_tag_namespace_and_both(gateway, upstream, redis_db):
     r = call(gateway, "POST", API + "/invalidate", {"namespace": "B", "tag": "red"})
     assert r.status_code == 200 and r.json() == {"deleted": 2}
     assert [alive(x) for x in (a1, a2, b1, b2, n1)] == [True, True, False, False, True]
-    assert redis_db.smembers("sg:tag:default:red") == {a1.encode(), n1.encode()}
-    assert redis_db.smembers("sg:tag:default:blue") == {a2.encode()}
+    assert K.smembers(redis_db, "default", "red") == {a1.encode(), n1.encode()}
+    assert K.smembers(redis_db, "default", "blue") == {a2.encode()}
     assert call(gateway, "POST", API + "/invalidate", {"tag": "red"}).json() == {"deleted": 2}
-    assert not redis_db.exists("sg:tag:default:red")
+    assert not redis_db.exists(*K.tag_keys("default", "red"))
     assert call(gateway, "POST", API + "/invalidate", {"namespace": "A"}).json() == {"deleted": 1}
     assert [alive(x) for x in (a1, a2, b1, b2, n1)] == [False] * 5
     assert call(gateway, "POST", API + "/invalidate", {"tag": "red"}).json() == {"deleted": 0}
-    assert not [k for k in all_keys(redis_db) if not k.startswith(b"sg:stats:")]
+    assert not [k for k in all_keys(redis_db) if not K.is_kind(k, "stats")]
 
 
 def test_invalidate_by_namespace_removes_chat_entries_and_their_exact_keys(gateway, upstream,
@@ -421,21 +434,22 @@ def test_top_orders_by_hits_and_drops_deleted_and_expired_entries(gateway, upstr
     assert rows[1]["query"] == "question a" and rows[1]["kind"] == "text"
     assert rows[0]["query"] == "question d" and rows[0]["kind"] == "chat"
     assert [r["id"] for r in top(gateway, limit=2)] == [chat, a]
-    assert 0 < redis_db.ttl("sg:top:default") <= 86400
+    assert 0 < redis_db.ttl(K.top("default", c)) <= 86400
     assert call(gateway, "DELETE", f"{API}/entries/{a}").status_code == 204
     assert [r["id"] for r in top(gateway)] == [chat, c, b]
-    redis_db.delete(f"sg:e:default:{c}")  # as if it had expired
+    redis_db.delete(K.entry("default", c))  # as if it had expired
     assert [r["id"] for r in top(gateway)] == [chat, b]
-    assert redis_db.zscore("sg:top:default", c) is None
+    assert K.zscore(redis_db, "default", c) is None
 
 
 def test_top_skips_stale_rows_and_still_fills_the_limit(gateway, upstream, redis_db):
     live = [store(gateway, query=f"live {i}", answer="x") for i in range(3)]
     for i, eid in enumerate(live):
-        redis_db.zadd("sg:top:default", {eid: i + 1})
-    redis_db.zadd("sg:top:default", {f"{i:032x}": 100 + i for i in range(40)})
+        redis_db.zadd(K.top("default", eid), {eid: i + 1})
+    for i in range(40):
+        redis_db.zadd(K.top("default", f"{i:032x}"), {f"{i:032x}": 100 + i})
     assert [r["id"] for r in top(gateway, limit=3)] == live[::-1]
-    assert redis_db.zcard("sg:top:default") == 3
+    assert K.zcard(redis_db, "top", "default") == 3
 
 
 @pytest.mark.parametrize("qs", ["limit=0", "limit=101", "limit=abc", "limit=", "limit=5&limit=6",
@@ -484,12 +498,12 @@ def test_stats_count_exactly_what_happened(make_gateway, redis_db, upstream):
     assert abs(st["estimated_cost_saved"] - cost) < 1e-6
     assert st["price_prompt_per_1k"] == 0.5 and st["price_completion_per_1k"] == 2
     # entries: the chat miss, the no-cache re-store, the sidecar entry
-    keys = list(redis_db.scan_iter(match="sg:e:default:*"))
+    keys = list(redis_db.scan_iter(match=K.pattern("e", "default")))
     assert st["entries"] == len(keys) == 3 and st["indexed_entries"] == 3
     size = sum(redis_db.hstrlen(k, f) for k in keys for f in ("query", "answer", "metadata", "vector"))
     assert st["bytes"] == size and st["vector_bytes"] == 3 * 384 * 4
     assert st["tenant"] == "default"
-    assert redis_db.ttl("sg:stats:default") == -1
+    assert all(redis_db.ttl(k) == -1 for k in redis_db.scan_iter(match=K.pattern("stats")))
 
 
 # ---- layout ----
@@ -505,14 +519,16 @@ def test_every_key_has_a_ttl_except_stats_and_follows_the_layout(gateway, upstre
     call(gateway, "POST", API + "/invalidate", {"tag": "nope"})
     top(gateway)
     stats(gateway)
-    layout = re.compile(rb"sg:(chat:default:[A-Za-z0-9._:-]+|x:default:[0-9a-f]{64}|"
-                        rb"e:default:[0-9a-f]{32}|tag:default:[A-Za-z0-9._:-]+|top:default|"
-                        rb"stats:default|emb:default:.+|rl:default|live:default|size:default|ts:default:[mh]:[0-9]+)")
+    t = K.TAG_RE.encode()
+    layout = re.compile(rb"sg:(chat:" + t + rb":default:[A-Za-z0-9._:-]+|x:" + t +
+                        rb":default:[0-9a-f]{64}|e:" + t + rb":default:[0-9a-f]{32}|tag:" + t +
+                        rb":default:[A-Za-z0-9._:-]+|(top|stats|rl|live|size):" + t +
+                        rb":default|emb:" + t + rb":default:.+|ts:" + t + rb":default:[mh]:[0-9]+)")
     keys = all_keys(redis_db)
     assert {k.split(b":")[1] for k in keys} >= {b"chat", b"x", b"e", b"tag", b"top", b"stats"}
     for k in keys:
         assert layout.fullmatch(k), k
-        if k == b"sg:stats:default":
+        if K.is_kind(k, "stats"):
             assert redis_db.ttl(k) == -1 and redis_db.type(k) == b"hash"
             assert all(re.fullmatch(rb"-?\d+", v) for v in redis_db.hvals(k))
         else:
@@ -553,7 +569,7 @@ def test_tenant_b_cannot_see_hit_read_delete_or_invalidate_tenant_a(two_tenants,
     vec_id = store(g, headers=HA, query="a's vector", answer="x", vector=[1, 0])
     assert lookup(g, headers=HA, query="a's secret question", namespace="shared")["hit"] is True
     before = stats(g, HA)
-    keys_before = {k for k in all_keys(redis_db) if not k.startswith(b"sg:stats:")}
+    keys_before = {k for k in all_keys(redis_db) if not K.is_kind(k, "stats")}
 
     # b asks the same questions: never a hit
     upstream.set_similarity("a's secret question?", "a's secret question", 0.999)
@@ -573,10 +589,10 @@ def test_tenant_b_cannot_see_hit_read_delete_or_invalidate_tenant_a(two_tenants,
     assert st_b["entries"] == 1 and st_b["tenant"] == "b"  # its own chat answer only
 
     # a's data and counters did not move
-    assert keys_before <= {k for k in all_keys(redis_db) if not k.startswith(b"sg:stats:")}
+    assert keys_before <= {k for k in all_keys(redis_db) if not K.is_kind(k, "stats")}
     after = stats(g, HA)
     assert after == before
     assert call(g, "GET", f"{API}/entries/{eid}", headers=HA).json()["hits"] == 1
     assert lookup(g, headers=HA, query="a's secret question?", namespace="shared")["hit"] is True
     assert {r["id"] for r in top(g, headers=HA)} == {eid}
-    assert all(k.split(b":")[2] in (b"a", b"b") for k in all_keys(redis_db))
+    assert all(k.split(b":")[3] in (b"a", b"b") for k in all_keys(redis_db))  # after the bucket tag

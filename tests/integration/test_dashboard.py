@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from conftest import BUILD, SLOW, user, wait_until
+import keys as K
 
 KEYS = "key-alpha:alpha,key-beta:beta"
 ADMIN = {"Authorization": "Bearer key-admin"}
@@ -255,21 +256,21 @@ def test_load_time_with_100k_entries_and_7_days_of_series(make_gateway, redis_db
     now = int(time.time())
     p = redis_db.pipeline(transaction=False)
     for i in range(100_000):
-        p.hset(f"sg:e:alpha:{i:032x}", mapping={
+        p.hset(K.entry("alpha", f"{i:032x}"), mapping={
             "query": f"question number {i}", "answer": "a" * 40, "namespace": "",
             "scope": "0" * 64, "kind": "text", "tags": "", "created": now, "hits": 0,
             "tokens": 0, "model": "", "dim": 0})
-        p.expire(f"sg:e:alpha:{i:032x}", 3600)
+        p.expire(K.entry("alpha", f"{i:032x}"), 3600)
         if i % 5000 == 4999:
             p.execute()
     for m in range(now // 60 - 7 * 1440, now // 60 + 1):
-        p.hset(f"sg:ts:alpha:m:{m}", mapping={"requests": 10, "hits_exact": 6, "misses": 4,
+        p.hset(K.series("alpha", False, m), mapping={"requests": 10, "hits_exact": 6, "misses": 4,
                                               "tokens_saved_prompt": 60})
-        p.expire(f"sg:ts:alpha:m:{m}", 3600)
+        p.expire(K.series("alpha", False, m), 3600)
     for h in range(now // 3600 - 7 * 24, now // 3600 + 1):
-        p.hset(f"sg:ts:alpha:h:{h}", mapping={"requests": 600, "hits_exact": 360,
+        p.hset(K.series("alpha", True, h), mapping={"requests": 600, "hits_exact": 360,
                                               "misses": 240, "tokens_saved_prompt": 3600})
-        p.expire(f"sg:ts:alpha:h:{h}", 3600)
+        p.expire(K.series("alpha", True, h), 3600)
     p.execute()
     g = make_gateway(SEMGATE_API_KEYS=KEYS)
     # entries written behind the gateway's back, as by an older version: the

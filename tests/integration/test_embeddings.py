@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from conftest import user, wait_until
+import keys as K
 
 MODEL = "text-embedding-test"
 
@@ -116,7 +117,7 @@ def test_cache_layout_ttl_and_raw_float32(make_gateway, redis_db, upstream):
     g = make_gateway(SEMGATE_CACHE_TTL=120)
     v = vectors(embed(g, "layout check"))[0]
     sha = hashlib.sha256(b"layout check").hexdigest()
-    key = f"sg:emb:default:{MODEL}:{sha}"
+    key = K.emb("default", MODEL, sha)
     raw = redis_db.get(key)
     assert raw is not None, redis_db.keys("*")
     assert list(struct.unpack(f"<{len(v)}f", raw)) == f32(v)

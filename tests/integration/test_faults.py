@@ -17,18 +17,20 @@ import redis as redis_lib
 import requests
 
 from conftest import SLOW, free_port, user, wait_until
+import keys as K
 
 # DESIGN.md's key layout with the default prefix; tenants are
 # [A-Za-z0-9._-]{1,64} ("default" in open mode).
 T = r"[A-Za-z0-9._-]{1,64}"
+B = K.TAG_RE  # the slot bucket's hash tag
 LAYOUT = [re.compile(p) for p in (
-    rf"^sg:chat:{T}:[A-Za-z0-9._:-]{{1,128}}$",
-    rf"^sg:x:{T}:[0-9a-f]{{64}}$",
-    rf"^sg:e:{T}:[A-Za-z0-9._:-]{{1,64}}$",
-    rf"^sg:tag:{T}:[A-Za-z0-9._:-]{{1,128}}$",
-    rf"^sg:(top|rl|stats|live|size):{T}$",
-    rf"^sg:ts:{T}:[mh]:[0-9]{{1,12}}$",
-    rf"^sg:emb:{T}:[^\s*?\[\]]+:[0-9a-f]{{64}}$",
+    rf"^sg:chat:{B}:{T}:[A-Za-z0-9._:-]{{1,128}}$",
+    rf"^sg:x:{B}:{T}:[0-9a-f]{{64}}$",
+    rf"^sg:e:{B}:{T}:[A-Za-z0-9._:-]{{1,64}}$",
+    rf"^sg:tag:{B}:{T}:[A-Za-z0-9._:-]{{1,128}}$",
+    rf"^sg:(top|rl|stats|live|size):{B}:{T}$",
+    rf"^sg:ts:{B}:{T}:[mh]:[0-9]{{1,12}}$",
+    rf"^sg:emb:{B}:{T}:[^\s*?\[\]]+:[0-9a-f]{{64}}$",
 )]
 
 
@@ -189,7 +191,7 @@ def test_redis_stopped_under_load_bypasses_then_hits_resume(make_gateway, redis_
           f"hits back {back_after:.3f} s after Redis")
     assert slowest < (0.3 + 2.0) * SLOW, slowest
     for i in range(8):
-        key = f"sg:chat:default:outage-{i}".encode()
+        key = K.chat("default", f"outage-{i}").encode()
         if redis_db.exists(key):
             assert_whole_turns(redis_db, key)
     assert_layout(redis_db)
@@ -263,7 +265,7 @@ def test_slow_redis_is_bypassed_within_the_redis_timeout(make_gateway, debug_red
         t.join(timeout=10)
     print("slow redis (requests, median s, max s):", figures)
     for i in range(4):
-        key = f"sg:chat:default:slow-{i}".encode()
+        key = K.chat("default", f"slow-{i}").encode()
         if rc.exists(key):
             assert_whole_turns(rc, key)
 
@@ -322,7 +324,7 @@ def test_bad_upstream_answer_is_a_clean_error_and_nothing_is_kept(gateway, upstr
     # nothing was cached (each call went upstream) and nothing appended
     assert upstream.stats()["chat_requests"] == 4
     assert redis_db.keys("sg:x:*") == [] and redis_db.keys("sg:e:*") == []
-    assert not redis_db.exists("sg:chat:default:bad-upstream")
+    assert not redis_db.exists(K.chat("default", "bad-upstream"))
     assert requests.get(gateway.url + "/v1/conversations/bad-upstream",
                         timeout=5).status_code == 404
 
@@ -396,7 +398,7 @@ def test_clients_vanishing_mid_body_or_mid_stream_leave_no_stuck_worker(make_gat
     wait_until(four_in_parallel, timeout=5, interval=0.1, what="four free workers")
     # a stream cut by its client stores nothing: no half turn
     for i in range(6):
-        assert not redis_db.exists(f"sg:chat:default:gone-{i}")
+        assert not redis_db.exists(K.chat("default", f"gone-{i}"))
     assert g.alive()
 
 
@@ -420,7 +422,7 @@ def test_kill_9_under_memory_load_keeps_whole_turns_and_rebuilds_the_index(make_
         g.proc.wait()
     total = 0
     for i in range(6):
-        total += assert_whole_turns(redis_db, f"sg:chat:default:k9-{i}".encode())
+        total += assert_whole_turns(redis_db, K.chat("default", f"k9-{i}").encode())
     assert total >= 36
 
     g.start()  # same port, same Redis
@@ -497,7 +499,7 @@ def test_hostile_input_gets_4xx_or_a_clean_close_and_no_stray_keys(make_gateway,
             assert st is None or st in (200, 400), raw[:300]
     assert g.alive()
     keys = assert_layout(redis_db)
-    assert any(k == "sg:chat:default:::a::" for k in keys)
+    assert any(k == K.chat("default", "::a::") for k in keys)
 
 
 def test_slow_loris_clients_do_not_block_others_and_are_cut(make_gateway, redis_db, upstream):

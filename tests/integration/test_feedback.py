@@ -6,6 +6,7 @@ changes nothing; another tenant's entry is a 404."""
 import requests
 
 from conftest import user
+import keys as K
 
 FB = "/v1/cache/feedback"
 KEY_A = "sk-gw-feedback-a-0123456789abcdef"
@@ -89,7 +90,7 @@ def test_wrong_for_its_own_question_deletes_the_entry(gateway, upstream, redis_d
     eid = ask(gateway, STORED).headers["X-Semgate-Entry"]
     out = ok(gateway, id=eid, query="  how do i RENEW my passport?  ", verdict="wrong")
     assert out["deleted"] is True
-    assert not redis_db.exists(f"sg:e:default:{eid}")
+    assert not redis_db.exists(K.entry("default", eid))
     assert requests.get(gateway.url + f"/v1/cache/entries/{eid}", timeout=5).status_code == 404
     r = ask(gateway, STORED)
     assert r.headers["X-Semgate-Cache"] == "miss"
@@ -102,7 +103,7 @@ def test_third_wrong_deletes_the_entry(gateway, upstream, redis_db):
                            "renew passport abroad?"], start=1):
         out = ok(gateway, id=eid, query=q, verdict="wrong")
         assert out["wrong"] == n and out["deleted"] is (n == 3)
-    assert not redis_db.exists(f"sg:e:default:{eid}")
+    assert not redis_db.exists(K.entry("default", eid))
     r = feedback(gateway, id=eid, query="renew passport online?", verdict="wrong")
     assert r.status_code == 404 and r.json()["error"]["code"] == "entry_not_found"
 
@@ -110,7 +111,7 @@ def test_third_wrong_deletes_the_entry(gateway, upstream, redis_db):
 def test_bad_input_is_400_and_changes_nothing(gateway, upstream, redis_db):
     eid = ask(gateway, STORED).headers["X-Semgate-Entry"]
     gateway.settle()  # its store is written behind the answer
-    key = f"sg:e:default:{eid}"
+    key = K.entry("default", eid)
     before = redis_db.hgetall(key)
     bad = [
         {"id": eid, "query": "q"},                                   # no verdict
@@ -142,11 +143,11 @@ def test_feedback_is_tenant_scoped(make_gateway, redis_db, upstream):
     g = make_gateway(SEMGATE_API_KEYS=f"{KEY_A}:tenantA,{KEY_B}:tenantB")
     eid = ask(g, STORED, headers=HA).headers["X-Semgate-Entry"]
     g.settle(HA)
-    before = redis_db.hgetall(f"sg:e:tenantA:{eid}")
+    before = redis_db.hgetall(K.entry("tenantA", eid))
     assert before
     r = feedback(g, headers=HB, id=eid, query=STORED, verdict="wrong")
     assert r.status_code == 404
-    assert redis_db.hgetall(f"sg:e:tenantA:{eid}") == before
+    assert redis_db.hgetall(K.entry("tenantA", eid)) == before
     assert feedback(g, id=eid, query=STORED, verdict="wrong").status_code == 401
     out = ok(g, headers=HA, id=eid, query="renew passport?", verdict="wrong")
     assert out["wrong"] == 1

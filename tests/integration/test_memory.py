@@ -8,10 +8,11 @@ import pytest
 import requests
 
 from conftest import user, wait_until
+import keys as K
 
 
 def conv_key(cid, tenant="default"):
-    return f"sg:chat:{tenant}:{cid}".encode()
+    return K.chat(tenant, cid).encode()
 
 
 def turn(gw, cid, text, **kw):

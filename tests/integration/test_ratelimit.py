@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from conftest import SLOW, wait_until
+import keys as K
 
 KEY_A = "sk-rl-a-123456"
 KEY_B = "sk-rl-b-654321"
@@ -43,9 +44,9 @@ def test_burst_lets_exactly_n_through_then_429_with_retry_after(make_gateway, re
     r = g.chat([{"role": "user", "content": "hi"}])
     assert_limited(r, 60)
     # the window lives in Redis under the tenant, with a TTL of the window
-    assert redis_db.type("sg:rl:default") == b"zset"
-    assert redis_db.zcard("sg:rl:default") == 5
-    assert 0 < redis_db.pttl("sg:rl:default") <= 60000
+    assert redis_db.type(K.rate("default")) == b"zset"
+    assert redis_db.zcard(K.rate("default")) == 5
+    assert 0 < redis_db.pttl(K.rate("default")) <= 60000
 
 
 def test_health_and_metrics_are_not_limited(make_gateway, redis_db):
@@ -66,7 +67,7 @@ def test_limit_is_per_tenant(make_gateway, redis_db):
     assert_limited(hit(g, HB), 60)
     # unauthenticated calls are refused before they reach anyone's window
     assert hit(g).status_code == 401
-    assert redis_db.zcard("sg:rl:tenantA") == 2 and redis_db.zcard("sg:rl:tenantB") == 2
+    assert redis_db.zcard(K.rate("tenantA")) == 2 and redis_db.zcard(K.rate("tenantB")) == 2
 
 
 def test_refused_requests_do_not_extend_the_window(make_gateway, redis_db):
@@ -79,7 +80,7 @@ def test_refused_requests_do_not_extend_the_window(make_gateway, redis_db):
     wait_until(lambda: hit(g).status_code == 404, timeout=window + 3, interval=0.05,
                what="the window to drain while refused requests keep arriving")
     assert time.monotonic() - t0 >= window - 0.2
-    assert redis_db.zcard("sg:rl:default") <= 2
+    assert redis_db.zcard(K.rate("default")) <= 2
 
 
 def test_retry_after_is_honoured(make_gateway, redis_db):

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from conftest import BUILD, user, wait_until
+import keys as K
 from test_cache_api import API, call, lookup, stats, store
 
 STORE_PUT = os.path.join(BUILD, "tests", "tools", "sg-store-put")
@@ -25,7 +26,7 @@ def scanned(rdb, tenant="default"):
     a hash with a dim field; bytes of query, answer, metadata and vector;
     indexed when dim > 0 and there is a vector."""
     out = dict.fromkeys(COUNTED, 0)
-    for k in rdb.scan_iter(match=f"sg:e:{tenant}:*", count=1000):
+    for k in rdb.scan_iter(match=K.pattern("e", tenant), count=1000):
         if rdb.type(k) != b"hash" or rdb.hget(k, "dim") is None:
             continue
         vb = rdb.hstrlen(k, "vector")
@@ -47,12 +48,23 @@ def assert_exact(gw, rdb, headers=None, tenant="default"):
 def forget_accounting(rdb, tenant="default"):
     """Put a tenant back in the state an earlier version left: entries, but
     no accounting keys and no marker."""
-    rdb.delete(f"sg:live:{tenant}", f"sg:size:{tenant}")
-    rdb.hdel(f"sg:stats:{tenant}", "entries_tracked")
+    rdb.delete(*K.tenant_keys("live", tenant), *K.tenant_keys("size", tenant))
+    for k in K.tenant_keys("stats", tenant):
+        rdb.hdel(k, "entries_tracked")
+
+
+def acct_exists(rdb, tenant="default"):
+    """How many of the tenant's accounting keys (live and size of every
+    bucket) exist."""
+    return rdb.exists(*K.tenant_keys("live", tenant), *K.tenant_keys("size", tenant))
+
+
+def marked(rdb, tenant):
+    return all(rdb.hget(k, "entries_tracked") == b"1" for k in K.tenant_keys("stats", tenant))
 
 
 def store_put(redis_server, *args):
-    env = {**os.environ, "SEMGATE_REDIS_PORT": str(redis_server.port)}
+    env = {**os.environ, **redis_server.gateway_env()}
     r = subprocess.run([STORE_PUT, *map(str, args)], env=env, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -101,29 +113,32 @@ def test_stats_stay_exact_across_stores_deletes_and_invalidations(gateway, upstr
     assert call(gateway, "POST", API + "/invalidate", {"namespace": "B"}).json() == {"deleted": 1}
     st = assert_exact(gateway, redis_db)
     assert st["entries"] == 1 and st["indexed_entries"] == 0  # the one with tools
-    assert redis_db.zcard("sg:live:default") == 1
+    assert K.zcard(redis_db, "live", "default") == 1
     assert call(gateway, "DELETE", f"{API}/entries/{tools_entry}").status_code == 204
     st = assert_exact(gateway, redis_db)
     assert st["entries"] == st["bytes"] == st["vector_bytes"] == 0
     # nothing tracked is left behind once the last entry is gone
-    assert not redis_db.exists("sg:live:default", "sg:size:default")
+    assert not acct_exists(redis_db)
 
 
 def test_stats_stay_exact_as_entries_expire(gateway, upstream, redis_db):
     short = [store(gateway, query=f"brief {i}", answer="x" * (i + 1), ttl=2, tags=["t"])
              for i in range(3)]
     store(gateway, query="lasting", answer="stays", ttl=3600, metadata={"k": "v"})
-    store(gateway, query="lasting too", answer="stays", ttl=7200, vector=[0.5, 0.5])
+    too = store(gateway, query="lasting too", answer="stays", ttl=7200, vector=[0.5, 0.5])
     assert assert_exact(gateway, redis_db)["entries"] == 5
-    # the accounting keys live as long as the longest-lived entry
-    assert 7190 <= redis_db.ttl("sg:live:default") <= 7200
-    assert 7190 <= redis_db.ttl("sg:size:default") <= 7200
-    wait_until(lambda: not any(redis_db.exists(f"sg:e:default:{i}") for i in short),
+    # the accounting keys (of a bucket) live as long as their longest-lived entry
+    b = K.bucket_of("default", too)
+    assert 7190 <= redis_db.ttl(K.key_in("live", b, "default")) <= 7200
+    assert 7190 <= redis_db.ttl(K.key_in("size", b, "default")) <= 7200
+    wait_until(lambda: not any(redis_db.exists(K.entry("default", i)) for i in short),
                timeout=5, what="the short entries to expire")
     st = assert_exact(gateway, redis_db)
     assert st["entries"] == 2 and st["indexed_entries"] == 2
-    assert redis_db.zcard("sg:live:default") == 2
-    assert redis_db.hlen("sg:size:default") == 2 + 4  # two ids and the four totals
+    assert K.zcard(redis_db, "live", "default") == 2
+    sizes = [k for k in K.tenant_keys("size", "default") if redis_db.exists(k)]
+    # the two ids and, in each bucket that tracks one, the four totals
+    assert sum(redis_db.hlen(k) for k in sizes) == 2 + 4 * len(sizes)
 
 
 def test_expired_ids_are_untracked_by_writes_too(gateway, upstream, redis_db):
@@ -131,22 +146,46 @@ def test_expired_ids_are_untracked_by_writes_too(gateway, upstream, redis_db):
     and delete untracks a few of them."""
     stats(gateway)
     lasting = store(gateway, query="lasting", answer="y", ttl=3600)
-    short = [store(gateway, query=f"gone soon {i}", answer="x", ttl=1) for i in range(3)]
-    wait_until(lambda: not any(redis_db.exists(f"sg:e:default:{i}") for i in short),
-               timeout=5, what="the entries to expire")
-    assert redis_db.zcard("sg:live:default") == 4  # nothing has looked yet
-    newcomer = store(gateway, query="newcomer", answer="y")
-    assert set(redis_db.zrange("sg:live:default", 0, -1)) == {lasting.encode(),
-                                                              newcomer.encode()}
-    assert assert_exact(gateway, redis_db)["entries"] == 2
+    # three short-lived entries in lasting's slot bucket (whose accounting
+    # lasting keeps); the others go with their bucket's accounting keys
+    lb, short, n = K.bucket_of("default", lasting), [], 0
+    while len(short) < 3:
+        assert n < 3000
+        eid = store(gateway, query=f"gone soon {n}", answer="x", ttl=8)
+        n += 1
+        if K.bucket_of("default", eid) == lb:
+            short.append(eid)
+    wait_until(lambda: not any(redis_db.exists(K.entry("default", i)) for i in short),
+               timeout=10, what="the entries to expire")
+    wait_until(lambda: K.zcard(redis_db, "live", "default") == 4, timeout=10,
+               what="the other buckets' accounting to expire")  # nothing has looked yet
+    # a write untracks the expired ids of its own slot bucket: write until
+    # lasting's bucket has had one
+    need, newcomers = {lb}, []
+    while need:
+        assert len(newcomers) < 3000
+        newcomers.append(store(gateway, query=f"newcomer {len(newcomers)}", answer="y"))
+        need.discard(K.bucket_of("default", newcomers[-1]))
+    tracked = set()
+    for k in K.tenant_keys("live", "default"):
+        tracked |= set(redis_db.zrange(k, 0, -1))
+    assert tracked == {lasting.encode()} | {n.encode() for n in newcomers}
+    assert assert_exact(gateway, redis_db)["entries"] == 1 + len(newcomers)
     # the last entry untracked takes the accounting keys with it
-    gone = store(gateway, query="alone", answer="z", ttl=1)
-    for eid in (lasting, newcomer):
+    # (in lasting's bucket, whose accounting keys outlive it)
+    gone, n = None, 0
+    while gone is None or K.bucket_of("default", gone) != lb:
+        if gone is not None:
+            assert call(gateway, "DELETE", f"{API}/entries/{gone}").status_code == 204
+        assert n < 3000
+        gone = store(gateway, query=f"alone {n}", answer="z", ttl=1)
+        n += 1
+    for eid in [lasting, *newcomers]:
         assert call(gateway, "DELETE", f"{API}/entries/{eid}").status_code == 204
-    wait_until(lambda: not redis_db.exists(f"sg:e:default:{gone}"), timeout=5, what="expiry")
-    assert redis_db.exists("sg:live:default", "sg:size:default") == 2
+    wait_until(lambda: not redis_db.exists(K.entry("default", gone)), timeout=5, what="expiry")
+    assert acct_exists(redis_db) == 2
     assert assert_exact(gateway, redis_db)["entries"] == 0
-    assert redis_db.exists("sg:live:default", "sg:size:default") == 0
+    assert acct_exists(redis_db) == 0
 
 
 def test_overwriting_an_entry_in_place_counts_it_once_with_its_new_size(gateway, upstream,
@@ -166,9 +205,9 @@ def test_overwriting_an_entry_in_place_counts_it_once_with_its_new_size(gateway,
     assert assert_exact(gateway, redis_db)["entries"] == 2
     # an overwrite with a shorter TTL moves its expiry too
     store_put(redis_server, "default", eid, "q", "a", 1, 0)
-    wait_until(lambda: not redis_db.exists(f"sg:e:default:{eid}"), timeout=5, what="expiry")
+    wait_until(lambda: not redis_db.exists(K.entry("default", eid)), timeout=5, what="expiry")
     assert assert_exact(gateway, redis_db)["entries"] == 1
-    assert redis_db.zcard("sg:live:default") == 1
+    assert K.zcard(redis_db, "live", "default") == 1
 
 
 def test_entries_written_before_the_accounting_are_counted_exactly(keyed, upstream, redis_db):
@@ -181,18 +220,18 @@ def test_entries_written_before_the_accounting_are_counted_exactly(keyed, upstre
     brief = store(g, headers=ha, query="old and brief", answer="b", ttl=2)
     # tenant a as an earlier version left it: entries, no accounting, no marker
     forget_accounting(redis_db, "a")
-    assert redis_db.hget("sg:stats:b", "entries_tracked") == b"1"
+    assert marked(redis_db, "b")
     # an entry stored after the upgrade, before anyone read the stats
     store(g, headers=ha, query="new one", answer="z")
     st = assert_exact(g, redis_db, ha, "a")  # the one SCAN that builds it
     assert st["entries"] == 5
-    assert redis_db.hget("sg:stats:a", "entries_tracked") == b"1"
-    assert redis_db.zcard("sg:live:a") == 5
+    assert marked(redis_db, "a")
+    assert K.zcard(redis_db, "live", "a") == 5
     assert assert_exact(g, redis_db, hb, "b")["entries"] == 3
     # and from then on it counts exactly: an expiry, a delete of an old entry
-    wait_until(lambda: not redis_db.exists(f"sg:e:a:{brief}"), timeout=5, what="expiry")
+    wait_until(lambda: not redis_db.exists(K.entry("a", brief)), timeout=5, what="expiry")
     assert assert_exact(g, redis_db, ha, "a")["entries"] == 4
-    old = [k.decode().rsplit(":", 1)[1] for k in redis_db.scan_iter(match="sg:e:a:*")
+    old = [K.entry_id(k) for k in redis_db.scan_iter(match=K.pattern("e", "a"))
            if redis_db.hget(k, "query") == b"old one"][0]
     assert call(g, "DELETE", f"{API}/entries/{old}", headers=ha).status_code == 204
     assert assert_exact(g, redis_db, ha, "a")["entries"] == 3
@@ -200,12 +239,12 @@ def test_entries_written_before_the_accounting_are_counted_exactly(keyed, upstre
 
 
 def test_a_lost_accounting_key_is_rebuilt(gateway, upstream, redis_db):
-    for i in range(5):
-        store(gateway, query=f"entry {i}", answer="a" * (i + 1))
+    ids = [store(gateway, query=f"entry {i}", answer="a" * (i + 1)) for i in range(5)]
     assert assert_exact(gateway, redis_db)["entries"] == 5
-    redis_db.delete("sg:size:default")  # as if evicted under memory pressure
+    b = K.bucket_of("default", ids[0])
+    redis_db.delete(K.key_in("size", b, "default"))  # as if evicted under memory pressure
     assert assert_exact(gateway, redis_db)["entries"] == 5
-    redis_db.delete("sg:live:default")
+    redis_db.delete(K.key_in("live", b, "default"))
     assert assert_exact(gateway, redis_db)["entries"] == 5
 
 
@@ -213,13 +252,13 @@ def test_dropping_the_marker_recounts_entries_that_went_behind_the_gateways_back
         gateway, upstream, redis_db):
     ids = [store(gateway, query=f"entry {i}", answer="a" * (i + 1)) for i in range(5)]
     assert assert_exact(gateway, redis_db)["entries"] == 5
-    redis_db.delete(f"sg:e:default:{ids[0]}")  # evicted, or deleted by hand
+    redis_db.delete(K.entry("default", ids[0]))  # evicted, or deleted by hand
     # no delete told the accounting: counted until its TTL would have ended...
     assert stats(gateway)["entries"] == 5
     # ...or until the tenant's accounting is rebuilt
-    redis_db.hdel("sg:stats:default", "entries_tracked")
+    redis_db.hdel(K.tenant_keys("stats", "default")[0], "entries_tracked")
     assert assert_exact(gateway, redis_db)["entries"] == 4
-    assert redis_db.zcard("sg:live:default") == 4
+    assert K.zcard(redis_db, "live", "default") == 4
 
 
 def test_a_stats_read_costs_the_same_few_commands_with_2000_entries(gateway, upstream, redis_db,
@@ -248,9 +287,9 @@ def test_a_stats_read_costs_the_same_few_commands_with_2000_entries(gateway, ups
     large, st = cost()
     assert st["entries"] == 2000 and st == stats(gateway)
     assert large == small, (small, large)
-    # one EVAL and the dozen calls it makes; the SCAN it replaced ran
-    # five commands per entry (10,005 here)
-    assert small <= 16, small
+    # one EVAL per slot bucket and the dozen calls each makes; the SCAN it
+    # replaced ran five commands per entry (10,005 here)
+    assert small <= 16 * K.BUCKETS, small
     assert_exact(gateway, redis_db)
 
 

@@ -9,7 +9,8 @@ import time
 
 import requests
 
-from conftest import SLOW, user, wait_until
+from conftest import SLOW, on_masters, user, wait_until
+import keys as K
 
 
 def metric(gw, name):
@@ -20,11 +21,11 @@ def metric(gw, name):
 
 
 def pause_writes(redis_db, ms):
-    redis_db.execute_command("CLIENT", "PAUSE", int(ms), "WRITE")
+    on_masters(redis_db, "CLIENT", "PAUSE", int(ms), "WRITE")
 
 
 def unpause(redis_db):
-    redis_db.execute_command("CLIENT", "UNPAUSE")
+    on_masters(redis_db, "CLIENT", "UNPAUSE")
 
 
 def test_answer_before_store_and_repeats_served_from_the_pending_entry(
@@ -37,7 +38,7 @@ def test_answer_before_store_and_repeats_served_from_the_pending_entry(
         assert r.headers["X-Semgate-Cache"] == "miss"
         eid = r.headers["X-Semgate-Entry"]
         # answered while Redis could not have stored it
-        assert not redis_db.exists("sg:e:default:" + eid)
+        assert not redis_db.exists(K.entry("default", eid))
         assert metric(g, "semgate_cache_stores_pending") == 1
         # the same question: an exact hit of that entry, from memory
         r2 = g.chat(user("What is the boiling point of water?"))
@@ -61,11 +62,11 @@ def test_answer_before_store_and_repeats_served_from_the_pending_entry(
         assert r4.headers["X-Semgate-Cache"] == "miss"
         assert r4.headers["X-Semgate-Verify"] == "rejected=content", r4.headers
         assert upstream.stats()["chat_requests"] == 2
-        assert not redis_db.exists("sg:e:default:" + eid)
+        assert not redis_db.exists(K.entry("default", eid))
     finally:
         unpause(redis_db)
     g.settle()
-    h = redis_db.hgetall("sg:e:default:" + eid)
+    h = redis_db.hgetall(K.entry("default", eid))
     assert h[b"query"] == b"What is the boiling point of water?"
     assert int(h[b"hits"]) == 2          # the hits served meanwhile count on it
     assert metric(g, "semgate_cache_stores_pending") == 0
@@ -151,14 +152,14 @@ def test_a_stopping_gateway_writes_its_pending_stores(make_gateway, redis_db):
     stopper = threading.Thread(target=g.stop)
     stopper.start()
     time.sleep(0.3)
-    assert not any(redis_db.exists("sg:e:default:" + i) for i in ids)
+    assert not any(redis_db.exists(K.entry("default", i)) for i in ids)
     unpause(redis_db)
     stopper.join(30 * SLOW)
-    assert all(redis_db.exists("sg:e:default:" + i) for i in ids)
+    assert all(redis_db.exists(K.entry("default", i)) for i in ids)
 
 
 def test_off_stores_before_answering(make_gateway, redis_db):
     g = make_gateway(SEMGATE_STORE_BEHIND=0)
     eid = g.chat(user("stored first")).headers["X-Semgate-Entry"]
-    assert redis_db.exists("sg:e:default:" + eid)   # no settling needed
+    assert redis_db.exists(K.entry("default", eid))   # no settling needed
     assert metric(g, 'semgate_cache_stores_behind_total{result="stored"}') == 0

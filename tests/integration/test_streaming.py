@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from conftest import SLOW, user, wait_until
+import keys as K
 
 
 def stream(gw, text, headers=None, usage=False, timeout=60, **kw):
@@ -103,7 +104,7 @@ def test_broken_stream_stores_nothing_and_appends_nothing(gateway, upstream, red
     evs = events(r)
     assert not evs or evs[-1][1] != "[DONE]"
     assert not redis_db.keys("sg:e:*") and not redis_db.keys("sg:x:*")
-    assert redis_db.llen("sg:chat:default:brk") == 0
+    assert redis_db.llen(K.chat("default", "brk")) == 0
     r = stream(gateway, "please [[break]] now")
     assert r.headers["X-Semgate-Cache"] == "miss"
     events(r)

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from conftest import ROOT, SEMGATE_BIN, user, wait_until
+import keys as K
 
 WINDOW = 10
 PREFIX = ("Summary of the earlier part of this conversation "
@@ -28,7 +29,7 @@ def summary_env(**kw):
 
 
 def key(kind, cid, tenant="default"):
-    return f"sg:{kind}:{tenant}:{cid}".encode()
+    return K.key(kind, tenant, cid).encode()
 
 
 def turn(g, cid, text, headers=None, messages=None):

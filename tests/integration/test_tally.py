@@ -7,7 +7,8 @@ import time
 
 import requests
 
-from conftest import SLOW, user, wait_until
+from conftest import SLOW, on_masters, user, wait_until
+import keys as K
 
 
 def metric(gw, name):
@@ -64,7 +65,7 @@ def test_concurrent_hits_are_each_counted_once_and_visible_to_the_cache_api(gate
     for t in texts:
         e = requests.get(gateway.url + "/v1/cache/entries/" + ids[t], timeout=10).json()
         assert e["hits"] == want[ids[t]]
-        assert int(redis_db.hget("sg:e:default:" + ids[t], "hits")) == want[ids[t]]
+        assert int(redis_db.hget(K.entry("default", ids[t]), "hits")) == want[ids[t]]
     # written in batches: never more transactions than lookups
     batches = metric(gateway, "semgate_cache_accounting_batches_total") - batches_before
     assert 1 <= batches <= 200
@@ -78,10 +79,10 @@ def test_a_stopping_gateway_writes_the_queued_counts(make_gateway, redis_db):
     for _ in range(20):
         assert g.chat(user("count me on the way out")).headers["X-Semgate-Cache"] == "hit-exact"
     g.stop()  # SIGTERM right after the last answer; exit status checked by stop()
-    assert redis_db.hget("sg:e:default:" + eid, "hits") == b"20"
-    st = redis_db.hgetall("sg:stats:default")
-    assert st[b"hits_exact"] == b"20" and st[b"misses"] == b"1" and st[b"lookups"] == b"21"
-    assert redis_db.zscore("sg:top:default", eid) == 20
+    assert redis_db.hget(K.entry("default", eid), "hits") == b"20"
+    st = K.stats(redis_db, "default")
+    assert st[b"hits_exact"] == 20 and st[b"misses"] == 1 and st[b"lookups"] == 21
+    assert K.zscore(redis_db, "default", eid) == 20
 
 
 def test_deleting_an_entry_right_after_hits_leaves_no_leaderboard_ghost(gateway, redis_db):
@@ -91,8 +92,8 @@ def test_deleting_an_entry_right_after_hits_leaves_no_leaderboard_ghost(gateway,
     r = requests.delete(gateway.url + "/v1/cache/entries/" + eid, timeout=10)
     assert r.status_code == 204, r.text
     time.sleep(0.2)  # anything still queued would land now
-    assert redis_db.zscore("sg:top:default", eid) is None
-    assert not redis_db.exists("sg:e:default:" + eid)
+    assert K.zscore(redis_db, "default", eid) is None
+    assert not redis_db.exists(K.entry("default", eid))
 
 
 def test_the_cache_api_waits_for_counts_held_up_in_redis(make_gateway, redis_db):
@@ -100,7 +101,7 @@ def test_the_cache_api_waits_for_counts_held_up_in_redis(make_gateway, redis_db)
     q = user("held up count")
     eid = g.chat(q).headers["X-Semgate-Entry"]
     # writes wait in Redis for 400 ms; reads (the exact GET) go on
-    redis_db.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+    on_masters(redis_db, "CLIENT", "PAUSE", 400, "WRITE")
     t0 = time.monotonic()
     for _ in range(3):
         assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
@@ -122,7 +123,7 @@ def test_counts_refused_by_redis_are_dropped_and_counted_without_stalling_hits(
     eid = g.chat(q).headers["X-Semgate-Entry"]
     assert metric(g, "semgate_cache_accounting_dropped_total") == 0
     assert requests.get(g.url + "/v1/cache/stats", timeout=10).json()["misses"] == 1
-    redis_db.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    on_masters(redis_db, "CLIENT", "PAUSE", 1500, "WRITE")
     t0 = time.monotonic()
     for _ in range(5):
         assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
@@ -135,6 +136,6 @@ def test_counts_refused_by_redis_are_dropped_and_counted_without_stalling_hits(
     st = requests.get(g.url + "/v1/cache/stats", timeout=10).json()
     # every hit is either counted or dropped, never both, never twice
     assert st["hits_exact"] + dropped == 6 and st["lookups"] + dropped == 7, (st, dropped)
-    assert int(redis_db.hget("sg:e:default:" + eid, "hits") or 0) == st["hits_exact"]
+    assert int(redis_db.hget(K.entry("default", eid), "hits") or 0) == st["hits_exact"]
     assert metric(g, "semgate_cache_accounting_dropped_total") == dropped
     assert g.alive()

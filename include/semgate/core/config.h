@@ -23,6 +23,7 @@ struct sg_config {
 	long long redis_port;
 	char *redis_password;
 	long long redis_db;
+	char *redis_cluster;  /* seed nodes "host:port,..."; empty: one server */
 	char *redis_prefix;
 	long long redis_timeout_ms;
 	char *redis_sentinels;   /* "host:port,..."; empty: single server */
@@ -110,5 +111,13 @@ void config_print_help(FILE *out, const char *argv0);
 
 /* Log the effective configuration at info level, secrets shown as "(set)". */
 void config_log_summary(const struct sg_config *cfg);
+
+/* Longest host name in a "host:port" setting (SEMGATE_REDIS_CLUSTER). */
+#define SG_HOST_MAX 63
+
+/* Parse "host:port" (the last ':' splits, so "::1:6379" works): a host of
+ * 1..hcap-1 printable bytes without spaces or commas, a port in 1..65535.
+ * False (nothing written) otherwise. */
+bool config_host_port(const char *p, size_t len, char *host, size_t hcap, int *port);
 
 #endif

@@ -2,9 +2,11 @@
  * turn and cache-entry event adds to the archive stream (in the same
  * MULTI/EXEC as the data, and only when SEMGATE_ARCHIVE_DSN is set), and
  * the consumer-group calls the archiver drains them with. Stream keys are
- * built only by store_archive_stream_key(); the archiver reads every key
- * store_archive_streams() lists (one today; one per slot bucket once keys
- * carry hash tags). Records are JSON ("r") plus an optional raw float32
+ * built only by store_archive_stream_key(): one stream, {prefix}arch, on
+ * one server (or Sentinel); on a cluster one per slot bucket,
+ * {prefix}arch:{T} (semgate/store/layout.h), so a record shares the slot of
+ * the data it is written with. The archiver reads every stream
+ * store_archive_streams() lists. Records are JSON ("r") plus an optional raw float32
  * vector ("v"); archive/record.c decodes them. */
 #ifndef SEMGATE_STORE_ARCHIVE_H
 #define SEMGATE_STORE_ARCHIVE_H
@@ -26,6 +28,9 @@ bool store_archive_on(const struct sg_config *cfg);
  * one stream, in order. malloc'd; NULL on out of memory. */
 char *store_archive_stream_key(const struct store *s, const char *tenant,
 			       const char *object_id);
+
+/* The cluster stream of slot bucket bucket. malloc'd; NULL on out of memory. */
+char *store_archive_stream_in(const struct store *s, unsigned bucket);
 
 /* Every archive stream, for the archiver to drain; out is filled (free
  * with store_strlist_finish). */

@@ -98,6 +98,34 @@ static void test_bad_url_level_and_prefix_are_refused(void)
 	config_finish(&cfg);
 }
 
+static void test_redis_cluster_seeds(void)
+{
+	struct sg_config cfg;
+	struct sg_error e = { 0 };
+	char *ok[] = { "semgate", "--redis-cluster", "127.0.0.1:7000,node-b:7001,::1:7002", NULL };
+	CHECK_INT(load(&cfg, ok, NULL, &e), SG_OK);
+	CHECK_STR(cfg.redis_cluster, "127.0.0.1:7000,node-b:7001,::1:7002");
+	config_finish(&cfg);
+	CHECK_INT(load(&cfg, NULL, NULL, &e), SG_OK);
+	CHECK_STR(cfg.redis_cluster, "");
+	config_finish(&cfg);
+	const char *bad[] = { "host", "h:0", "h:70000", "h:1,", ",h:1", "h:1,,h:2", "h :1",
+			      ":1", "h:1x",
+			      "a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1,a:1" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *a[] = { "semgate", "--redis-cluster", (char *)bad[i], NULL };
+		CHECK_INT(load(&cfg, a, NULL, &e), SG_ERR_BAD_REQUEST);
+		CHECK(strstr(e.msg, "--redis-cluster") != NULL);
+		config_finish(&cfg);
+	}
+	char host[8];
+	int port = 0;
+	CHECK(config_host_port("abc:12", 6, host, sizeof(host), &port));
+	CHECK_STR(host, "abc");
+	CHECK_INT(port, 12);
+	CHECK(!config_host_port("abcdefgh:1", 10, host, sizeof(host), &port)); /* too long */
+}
+
 static void test_unknown_flag_and_missing_value(void)
 {
 	struct sg_config cfg;
@@ -130,6 +158,7 @@ int main(void)
 	RUN(test_non_integer_is_refused);
 	RUN(test_secret_values_never_appear_in_errors);
 	RUN(test_bad_url_level_and_prefix_are_refused);
+	RUN(test_redis_cluster_seeds);
 	RUN(test_unknown_flag_and_missing_value);
 	RUN(test_help_and_version_flags);
 	return TEST_DONE();
