@@ -129,6 +129,22 @@ class SentinelRedis:
                 c.config_set("requirepass", pw)
         self.password = pw
 
+    def flush(self):
+        self.client().flushall()
+
+    def any_node(self):
+        """A plain client of the master (for PUBLISH and server commands)."""
+        return self.client()
+
+    def config_set(self, name, value, password=None):
+        """CONFIG SET on every data node."""
+        for n in self.nodes:
+            if n.proc:
+                c = n.client()
+                if password:
+                    c.execute_command("AUTH", password)
+                c.config_set(name, value)
+
     # ---- failover controls ----
 
     def node(self, port):
