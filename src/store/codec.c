@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "semgate/store/layout.h"
 
 bool store_codec_id_ok(const char *id, size_t len)
 {
@@ -50,6 +51,8 @@ bool store_codec_entry_key(const char *prefix, const char *key, size_t len,
 	const char *close = memchr(t, '}', (size_t)(end - t));
 	if (!close || close + 1 >= end || close[1] != ':')
 		return false;
+	const char *tag = t + 1;
+	size_t tag_len = (size_t)(close - tag);
 	t = close + 2;
 	const char *colon = memchr(t, ':', (size_t)(end - t));
 	if (!colon || colon == t || (size_t)(colon - t) >= tcap)
@@ -64,6 +67,13 @@ bool store_codec_entry_key(const char *prefix, const char *key, size_t len,
 	tenant[colon - t] = '\0';
 	memcpy(id, colon + 1, idlen);
 	id[idlen] = '\0';
+	/* the gateway names an entry only in its own bucket; a key with any
+	 * other tag is not one the store could read back by its id */
+	const char *want = store_bucket_tag(store_bucket_of(tenant, id));
+	if (strlen(want) != tag_len || memcmp(want, tag, tag_len) != 0) {
+		tenant[0] = id[0] = '\0';
+		return false;
+	}
 	return true;
 }
 

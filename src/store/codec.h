@@ -24,10 +24,12 @@ bool store_codec_id_ok(const char *id, size_t len);
 bool store_codec_exact(const char *val, size_t len, char id_out[STORE_ID_MAX + 1],
 		       const char **answer, size_t *answer_len);
 
-/* Split an entry key "{prefix}e:{tenant}:{id}" (key[0..len), need not be
- * NUL-terminated). tenant is everything up to the next ':' (non-empty,
- * shorter than tcap); id the rest (a valid id, shorter than icap). Both
- * are written NUL-terminated. False for any other key. */
+/* Split an entry key "{prefix}e:{<tag>}:{tenant}:{id}" (key[0..len), need
+ * not be NUL-terminated). tenant is everything after the tag up to the next
+ * ':' (non-empty, shorter than tcap); id the rest (a valid id, shorter than
+ * icap). Both are written NUL-terminated. The tag must be the bucket tag of
+ * (tenant, id), the only key store_key() names for that entry. False for
+ * any other key. */
 bool store_codec_entry_key(const char *prefix, const char *key, size_t len,
 			   char *tenant, size_t tcap, char *id, size_t icap);
 

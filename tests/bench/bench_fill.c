@@ -4,7 +4,9 @@
  * answer, tokens), so it lands in the same index partition, but gets a new
  * id, a random L2-normalised vector, its own query text and its own exact
  * key, all with the template's TTL. Key names are derived from the template
- * keys, never spelled out here, so this tool follows src/store/cache.c's layout.
+ * keys ("<prefix><kind>:{<bucket tag>}:<tenant>:<id or sha>"): each clone's
+ * id is fitted to its exact key's bucket and both keys carry the tag of
+ * that bucket (semgate/store/layout.h), as src/store/cache.c names them.
  * It only writes keys it creates; it never modifies or deletes the template. */
 #include <errno.h>
 #include <math.h>
@@ -16,6 +18,8 @@
 #include <time.h>
 
 #include <hiredis/hiredis.h>
+
+#include "semgate/store/layout.h"
 
 #define MAX_FIELDS 64
 
@@ -31,8 +35,9 @@ struct tmpl {
 	int vec_i, query_i, exact_i, created_i, hits_i, answer_i;
 	int dim;
 	long long pttl_ms;
-	char *entry_prefix;      /* entry key without the id */
-	char *exact_prefix;      /* exact key without the sha */
+	char *entry_kind;        /* "<prefix>e:", the entry key before its tag */
+	char *exact_kind;        /* "<prefix>x:" */
+	char *tenant;
 };
 
 struct opts {
@@ -199,8 +204,9 @@ static void tmpl_finish(struct tmpl *t)
 		free(t->f[i].name);
 		free(t->f[i].val);
 	}
-	free(t->entry_prefix);
-	free(t->exact_prefix);
+	free(t->entry_kind);
+	free(t->exact_kind);
+	free(t->tenant);
 }
 
 static char *dup_bytes(const char *p, size_t len)
@@ -213,14 +219,21 @@ static char *dup_bytes(const char *p, size_t len)
 	return s;
 }
 
-/* Strip suffix from key, which must end with ":" + suffix (the id or sha). */
-static char *key_prefix(const char *key, const char *suffix)
+/* Split "<kind prefix>{<tag>}:<tenant>:<suffix>" (key must end with ":" +
+ * suffix, the id or sha) into its kind prefix (up to the '{') and tenant. */
+static bool key_parts(const char *key, const char *suffix, char **kind, char **tenant)
 {
 	size_t kl = strlen(key), sl = strlen(suffix);
+	*kind = *tenant = NULL;
 	if (sl == 0 || kl <= sl + 1 || strcmp(key + kl - sl, suffix) != 0 ||
 	    key[kl - sl - 1] != ':')
-		return NULL;
-	return dup_bytes(key, kl - sl);
+		return false;
+	const char *open = strchr(key, '{'), *close = open ? strchr(open, '}') : NULL;
+	if (!close || close[1] != ':' || close + 2 >= key + kl - sl - 1)
+		return false;
+	*kind = dup_bytes(key, (size_t)(open - key));
+	*tenant = dup_bytes(close + 2, (size_t)(key + kl - sl - 1 - (close + 2)));
+	return *kind && *tenant;
 }
 
 static int load_template(redisContext *c, const struct opts *o, struct tmpl *t)
@@ -279,11 +292,14 @@ static int load_template(redisContext *c, const struct opts *o, struct tmpl *t)
 	}
 	/* the entry key ends with ":" + id: the id is what follows the last ':' */
 	const char *id = strrchr(o->entry_key, ':');
-	t->entry_prefix = id ? key_prefix(o->entry_key, id + 1) : NULL;
-	t->exact_prefix = key_prefix(o->exact_key, t->f[t->exact_i].val);
-	if (!t->entry_prefix || !t->exact_prefix) {
-		fprintf(stderr, "bench_fill: %s does not end with the entry's exact hash\n",
-			o->exact_key);
+	char *xtenant = NULL;
+	bool ok = id && key_parts(o->entry_key, id + 1, &t->entry_kind, &t->tenant) &&
+		  key_parts(o->exact_key, t->f[t->exact_i].val, &t->exact_kind, &xtenant) &&
+		  strcmp(t->tenant, xtenant) == 0;
+	free(xtenant);
+	if (!ok) {
+		fprintf(stderr, "bench_fill: %s and %s are not an entry key and the exact key "
+			"of its hash\n", o->entry_key, o->exact_key);
 		return -1;
 	}
 	return 0;
@@ -316,17 +332,16 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 	float *vec = malloc(sizeof(float) * (size_t)t->dim);
 	const struct field *ans = &t->f[t->answer_i];
 	char *xval = malloc(64 + 1 + ans->len);
-	size_t plen_e = strlen(t->entry_prefix), plen_x = strlen(t->exact_prefix);
-	char *ekey = malloc(plen_e + 33), *xkey = malloc(plen_x + 65);
+	size_t cap = strlen(t->entry_kind) + strlen(t->exact_kind) + strlen(t->tenant) +
+		     STORE_TAG_MAX + 4 + 65;
+	char *ekey = malloc(cap), *xkey = malloc(cap);
 	int rc = 0;
 	if (!vec || !xval || !ekey || !xkey) {
 		fprintf(stderr, "bench_fill: out of memory\n");
 		rc = -1;
 		goto out;
 	}
-	memcpy(ekey, t->entry_prefix, plen_e);
-	memcpy(xkey, t->exact_prefix, plen_x);
-	char *id = ekey + plen_e, *sha = xkey + plen_x;
+	char id[33], sha[65];
 	char query[160], created[24], ttl[24];
 	snprintf(created, sizeof(created), "%lld", (long long)time(NULL));
 	snprintf(ttl, sizeof(ttl), "%lld", t->pttl_ms);
@@ -337,13 +352,19 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 		uint64_t s = o->seed * 0x2545f4914f6cdd1dULL ^ (uint64_t)i * 0x9e3779b97f4a7c15ULL;
 		hex_of(&s, id, 32);
 		hex_of(&s, sha, 64);
+		/* as cache_new_id + store_entry_id_fit: the entry shares a bucket
+		 * with its exact key */
+		store_entry_id_fit(t->tenant, sha, id);
+		const char *tag = store_bucket_tag(store_bucket_of(t->tenant, sha));
+		int elen = snprintf(ekey, cap, "%s{%s}:%s:%s", t->entry_kind, tag, t->tenant, id);
+		int xlen = snprintf(xkey, cap, "%s{%s}:%s:%s", t->exact_kind, tag, t->tenant, sha);
 		random_unit(&s, vec, t->dim);
 		int qn = snprintf(query, sizeof(query),
 				  "Benchmark filler question number %lld: what about topic %llu?",
 				  i, (unsigned long long)(splitmix(&s) % 100000));
 		int n = 0;
 		argv[n] = "HSET"; alen[n++] = 4;
-		argv[n] = ekey; alen[n++] = plen_e + 32;
+		argv[n] = ekey; alen[n++] = (size_t)elen;
 		for (int f = 0; f < t->n; f++) {
 			argv[n] = t->f[f].name;
 			alen[n++] = strlen(t->f[f].name);
@@ -368,11 +389,11 @@ static int fill(redisContext *c, const struct opts *o, const struct tmpl *t)
 			}
 		}
 		redisAppendCommandArgv(c, n, argv, alen);
-		redisAppendCommand(c, "PEXPIRE %b %s", ekey, plen_e + 32, ttl);
+		redisAppendCommand(c, "PEXPIRE %b %s", ekey, (size_t)elen, ttl);
 		memcpy(xval, id, 32);
 		xval[32] = '\n';
 		memcpy(xval + 33, ans->val, ans->len);
-		redisAppendCommand(c, "SET %b %b PX %s", xkey, plen_x + 64, xval,
+		redisAppendCommand(c, "SET %b %b PX %s", xkey, (size_t)xlen, xval,
 				   33 + ans->len, ttl);
 		pending += 3;
 		if (pending >= 3 * o->batch) {

@@ -15,6 +15,7 @@
 
 #include "semgate/cache/cache.h"
 #include "semgate/core/json.h"
+#include "semgate/store/layout.h"
 #include "semgate/vindex/vindex.h"
 #include "../../src/store/codec.h"
 #include "fuzz.h"
@@ -95,7 +96,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (key_ok) {
 		FUZZ_CHECK(tenant[0] && strchr(tenant, ':') == NULL);
 		FUZZ_CHECK(store_codec_id_ok(eid, strlen(eid)));
-		FUZZ_CHECK(3 + 2 + strlen(tenant) + 1 + strlen(eid) == klen);
+		/* "sg:e:{<bucket tag>}:<tenant>:<id>", the key store_key names */
+		const char *tag = store_bucket_tag(store_bucket_of(tenant, eid));
+		FUZZ_CHECK(3 + 2 + 1 + strlen(tag) + 2 + strlen(tenant) + 1 + strlen(eid) == klen);
+		FUZZ_CHECK(memcmp(key + 6, tag, strlen(tag)) == 0);
 	}
 
 	float *vec = NULL;

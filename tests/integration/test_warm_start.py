@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from conftest import SLOW, wait_until
+import keys as K
 
 FILL = 50000
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -24,9 +25,10 @@ def fill_partition(redis_db, entry_key, n):
     """n clones of the template entry (same scope, model, dimension) with
     new ids, own query texts and vectors far from the template's: the
     template's vector rotated by 1..383 floats. No exact keys: the clones
-    only fill the partition the index must load."""
+    only fill the partition the index must load. Each is named as the
+    gateway names an entry: in the bucket of its own id."""
     tpl = redis_db.hgetall(entry_key)
-    prefix = entry_key[:entry_key.rindex(b":") + 1]
+    tenant = entry_key.split(b":")[3].decode()
     vec = tpl[b"vector"]
     pipe = redis_db.pipeline(transaction=False)
     for i in range(n):
@@ -35,7 +37,7 @@ def fill_partition(redis_db, entry_key, n):
         h[b"vector"] = vec[k:] + vec[:k]
         h[b"query"] = b"filler question %d" % i
         h[b"exact"] = b""
-        key = prefix + os.urandom(16).hex().encode()
+        key = K.entry(tenant, os.urandom(16).hex())
         pipe.hset(key, mapping=h)
         pipe.expire(key, 3600)
         if i % 1000 == 999:
