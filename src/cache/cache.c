@@ -643,6 +643,14 @@ enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
 {
 	struct rebuild rb = { .app = app, .seen = seen, .ud = ud };
 	size_t scanned = 0;
+	/* entries of the layout before slot buckets move first, so the scan
+	 * finds them (one GET once that is done); a failure is retried on the
+	 * next rebuild and does not hold up this one */
+	struct store_legacy_counts lc;
+	struct sg_error le = { 0 };
+	if (store_legacy_migrate(s, &lc, &le) != SG_OK)
+		sg_log(SG_LOG_WARN, "moving the old-layout cache stopped after %zu entries: %s; "
+		       "retried at the next resync", lc.entries, le.msg);
 	enum sg_err rc = store_scan_entries(s, rebuild_one, &rb, &scanned, e);
 	*loaded = rb.added;
 	return rc;

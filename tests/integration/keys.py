@@ -178,3 +178,22 @@ def smembers(r, tenant, name, prefix=PREFIX):
 def legacy(kind, tenant, rest, prefix=PREFIX):
     """A key as the layout before slot buckets named it (no hash tag)."""
     return f"{prefix}{kind}:{tenant}:{rest}"
+
+
+def fit_id(tenant, sha, eid):
+    """store_entry_id_fit: eid with its last four hex digits moved until it
+    is in the bucket of (tenant, sha), the bucket of the entry's exact key."""
+    want = bucket_of(tenant, sha)
+    for _ in range(65536):
+        if bucket_of(tenant, eid) == want:
+            return eid
+        eid = eid[:-4] + "%04x" % ((int(eid[-4:], 16) + 1) & 0xFFFF)
+    raise AssertionError("no fitting id")
+
+
+def untagged(k, prefix=PREFIX):
+    """The name the layout before slot buckets gave key k, or None when k
+    carries no bucket tag."""
+    s = k.decode() if isinstance(k, bytes) else k
+    m = re.match(rf"^{re.escape(prefix)}([a-z]+):{TAG_RE}:(.*)$", s)
+    return f"{prefix}{m.group(1)}:{m.group(2)}" if m else None

@@ -31,6 +31,7 @@ LAYOUT = [re.compile(p) for p in (
     rf"^sg:(top|rl|stats|live|size):{B}:{T}$",
     rf"^sg:ts:{B}:{T}:[mh]:[0-9]{{1,12}}$",
     rf"^sg:emb:{B}:{T}:[^\s*?\[\]]+:[0-9a-f]{{64}}$",
+    r"^sg:layout$",  # the old layout's cache has been moved (store/legacy.c)
 )]
 
 

@@ -148,7 +148,8 @@ enum sg_err cache_index_add(struct sg_app *app, const char *tenant, const char *
 char *cache_render_hit(const char *answer, size_t len, cJSON **doc);
 
 /* Add (or replace) the index row of every entry in Redis: at start and on
- * every resync. Rows already in the index stay searchable throughout.
+ * every resync. Entries of the layout before slot buckets are moved into
+ * it first (store_legacy_migrate; once). Rows already in the index stay searchable throughout.
  * seen, when not NULL, is called with the id (borrowed) of each entry
  * found, so the caller can drop the rows Redis no longer has. *loaded
  * receives the count. */

@@ -287,4 +287,24 @@ void store_sub_msg_finish(struct store_sub_msg *m);
 enum sg_err store_sub_next(struct store_sub *sub, int timeout_ms, struct store_sub_msg *m,
 			   struct sg_error *e);
 
+/* ---- upgrading from the layout before slot buckets (legacy.c) ---- */
+
+struct store_legacy_counts {
+	size_t entries;  /* cache entries put again in the new layout */
+	size_t moved;    /* counter hashes merged and embeddings moved */
+	size_t removed;  /* derived keys (exact keys, tag sets, ...) deleted */
+	size_t skipped;  /* old keys that could not move: left to their TTL */
+	bool already;    /* an earlier start finished the move */
+};
+
+/* Move the cache entries, counters, calibration, series and embeddings of
+ * the layout without hash tags into the bucket layout, once (the marker key
+ * {prefix}layout says it is done), on a single server or through Sentinel;
+ * nothing on an empty database or a cluster (which never holds the old
+ * layout). Safe to run from several gateways at once. An
+ * error (Redis lost) leaves the rest for the next start. Conversations move
+ * one by one when first read (store_history_get). */
+enum sg_err store_legacy_migrate(struct store *s, struct store_legacy_counts *n,
+				 struct sg_error *e);
+
 #endif
