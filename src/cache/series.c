@@ -70,7 +70,9 @@ enum sg_err cache_series_parse(const char *query, long long now, struct cache_se
 				"'%s' must be a whole number of unix seconds", names[k]);
 		seen[k] = true;
 	}
-	long long to = seen[1] ? v[1] : now;
+	/* 'to' is exclusive: by default it lies after this second, so what was
+	 * counted in the minute that began at now (now a whole minute) is in */
+	long long to = seen[1] ? v[1] : now + 1;
 	long long step = seen[2] ? v[2] : 60;
 	long long from = seen[0] ? v[0] : to - 3600;
 	if (step < 60 || step > CACHE_SERIES_STEP_MAX || step % 60 != 0)

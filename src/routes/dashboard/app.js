@@ -365,7 +365,8 @@
       await Promise.all([
         api("/v1/cache/stats").then(showStats),
         api("/v1/cache/top?limit=20").then(showTop),
-        api(`/v1/cache/timeseries?from=${now - span}&to=${now}&step=${step}`)
+        // 'to' is exclusive: now + 1 keeps this second's counts in
+        api(`/v1/cache/timeseries?from=${now - span}&to=${now + 1}&step=${step}`)
           .then((ts) => { drawSeries(ts, span); showTenantLatency(ts); }),
         api("/v1/cache/calibration").then(showCalibration),
         fetch("/metrics", { cache: "no-store" }).then((r) => r.text()).then(showLatency)]);

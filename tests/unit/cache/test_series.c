@@ -38,6 +38,21 @@ static void test_defaults_and_alignment(void)
 	CHECK_INT(q.per, 24);
 }
 
+/* now on a whole minute: the minute that begins at now is in the default
+ * range (its counts were written in this very second) */
+static void test_default_range_holds_the_current_minute(void)
+{
+	struct cache_series_query q;
+	struct sg_error e = { 0 };
+	long long now = 1765000020; /* a multiple of 60 */
+	CHECK_INT(cache_series_parse(NULL, now, &q, &e), SG_OK);
+	CHECK(q.from <= now && now < q.to);
+	CHECK_INT(q.first + (long long)q.npoints - 1, now / 60);
+	CHECK_INT(cache_series_parse(NULL, now + 59, &q, &e), SG_OK);
+	CHECK(q.from <= now + 59 && now + 59 < q.to);
+	CHECK_INT(q.first + (long long)q.npoints - 1, now / 60);
+}
+
 static void test_bounds(void)
 {
 	static const char *const bad[] = {
@@ -93,6 +108,7 @@ static void test_json_columns_and_totals(void)
 int main(void)
 {
 	RUN(test_defaults_and_alignment);
+	RUN(test_default_range_holds_the_current_minute);
 	RUN(test_bounds);
 	RUN(test_json_columns_and_totals);
 	return TEST_DONE();
