@@ -36,6 +36,11 @@ enum sg_err app_init(struct sg_app *app, const struct sg_config *cfg,
 	app->vindex = vindex_create();
 	if (!app->vindex)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
+	struct vindex_tuning vt = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0,
+				    .lists_min_rows = (size_t)cfg->index_lists_from,
+				    .probe = (int)cfg->index_probe };
+	if (vindex_set_tuning(app->vindex, &vt, e) != SG_OK)
+		return e->code;
 	app->prompts = prompts_load(cfg->prompts_dir, e);
 	if (!app->prompts)
 		return e->code;

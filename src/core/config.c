@@ -158,6 +158,14 @@ static const struct cfg_row config_rows[] = {
 	  OFF(coalesce_wait_ms),
 	  "concurrent misses that the first one's answer would answer wait this long for it "
 	  "instead of calling the LLM again (0: off)" },
+	{ "SEMGATE_INDEX_LISTS_FROM", "--index-lists-from", CFG_INT, "32768", 0, 2147483647,
+	  OFF(index_lists_from),
+	  "a partition of at least this many entries is clustered into lists and a semantic "
+	  "lookup reads only the SEMGATE_INDEX_PROBE nearest ones (0: every lookup reads every "
+	  "entry)" },
+	{ "SEMGATE_INDEX_PROBE", "--index-probe", CFG_INT, "16", 1, 256, OFF(index_probe),
+	  "lists of a clustered partition a semantic lookup reads (more: fewer missed hits, "
+	  "slower misses)" },
 	{ "SEMGATE_STORE_BEHIND", "--store-behind", CFG_INT, "1", 0, 1, OFF(store_behind),
 	  "1: a miss's answer goes to the client before its store is written to Redis (a "
 	  "repeat meanwhile is answered from the gateway's memory); 0: stored first" },

@@ -406,6 +406,10 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 	    (rc = header(out, "semgate_index_partitions", "gauge",
 			 "Partitions (tenant, scope, embedding model) in the vector index.")) ||
 	    (rc = sg_buf_printf(out, "semgate_index_partitions %zu\n", x->index_partitions)) ||
+	    (rc = header(out, "semgate_index_listed_partitions", "gauge",
+			 "Partitions big enough to be clustered into lists: a semantic lookup "
+			 "reads only the nearest SEMGATE_INDEX_PROBE of them.")) ||
+	    (rc = sg_buf_printf(out, "semgate_index_listed_partitions %zu\n", x->index_listed)) ||
 	    (rc = header(out, "semgate_cache_accounting_batches_total", "counter",
 			 "MULTI/EXEC batches of hit and miss counters written to Redis.")) ||
 	    (rc = sg_buf_printf(out, "semgate_cache_accounting_batches_total %llu\n",

@@ -70,6 +70,7 @@ int route_metrics(struct sg_req *req)
 		.index_entries = vindex_count(req->app->vindex),
 		.index_bytes = vindex_bytes(req->app->vindex),
 		.index_partitions = vindex_partition_count(req->app->vindex),
+		.index_listed = vindex_listed_count(req->app->vindex),
 		.tally_batches = ts.batches,
 		.tally_dropped = ts.dropped,
 		.hot_hits = hs.hits,

@@ -50,6 +50,9 @@ struct vq_rows {
 	const float *err;     /* n */
 	const float *lam;     /* n */
 	const int64_t *exp;   /* n */
+	/* NULL, or the row of mat that code row r stands for (a list's copy
+	 * of the codes): re-ranks and answers name rows of mat. */
+	const uint32_t *map;
 	size_t n, plane;
 	int dim;
 };
@@ -111,6 +114,17 @@ void vq_scan_hi(enum vq_kernel k, const struct vq_rows *R, const struct vq_query
 void vq_scan_lo(enum vq_kernel k, const struct vq_rows *R, const struct vq_query *q,
                 struct vq_state *st, size_t r0, size_t r1, int64_t now_ms,
                 const int32_t *dh);
+
+/* out[c] = <v, row c of m> (nrows x dim floats, row-major) in float32:
+ * similarity to the lists' centroids, where rounding only moves a row or a
+ * query between two nearly equal lists. Deterministic for a kernel. */
+void vq_dots(enum vq_kernel k, const float *m, size_t nrows, const float *v, int dim,
+             float *out);
+
+/* Re-rank every candidate of st that can still reach its floor (the one
+ * with the highest upper bound first) and empty the buffer, so that st can
+ * go on over rows of another vq_rows: one list after another. */
+void vq_drain(const struct vq_rows *R, const struct vq_query *q, struct vq_state *st);
 
 /* Merge nst states that scanned disjoint ranges for the same query and
  * re-rank what is left exactly. Returns the best live row (ties: lowest

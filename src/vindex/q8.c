@@ -183,6 +183,8 @@ void vq_state_init(struct vq_state *st, float min_similarity, struct vq_cand *bu
 static void rerank(const struct vq_rows *R, const struct vq_query *q,
                    struct vq_state *st, size_t row)
 {
+	if (R->map)
+		row = R->map[row];
 	double d = vq_dot_exact(q->x, R->mat + row * (size_t)R->dim, R->dim);
 	st->reranked++;
 	if (st->best_row == SIZE_MAX || d > st->best || (d == st->best && row < st->best_row)) {
@@ -317,6 +319,21 @@ static void scan_lo_scalar(const struct vq_rows *R, const struct vq_query *q,
 			refine(R, q, st, r, dh[r], pdot_scalar(R->lo + r * pl, q->codes, pl), now_ms);
 }
 
+static void dots_scalar(const float *m, size_t k, const float *v, int dim, float *out)
+{
+	for (size_t c = 0; c < k; c++) {
+		const float *row = m + c * (size_t)dim;
+		float s[8] = { 0 };
+		int j = 0;
+		for (; j + 8 <= dim; j += 8)
+			for (int t = 0; t < 8; t++)
+				s[t] += row[j + t] * v[j + t];
+		for (; j < dim; j++)
+			s[j & 7] += row[j] * v[j];
+		out[c] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+	}
+}
+
 /* ---- x86 kernels ---- */
 
 #if VQ_X86
@@ -444,6 +461,29 @@ TGT_VNNI static inline __m256i pdot_vnni(const uint8_t *row, const int8_t *p, si
 		                          _mm512_load_si512(p + 2 * g + GROUP / 2));
 	}
 	return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
+/* <v, row c of m> for c < k in float32 with FMA: the lists' centroids. */
+TGT_AVX2 static void dots_avx2(const float *m, size_t k, const float *v, int dim, float *out)
+{
+	for (size_t c = 0; c < k; c++) {
+		const float *row = m + c * (size_t)dim;
+		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+		int j = 0;
+		for (; j + 16 <= dim; j += 16) {
+			a0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(v + j), a0);
+			a1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + j + 8),
+			                     _mm256_loadu_ps(v + j + 8), a1);
+		}
+		__m256 a = _mm256_add_ps(a0, a1);
+		__m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+		h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+		h = _mm_add_ss(h, _mm_movehdup_ps(h));
+		float s = _mm_cvtss_f32(h);
+		for (; j < dim; j++)
+			s += row[j] * v[j];
+		out[c] = s;
+	}
 }
 
 /* The three scans, once per instruction set. Rows are read one after
@@ -620,6 +660,39 @@ void vq_scan_lo(enum vq_kernel k, const struct vq_rows *R, const struct vq_query
 		scan_lo_scalar(R, q, st, r0, r1, now_ms, dh);
 		return;
 	}
+}
+
+void vq_dots(enum vq_kernel k, const float *m, size_t nrows, const float *v, int dim,
+             float *out)
+{
+	switch (built(k)) {
+#if VQ_X86
+	case VQ_AVX2:
+	case VQ_VNNI:
+		dots_avx2(m, nrows, v, dim, out);
+		return;
+#endif
+	default:
+		dots_scalar(m, nrows, v, dim, out);
+		return;
+	}
+}
+
+void vq_drain(const struct vq_rows *R, const struct vq_query *q, struct vq_state *st)
+{
+	size_t top = SIZE_MAX;
+	float tu = -INFINITY;
+	for (size_t k = 0; k < st->ncand; k++)
+		if (st->cand[k].upper >= st->floor && st->cand[k].upper > tu) {
+			tu = st->cand[k].upper;
+			top = k;
+		}
+	if (top != SIZE_MAX)
+		rerank(R, q, st, st->cand[top].row);
+	for (size_t k = 0; k < st->ncand; k++)
+		if (k != top && st->cand[k].upper >= st->floor)
+			rerank(R, q, st, st->cand[k].row);
+	st->ncand = 0;
 }
 
 size_t vq_finish(const struct vq_rows *R, const struct vq_query *q,

@@ -51,6 +51,16 @@ _Static_assert(VINDEX_DIM_MAX <= VQ_DIM_MAX, "the int8 kernels encode rows of ev
 #define COALESCE_DH_BYTES ((size_t)64 << 20)
 /* Scratch buffers of coalesced passes kept for reuse. */
 #define POOL_MAX 4
+/* Lists (vindex_tuning.lists_min_rows): a partition of at least that many
+ * rows is clustered into LISTS_MIN..LISTS_MAX lists (the power of two at
+ * most sqrt(n)) by spherical k-means over TRAIN_PER_LIST sampled rows per
+ * list, TRAIN_ITERS rounds. A partition is clustered again only when it
+ * has grown enough for twice the lists: at LISTS_MAX lists, never. */
+#define LISTS_MIN 16
+#define LISTS_MAX 256
+#define TRAIN_PER_LIST 32
+#define TRAIN_ITERS 6
+#define PROBE_DEFAULT 16
 /* Code planes at least this big are 2 MiB-aligned and asked to use huge
  * pages: the scan is bound by memory reads and 4 KiB pages cost ~20%. */
 #define HUGE_BYTES ((size_t)2 << 20)
@@ -77,6 +87,15 @@ struct part {
 	float *qscale;         /* per row: mat row ~ qscale * codes */
 	float *qerr;           /* per row: >= |mat row - qscale * codes| */
 	float *qlam;           /* per row: what the hi plane alone misses */
+	/* Lists (see "lists"): NULL until the partition is clustered. ls and
+	 * rl change under lock exclusive; nlists mirrors ls->nlist for
+	 * search_single's unlocked choice. */
+	struct lists *ls;
+	struct rowlist { uint32_t list, pos; } *rl; /* per row: its list, its place in it */
+	size_t cap_rl;
+	size_t ls_bytes;       /* heap of ls: centroids and row arrays */
+	size_t ls_tried;       /* rows when clustering last ran out of memory */
+	atomic_int nlists;
 	/* Coalesced searches (see "coalesced searches"), under cmu: scans
 	 * running or about to, and the single searches waiting to be served
 	 * by one pass together. */
@@ -94,6 +113,26 @@ struct idslot {
 	uint32_t hash;
 };
 
+/* One list: a copy of its rows' codes, bounds and expiry, entry by entry,
+ * so that a search streams them from memory as a full scan streams the
+ * partition's; rows[i] is the partition row entry i stands for. In no
+ * particular order. */
+struct vlist {
+	uint32_t len, cap;
+	uint32_t *rows;
+	uint8_t *hi, *lo; /* cap x plane each, VQ_ALIGN-aligned */
+	float *scale, *err, *lam;
+	int64_t *exp;
+};
+
+/* A partition's lists: centroid c (unit norm, dim floats) and list c, the
+ * rows nearest to it. */
+struct lists {
+	int nlist;
+	float *cent;      /* nlist x dim */
+	struct vlist *l;  /* nlist */
+};
+
 struct vindex {
 	/* Serialises writers (add, remove, expire, clear). Only writers change
 	 * the table, the id map or a partition, so a writer may read all of
@@ -108,6 +147,7 @@ struct vindex {
 	struct idslot *slots;
 	size_t nslots, nids;
 	atomic_size_t nparts, rows, bytes;
+	atomic_size_t nlisted; /* partitions of the table that have lists */
 	/* Set by vindex_set_tuning() before searches run. */
 	enum vq_kernel kernel;
 	size_t split_min_rows;
@@ -119,6 +159,8 @@ struct vindex {
 	int npool;
 	double bound_scale;
 	bool share_evenly;
+	size_t lists_min_rows; /* 0: never clustered (exact searches) */
+	int probe;             /* lists a search reads */
 };
 
 /* ---- small helpers ---- */
@@ -318,6 +360,8 @@ static size_t part_cap(const struct part *p)
 		c = p->cap_qe;
 	if (p->cap_ql < c)
 		c = p->cap_ql;
+	if (p->ls && p->cap_rl < c)
+		c = p->cap_rl;
 	return c;
 }
 
@@ -327,7 +371,71 @@ static size_t part_bytes(const struct part *p)
 	       p->cap_mat * (size_t)p->dim * sizeof(float) +
 	       p->cap_exp * sizeof(int64_t) + p->cap_ids * sizeof p->ids[0] +
 	       (p->cap_hi + p->cap_lo) * p->plane +
-	       (p->cap_qs + p->cap_qe + p->cap_ql) * sizeof(float);
+	       (p->cap_qs + p->cap_qe + p->cap_ql) * sizeof(float) +
+	       p->cap_rl * sizeof p->rl[0] + p->ls_bytes;
+}
+
+static size_t entry_bytes(size_t plane)
+{
+	return sizeof(uint32_t) + 2 * plane + 3 * sizeof(float) + sizeof(int64_t);
+}
+
+static void vlist_free(struct vlist *v)
+{
+	free(v->rows);
+	free(v->hi);
+	free(v->lo);
+	free(v->scale);
+	free(v->err);
+	free(v->lam);
+	free(v->exp);
+}
+
+/* v's arrays moved to room for cap (>= len) entries; false: v unchanged. */
+static bool vlist_alloc(struct vlist *v, size_t plane, uint32_t cap)
+{
+	struct vlist n = { .len = v->len, .cap = cap };
+	void *h = NULL, *l = NULL;
+	if (posix_memalign(&h, VQ_ALIGN, (size_t)cap * plane) != 0)
+		h = NULL;
+	if (posix_memalign(&l, VQ_ALIGN, (size_t)cap * plane) != 0)
+		l = NULL;
+	n.hi = h;
+	n.lo = l;
+	n.rows = malloc((size_t)cap * sizeof *n.rows);
+	n.scale = malloc((size_t)cap * sizeof *n.scale);
+	n.err = malloc((size_t)cap * sizeof *n.err);
+	n.lam = malloc((size_t)cap * sizeof *n.lam);
+	n.exp = malloc((size_t)cap * sizeof *n.exp);
+	if (!n.hi || !n.lo || !n.rows || !n.scale || !n.err || !n.lam || !n.exp) {
+		vlist_free(&n);
+		return false;
+	}
+	if (v->len) {
+		size_t k = v->len;
+		memcpy(n.rows, v->rows, k * sizeof *n.rows);
+		memcpy(n.hi, v->hi, k * plane);
+		memcpy(n.lo, v->lo, k * plane);
+		memcpy(n.scale, v->scale, k * sizeof *n.scale);
+		memcpy(n.err, v->err, k * sizeof *n.err);
+		memcpy(n.lam, v->lam, k * sizeof *n.lam);
+		memcpy(n.exp, v->exp, k * sizeof *n.exp);
+	}
+	vlist_free(v);
+	*v = n;
+	return true;
+}
+
+static void lists_free(struct lists *ls)
+{
+	if (!ls)
+		return;
+	if (ls->l)
+		for (int c = 0; c < ls->nlist; c++)
+			vlist_free(&ls->l[c]);
+	free(ls->l);
+	free(ls->cent);
+	free(ls);
 }
 
 static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
@@ -348,6 +456,7 @@ static struct part *part_new(struct vindex *vi, const char *key, size_t keylen,
 	p->plane = vq_plane(dim);
 	p->owner = vi;
 	atomic_init(&p->refs, 1);
+	atomic_init(&p->nlists, 0);
 	if (pthread_rwlockattr_init(&attr) != 0)
 		goto fail_attr;
 	/* glibc's default prefers readers: back-to-back searches on a busy
@@ -392,6 +501,8 @@ static void part_unref(struct part *p)
 	free(p->qscale);
 	free(p->qerr);
 	free(p->qlam);
+	lists_free(p->ls);
+	free(p->rl);
 	free(p->key);
 	free(p);
 }
@@ -490,6 +601,13 @@ static bool part_set_cap_locked(struct vindex *vi, struct part *p, size_t want)
 		p->qlam = f;
 		p->cap_ql = want;
 	}
+	if (p->ls && p->cap_rl != want) {
+		struct rowlist *r = resize(vi, p->rl, p->cap_rl * sizeof *r, want * sizeof *r);
+		if (!r)
+			return false;
+		p->rl = r;
+		p->cap_rl = want;
+	}
 	return true;
 }
 
@@ -503,6 +621,255 @@ static void part_maybe_shrink_locked(struct vindex *vi, struct part *p)
 		want /= 2;
 	if (want != cap)
 		(void)part_set_cap_locked(vi, p, want); /* failing to shrink is harmless */
+}
+
+/* ---- lists ----
+ *
+ * An exact search reads every row's codes, so a miss in a partition of n
+ * rows costs time in n. With vindex_tuning.lists_min_rows set, a big
+ * partition's rows are clustered around nlist centroids (spherical
+ * k-means), and a single search reads only the rows of the probe lists
+ * whose centroids are most similar to the query, ranked as an exact search
+ * ranks them. A row nearer to another list's centroid than to any of the
+ * query's probe lists is not seen: the answer is then a lesser row or
+ * none, never a row that is not there. Rows join the list of their nearest
+ * centroid when they are added; the centroids are computed again only when
+ * the partition has grown to twice the lists. */
+
+/* Lists for n rows: the power of two <= sqrt(n), within LISTS_MIN..MAX. */
+static int lists_for(size_t n)
+{
+	int k = LISTS_MIN;
+	while (k < LISTS_MAX && (size_t)(2 * k) * (size_t)(2 * k) <= n)
+		k *= 2;
+	return k;
+}
+
+/* The list whose centroid is most similar to unit vector v (ties: the
+ * lowest); dots has room for nlist floats. */
+static uint32_t list_nearest(enum vq_kernel kern, const struct lists *ls, const float *v,
+                             int dim, float *dots)
+{
+	vq_dots(kern, ls->cent, (size_t)ls->nlist, v, dim, dots);
+	uint32_t b = 0;
+	for (int c = 1; c < ls->nlist; c++)
+		if (dots[c] > dots[b])
+			b = (uint32_t)c;
+	return b;
+}
+
+/* Room for one more row in list l. Writer, p->lock exclusive. */
+static bool list_reserve(struct vindex *vi, struct part *p, uint32_t l)
+{
+	struct vlist *v = &p->ls->l[l];
+	if (v->len < v->cap)
+		return true;
+	size_t old = v->cap, want = old < 8 ? 8 : old + old / 2;
+	if (want > ROWS_MAX)
+		want = ROWS_MAX;
+	if (!vlist_alloc(v, p->plane, (uint32_t)want))
+		return false;
+	size_t eb = entry_bytes(p->plane);
+	account(vi, old * eb, want * eb);
+	p->ls_bytes += (want - old) * eb;
+	return true;
+}
+
+/* Entry pos of v becomes a copy of partition row row. */
+static void entry_set(const struct part *p, struct vlist *v, uint32_t pos, size_t row)
+{
+	v->rows[pos] = (uint32_t)row;
+	memcpy(v->hi + (size_t)pos * p->plane, p->hi + row * p->plane, p->plane);
+	memcpy(v->lo + (size_t)pos * p->plane, p->lo + row * p->plane, p->plane);
+	v->scale[pos] = p->qscale[row];
+	v->err[pos] = p->qerr[row];
+	v->lam[pos] = p->qlam[row];
+	v->exp[pos] = p->exp[row];
+}
+
+/* Row (stored) joins list l (room reserved). Writer, p->lock exclusive. */
+static void list_insert(struct part *p, size_t row, uint32_t l)
+{
+	struct vlist *v = &p->ls->l[l];
+	uint32_t pos = v->len++;
+	entry_set(p, v, pos, row);
+	p->rl[row] = (struct rowlist){ .list = l, .pos = pos };
+}
+
+/* Row leaves its list; the list's last entry takes its place there. */
+static void list_delete(struct part *p, size_t row)
+{
+	struct rowlist w = p->rl[row];
+	struct vlist *v = &p->ls->l[w.list];
+	uint32_t last = --v->len;
+	if (w.pos != last) {
+		size_t pl = p->plane, to = w.pos;
+		v->rows[to] = v->rows[last];
+		memcpy(v->hi + to * pl, v->hi + (size_t)last * pl, pl);
+		memcpy(v->lo + to * pl, v->lo + (size_t)last * pl, pl);
+		v->scale[to] = v->scale[last];
+		v->err[to] = v->err[last];
+		v->lam[to] = v->lam[last];
+		v->exp[to] = v->exp[last];
+		p->rl[v->rows[to]].pos = w.pos;
+	}
+}
+
+/* Row from (still listed) now lives at row to, which is not listed. */
+static void list_moved(struct part *p, size_t from, size_t to)
+{
+	struct rowlist w = p->rl[from];
+	p->ls->l[w.list].rows[w.pos] = (uint32_t)to;
+	p->rl[to] = w;
+}
+
+/* Row was stored again in place and stays in its list: copy it again. */
+static void list_refresh(struct part *p, size_t row)
+{
+	struct rowlist w = p->rl[row];
+	entry_set(p, &p->ls->l[w.list], w.pos, row);
+}
+
+/* Unit centroid c from its members' sum; false when they cancel out. */
+static bool centroid_set(float *cent, const double *sum, size_t d)
+{
+	double nn = 0;
+	for (size_t j = 0; j < d; j++)
+		nn += sum[j] * sum[j];
+	if (!(nn > 0))
+		return false;
+	double inv = 1.0 / sqrt(nn);
+	for (size_t j = 0; j < d; j++)
+		cent[j] = (float)(sum[j] * inv);
+	return true;
+}
+
+/* Spherical k-means of ls->nlist centroids over ns rows sampled evenly
+ * from the partition's n; deterministic. sum: nlist x d doubles, lab: ns,
+ * cnt: nlist, dots: nlist. */
+static void lists_train(enum vq_kernel kern, const struct part *p, size_t n, size_t ns,
+                        struct lists *ls, double *sum, uint32_t *lab, uint32_t *cnt,
+                        float *dots)
+{
+	size_t d = (size_t)p->dim, k = (size_t)ls->nlist;
+	for (size_t c = 0; c < k; c++)
+		memcpy(ls->cent + c * d, p->mat + (c * ns / k) * n / ns * d, d * sizeof(float));
+	for (int it = 0; it < TRAIN_ITERS; it++) {
+		memset(sum, 0, k * d * sizeof *sum);
+		memset(cnt, 0, k * sizeof *cnt);
+		for (size_t i = 0; i < ns; i++) {
+			const float *r = p->mat + i * n / ns * d;
+			uint32_t c = list_nearest(kern, ls, r, p->dim, dots);
+			lab[i] = c;
+			cnt[c]++;
+			for (size_t j = 0; j < d; j++)
+				sum[c * d + j] += r[j];
+		}
+		for (size_t c = 0; c < k; c++)
+			if (!cnt[c] || !centroid_set(ls->cent + c * d, sum + c * d, d)) {
+				/* an empty list takes a sampled row of its own */
+				size_t i = (c * 2654435761u + (size_t)it * 40503u) % ns;
+				memcpy(ls->cent + c * d, p->mat + i * n / ns * d, d * sizeof(float));
+			}
+	}
+}
+
+/* Cluster p into lists when it is big enough (see LISTS_MIN). Writer
+ * (wlock), p->lock not held: only writers change rows, so reading them
+ * while searches run is safe; the new lists replace the old ones under the
+ * lock. Out of memory keeps what was there and tries again once the
+ * partition has doubled. */
+static void lists_maybe_build(struct vindex *vi, struct part *p)
+{
+	size_t n = p->n;
+	if (!vi->lists_min_rows || n < vi->lists_min_rows || n < 2 * p->ls_tried)
+		return;
+	int kk = lists_for(n);
+	if ((p->ls && p->ls->nlist >= kk) || n < 4 * (size_t)kk)
+		return;
+	size_t d = (size_t)p->dim, k = (size_t)kk, cap = part_cap(p);
+	size_t ns = k * TRAIN_PER_LIST < n ? k * TRAIN_PER_LIST : n;
+	struct lists *ls = calloc(1, sizeof *ls);
+	double *sum = malloc(k * d * sizeof *sum);
+	uint32_t *lab = malloc(n * sizeof *lab);
+	uint32_t *cnt = calloc(k, sizeof *cnt);
+	float *dots = malloc(k * sizeof *dots);
+	struct rowlist *rl = malloc(cap * sizeof *rl);
+	bool ok = ls && sum && lab && cnt && dots && rl;
+	if (ok) {
+		ls->nlist = kk;
+		ls->cent = malloc(k * d * sizeof(float));
+		ls->l = calloc(k, sizeof *ls->l);
+		ok = ls->cent && ls->l;
+	}
+	size_t eb = entry_bytes(p->plane);
+	size_t bytes = sizeof *ls + k * (d * sizeof(float) + sizeof *ls->l);
+	if (ok) {
+		lists_train(vi->kernel, p, n, ns, ls, sum, lab, cnt, dots);
+		memset(cnt, 0, k * sizeof *cnt);
+		for (size_t r = 0; r < n; r++) {
+			lab[r] = list_nearest(vi->kernel, ls, p->mat + r * d, p->dim, dots);
+			cnt[lab[r]]++;
+		}
+		for (size_t c = 0; ok && c < k; c++) {
+			uint32_t want = cnt[c] + cnt[c] / 4 + 8;
+			ok = vlist_alloc(&ls->l[c], p->plane, want);
+			bytes += ok ? want * eb : 0;
+		}
+	}
+	if (ok)
+		for (size_t r = 0; r < n; r++) {
+			struct vlist *v = &ls->l[lab[r]];
+			rl[r] = (struct rowlist){ .list = lab[r], .pos = v->len };
+			entry_set(p, v, v->len++, r);
+		}
+	free(sum);
+	free(lab);
+	free(cnt);
+	free(dots);
+	if (!ok) {
+		lists_free(ls);
+		free(rl);
+		p->ls_tried = n;
+		return;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	struct lists *old = p->ls;
+	account(vi, p->ls_bytes + p->cap_rl * sizeof *rl, bytes + cap * sizeof *rl);
+	free(p->rl);
+	p->rl = rl;
+	p->cap_rl = cap;
+	p->ls = ls;
+	p->ls_bytes = bytes;
+	p->ls_tried = 0;
+	atomic_store(&p->nlists, kk);
+	pthread_rwlock_unlock(&p->lock);
+	if (!old)
+		atomic_fetch_add(&vi->nlisted, 1);
+	lists_free(old);
+}
+
+/* The probe lists (at most nlist) most similar to query x, best first,
+ * into pick; returns how many. */
+static int lists_pick(const struct vindex *vi, const struct lists *ls, const float *x,
+                      int dim, uint32_t *pick)
+{
+	float dots[LISTS_MAX], top[LISTS_MAX];
+	int want = vi->probe < ls->nlist ? vi->probe : ls->nlist, have = 0;
+	vq_dots(vi->kernel, ls->cent, (size_t)ls->nlist, x, dim, dots);
+	for (int c = 0; c < ls->nlist; c++) {
+		if (have == want && !(dots[c] > top[have - 1]))
+			continue;
+		int i = have < want ? have++ : have - 1;
+		while (i > 0 && dots[c] > top[i - 1]) {
+			top[i] = top[i - 1];
+			pick[i] = pick[i - 1];
+			i--;
+		}
+		top[i] = dots[c];
+		pick[i] = (uint32_t)c;
+	}
+	return have;
 }
 
 /* ---- partition table (writer changes it under tlock) ---- */
@@ -566,6 +933,8 @@ static void table_unlink(struct vindex *vi, struct part *p)
 	*pp = p->next;
 	pthread_rwlock_unlock(&vi->tlock);
 	atomic_fetch_sub(&vi->nparts, 1);
+	if (p->ls)
+		atomic_fetch_sub(&vi->nlisted, 1);
 	part_unref(p);
 }
 
@@ -651,6 +1020,8 @@ static void swap_remove_locked(struct vindex *vi, struct part *p, size_t row)
 	size_t slot = idmap_find(vi, p->ids[row], id_hash(p->ids[row]));
 	if (slot != SIZE_MAX)
 		idmap_delete(vi, slot);
+	if (p->ls)
+		list_delete(p, row);
 	size_t last = p->n - 1;
 	if (row != last) {
 		size_t d = (size_t)p->dim;
@@ -667,6 +1038,8 @@ static void swap_remove_locked(struct vindex *vi, struct part *p, size_t row)
 		slot = idmap_find(vi, p->ids[row], id_hash(p->ids[row]));
 		if (slot != SIZE_MAX)
 			vi->slots[slot].row = (uint32_t)row;
+		if (p->ls)
+			list_moved(p, last, row);
 	}
 	p->n = last;
 }
@@ -700,6 +1073,21 @@ static void store_row(struct part *p, size_t row, const char *id, size_t idlen,
 	memcpy(p->ids[row], id, idlen);
 }
 
+/* The list a row of vec (scaled by inv_norm as store_row() stores it)
+ * joins in p, which has lists. Writer. */
+static enum sg_err list_for_vec(struct vindex *vi, const struct part *p, const float *vec,
+                                double inv_norm, uint32_t *list, struct sg_error *e)
+{
+	float *tmp = malloc((size_t)p->dim * sizeof *tmp + LISTS_MAX * sizeof(float));
+	if (!tmp)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory choosing a list");
+	for (int i = 0; i < p->dim; i++)
+		tmp[i] = (float)(vec[i] * inv_norm);
+	*list = list_nearest(vi->kernel, p->ls, tmp, p->dim, tmp + p->dim);
+	free(tmp);
+	return SG_OK;
+}
+
 /* ---- public API ---- */
 
 struct vindex *vindex_create(void)
@@ -725,10 +1113,12 @@ struct vindex *vindex_create(void)
 	atomic_init(&vi->nparts, 0);
 	atomic_init(&vi->rows, 0);
 	atomic_init(&vi->bytes, 0);
+	atomic_init(&vi->nlisted, 0);
 	vi->kernel = vq_kernel_best();
 	vi->split_min_rows = SPLIT_MIN_ROWS;
 	vi->coalesce_min_rows = COALESCE_MIN_ROWS;
 	vi->bound_scale = 1.0;
+	vi->probe = PROBE_DEFAULT;
 	return vi;
 
 fail_attr:
@@ -786,12 +1176,29 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 		rc = dim_mismatch(e, dim, p->dim);
 		goto out;
 	}
+	/* The row's list, chosen before any lock: only writers change lists. */
+	uint32_t list = 0;
+	if (p && p->ls && (rc = list_for_vec(vi, p, vec, inv, &list, e)) != SG_OK)
+		goto out;
 	size_t old = idmap_find(vi, id, ih);
 	if (old != SIZE_MAX && vi->slots[old].p == p) {
 		/* Same partition: overwrite in place, so the id never vanishes
 		 * from concurrent searches. */
+		size_t row = vi->slots[old].row;
 		pthread_rwlock_wrlock(&p->lock);
-		store_row(p, vi->slots[old].row, id, idlen, vec, inv, expires_at_ms);
+		bool relist = p->ls && p->rl[row].list != list;
+		if (relist && !list_reserve(vi, p, list)) {
+			pthread_rwlock_unlock(&p->lock);
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a list");
+			goto out;
+		}
+		store_row(p, row, id, idlen, vec, inv, expires_at_ms);
+		if (relist) {
+			list_delete(p, row);
+			list_insert(p, row, list);
+		} else if (p->ls) {
+			list_refresh(p, row);
+		}
 		pthread_rwlock_unlock(&p->lock);
 		rc = SG_OK;
 		goto out;
@@ -820,6 +1227,8 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 		     sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a partition to %zu rows",
 		                  want);
 	}
+	if (rc == SG_OK && p->ls && !list_reserve(vi, p, list))
+		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a list");
 	pthread_rwlock_unlock(&p->lock);
 	if (rc != SG_OK) {
 		if (created)
@@ -834,6 +1243,8 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 	pthread_rwlock_wrlock(&p->lock);
 	size_t row = p->n;
 	store_row(p, row, id, idlen, vec, inv, expires_at_ms);
+	if (p->ls)
+		list_insert(p, row, list);
 	p->n++;
 	pthread_rwlock_unlock(&p->lock);
 	if (created)
@@ -842,6 +1253,7 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 	idmap_put(vi->slots, vi->nslots, s);
 	vi->nids++;
 	atomic_fetch_add(&vi->rows, 1);
+	lists_maybe_build(vi, p);
 	rc = SG_OK;
 out:
 	pthread_mutex_unlock(&vi->wlock);
@@ -1000,6 +1412,11 @@ static enum sg_err part_for_search(struct vindex *vi, const char *partition, siz
 	return SG_OK;
 }
 
+static enum sg_err scan_all(struct vindex *vi, const struct vq_rows *rowsp,
+                            const struct vq_query *q, struct vq_state *st, int nq, size_t nt,
+                            size_t n, int64_t now_ms, int32_t *dh, int *threads,
+                            struct sg_error *e);
+
 /* Every search: nq queries (validated, normalised into scratch, quantised)
  * against one partition; best[i] gets query i's best live row if its
  * similarity is >= min_sim. */
@@ -1036,7 +1453,9 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		return rc;
 	pthread_rwlock_rdlock(&p->lock);
 	size_t n = p->n, qbytes = vq_query_bytes(dim);
-	size_t nt = n >= vi->split_min_rows && n >= 16 ? 2 : 1;
+	/* one query of a clustered partition reads its probe lists alone */
+	const struct lists *ls = nq == 1 && p->ls && vi->probe < p->ls->nlist ? p->ls : NULL;
+	size_t nt = !ls && n >= vi->split_min_rows && n >= 16 ? 2 : 1;
 	size_t cap = nq == 1 ? CAND_CAP_SINGLE : CAND_CAP_BATCH;
 	/* scratch: queries | codes | prepared queries | states | candidates |
 	 * one query's <codes, H> per row */
@@ -1070,47 +1489,28 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		.mat = p->mat, .hi = p->hi, .lo = p->lo, .scale = p->qscale, .err = p->qerr,
 		.lam = p->qlam, .exp = p->exp, .n = n, .plane = p->plane, .dim = dim,
 	};
-	size_t block = BATCH_BLOCK_BYTES / (2 * p->plane) / 8 * 8;
-	if (block < 8)
-		block = 8;
-	struct share *sh = calloc(1, sizeof *sh);
-	if (!sh) {
-		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory for a search");
+	int threads = 1, probed = 0;
+	size_t scanned = n * uq;
+	if (ls) {
+		uint32_t pick[LISTS_MAX];
+		probed = lists_pick(vi, ls, xn, dim, pick);
+		scanned = 0;
+		for (int i = 0; i < probed; i++) {
+			const struct vlist *v = &ls->l[pick[i]];
+			struct vq_rows lr = {
+				.mat = p->mat, .hi = v->hi, .lo = v->lo, .scale = v->scale,
+				.err = v->err, .lam = v->lam, .exp = v->exp, .map = v->rows,
+				.n = v->len, .plane = p->plane, .dim = dim,
+			};
+			int32_t *dh = (int32_t *)(void *)(buf + o_dh);
+			vq_scan_hi(vi->kernel, &lr, q, st, 0, v->len, now_ms, dh);
+			vq_scan_lo(vi->kernel, &lr, q, st, 0, v->len, now_ms, dh);
+			vq_drain(&lr, q, st);
+			scanned += v->len;
+		}
+	} else if ((rc = scan_all(vi, &rows, q, st, nq, nt, n, now_ms,
+	                          (int32_t *)(void *)(buf + o_dh), &threads, e)) != SG_OK) {
 		goto out;
-	}
-	atomic_init(&sh->next, 0);
-	atomic_init(&sh->done, 0);
-	atomic_init(&sh->helped, 0);
-	atomic_init(&sh->refs, 1);
-	sh->n = n;
-	sh->block = block;
-	/* about 8 chunks or more, whole 8-row groups, at most SHARE_CHUNK_ROWS
-	 * (one query) or four blocks (a batch). n may be 0: a writer emptied
-	 * the partition after we found it and has not unlinked it yet. */
-	sh->chunk_rows = round_up((n + 7) / 8, 8);
-	if (sh->chunk_rows < 8)
-		sh->chunk_rows = 8;
-	if (sh->chunk_rows > (nq == 1 ? SHARE_CHUNK_ROWS : block * 4))
-		sh->chunk_rows = nq == 1 ? SHARE_CHUNK_ROWS : block * 4;
-	sh->evenly = vi->share_evenly && nt == 2;
-	sh->nchunks = (n + sh->chunk_rows - 1) / sh->chunk_rows;
-	sh->kernel = vi->kernel;
-	sh->rows = &rows;
-	sh->q = q;
-	sh->nq = nq;
-	sh->now_ms = now_ms;
-	sh->dh = (int32_t *)(void *)(buf + o_dh);
-	sh->st[0] = st;
-	sh->st[1] = nt == 2 ? st + uq : NULL;
-	int32_t *sh_dh = sh->dh;
-	int threads = share_run(sh, nt == 2);
-	share_unref(sh);
-	if (nq == 1) {
-		/* The helper's first-pass floor bounds a live row from below too;
-		 * the second pass reads little, so the searcher does it alone. */
-		if (nt == 2 && st[1].floor > st[0].floor)
-			st[0].floor = st[1].floor;
-		vq_scan_lo(vi->kernel, &rows, q, st, 0, n, now_ms, sh_dh);
 	}
 
 	for (size_t i = 0; i < uq; i++) {
@@ -1129,14 +1529,66 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		if (!(best[i].similarity >= min_sim))
 			hit_none(&best[i]);
 	}
-	last_stats.rows = n * uq;
+	last_stats.rows = scanned;
 	last_stats.threads = threads;
+	last_stats.lists = probed;
 	last_stats.kernel = kernel_name(vi->kernel);
 	rc = SG_OK;
 out:
 	pthread_rwlock_unlock(&p->lock);
 	part_unref(p);
 	return rc;
+}
+
+/* Every row of the partition for nq queries (prepared q, states st: nt
+ * per query), with a helper thread when nt is 2. dh: n int32 for one
+ * query's first pass. */
+static enum sg_err scan_all(struct vindex *vi, const struct vq_rows *rowsp,
+                            const struct vq_query *q, struct vq_state *st, int nq, size_t nt,
+                            size_t n, int64_t now_ms, int32_t *dh, int *threads,
+                            struct sg_error *e)
+{
+	size_t uq = (size_t)nq;
+	size_t block = BATCH_BLOCK_BYTES / (2 * rowsp->plane) / 8 * 8;
+	if (block < 8)
+		block = 8;
+	struct share *sh = calloc(1, sizeof *sh);
+	if (!sh)
+		return sg_error_set(e, SG_ERR_NOMEM, "out of memory for a search");
+	atomic_init(&sh->next, 0);
+	atomic_init(&sh->done, 0);
+	atomic_init(&sh->helped, 0);
+	atomic_init(&sh->refs, 1);
+	sh->n = n;
+	sh->block = block;
+	/* about 8 chunks or more, whole 8-row groups, at most SHARE_CHUNK_ROWS
+	 * (one query) or four blocks (a batch). n may be 0: a writer emptied
+	 * the partition after we found it and has not unlinked it yet. */
+	sh->chunk_rows = round_up((n + 7) / 8, 8);
+	if (sh->chunk_rows < 8)
+		sh->chunk_rows = 8;
+	if (sh->chunk_rows > (nq == 1 ? SHARE_CHUNK_ROWS : block * 4))
+		sh->chunk_rows = nq == 1 ? SHARE_CHUNK_ROWS : block * 4;
+	sh->evenly = vi->share_evenly && nt == 2;
+	sh->nchunks = (n + sh->chunk_rows - 1) / sh->chunk_rows;
+	sh->kernel = vi->kernel;
+	sh->rows = rowsp;
+	sh->q = q;
+	sh->nq = nq;
+	sh->now_ms = now_ms;
+	sh->dh = dh;
+	sh->st[0] = st;
+	sh->st[1] = nt == 2 ? st + uq : NULL;
+	*threads = share_run(sh, nt == 2);
+	share_unref(sh);
+	if (nq == 1) {
+		/* The helper's first-pass floor bounds a live row from below too;
+		 * the second pass reads little, so the searcher does it alone. */
+		if (nt == 2 && st[1].floor > st[0].floor)
+			st[0].floor = st[1].floor;
+		vq_scan_lo(vi->kernel, rowsp, q, st, 0, n, now_ms, dh);
+	}
+	return SG_OK;
 }
 
 /* ---- coalesced searches ----
@@ -1352,7 +1804,10 @@ static enum sg_err search_single(struct vindex *vi, const char *partition, int d
 	    check_dim(dim, NULL) != SG_OK || !query ||
 	    part_for_search(vi, partition, keylen, dim, &p, NULL) != SG_OK || !p)
 		return search(vi, partition, dim, query, 1, min_sim, now_ms, best, e);
-	if (p->n < vi->coalesce_min_rows) { /* read racily: only to choose */
+	/* read racily: only to choose. A clustered partition's search reads
+	 * a few lists, too little to share. */
+	if (p->n < vi->coalesce_min_rows ||
+	    atomic_load_explicit(&p->nlists, memory_order_relaxed) > vi->probe) {
 		part_unref(p);
 		return search(vi, partition, dim, query, 1, min_sim, now_ms, best, e);
 	}
@@ -1573,7 +2028,11 @@ enum sg_err vindex_set_tuning(struct vindex *vi, const struct vindex_tuning *t,
 		                    kernel_name(k));
 	if (!(t->bound_scale >= 0))
 		return sg_error_set(e, SG_ERR_BAD_REQUEST, "bound scale must be >= 0");
+	if (t->probe < 0 || t->probe > LISTS_MAX)
+		return sg_error_set(e, SG_ERR_BAD_REQUEST, "lists probed must be 0..%d", LISTS_MAX);
 	vi->kernel = k;
+	vi->lists_min_rows = t->lists_min_rows;
+	vi->probe = t->probe ? t->probe : PROBE_DEFAULT;
 	vi->split_min_rows = t->split_min_rows ? t->split_min_rows : SPLIT_MIN_ROWS;
 	vi->coalesce_min_rows = t->coalesce_min_rows ? t->coalesce_min_rows : COALESCE_MIN_ROWS;
 	vi->bound_scale = t->bound_scale;
@@ -1632,6 +2091,7 @@ void vindex_clear(struct vindex *vi)
 	vi->buckets = NULL;
 	vi->nbuckets = 0;
 	atomic_store(&vi->nparts, 0);
+	atomic_store(&vi->nlisted, 0);
 	pthread_rwlock_unlock(&vi->tlock);
 
 	free(vi->slots);
@@ -1672,4 +2132,9 @@ size_t vindex_bytes(struct vindex *vi)
 size_t vindex_partition_count(struct vindex *vi)
 {
 	return vi ? atomic_load(&vi->nparts) : 0;
+}
+
+size_t vindex_listed_count(struct vindex *vi)
+{
+	return vi ? atomic_load(&vi->nlisted) : 0;
 }

@@ -21,6 +21,7 @@
 
 #include "semgate/cache/verify.h"
 #include "semgate/embed/local.h"
+#include "pairs.h"
 
 struct pair {
 	char *a, *b;
@@ -28,69 +29,6 @@ struct pair {
 	double sim;
 	enum verify_reason r[3]; /* per mode */
 };
-
-/* One CSV field from *p (RFC 4180): returns a malloc'd string; *p moves
- * past the field and its separator; *eol is set at the end of a record. */
-static char *csv_field(const char **p, int *eol)
-{
-	const char *s = *p;
-	size_t cap = 64, n = 0;
-	char *out = malloc(cap);
-	if (!out)
-		exit(1);
-	bool quoted = *s == '"';
-	if (quoted)
-		s++;
-	for (;;) {
-		char c = *s;
-		if (c == '\0')
-			break;
-		if (quoted && c == '"') {
-			if (s[1] == '"') {
-				c = '"';
-				s++;
-			} else {
-				s++;
-				quoted = false;
-				continue;
-			}
-		} else if (!quoted && (c == ',' || c == '\n' || c == '\r')) {
-			break;
-		}
-		if (n + 2 > cap && !(out = realloc(out, cap *= 2)))
-			exit(1);
-		out[n++] = c;
-		s++;
-	}
-	out[n] = '\0';
-	*eol = *s != ',';
-	if (*s == ',')
-		s++;
-	else {
-		while (*s == '\r' || *s == '\n')
-			s++;
-	}
-	*p = s;
-	return out;
-}
-
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		perror(path);
-		exit(2);
-	}
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *buf = malloc((size_t)n + 1);
-	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n)
-		exit(2);
-	buf[n] = '\0';
-	fclose(f);
-	return buf;
-}
 
 static double dot(const float *x, const float *y, int d)
 {
@@ -193,37 +131,16 @@ int main(int argc, char **argv)
 	printf("rows: %s; embedder: %s (lexical); a is stored, b is looked up\n",
 	       rows == 0 ? "all" : rows == 1 ? "odd" : "even", SG_EMBED_LOCAL_MODEL);
 	for (; i < argc; i++) {
-		char *text = slurp(argv[i]);
-		const char *p = text;
-		int eol = 0;
-		while (*p && !eol) /* header */
-			free(csv_field(&p, &eol));
-		size_t n = 0, cap = 256, row = 0;
-		struct pair *ps = malloc(cap * sizeof(*ps));
-		while (*p) {
-			char *f[3] = { NULL, NULL, NULL };
-			int k = 0;
-			eol = 0;
-			while (*p && !eol) {
-				char *v = csv_field(&p, &eol);
-				if (k < 3)
-					f[k++] = v;
-				else
-					free(v);
-			}
-			row++;
-			if (k < 3 || (rows == 1 && row % 2 == 0) || (rows == 2 && row % 2 == 1)) {
-				for (int j = 0; j < k; j++)
-					free(f[j]);
-				continue;
-			}
-			if (n == cap && !(ps = realloc(ps, (cap *= 2) * sizeof(*ps))))
-				return 1;
-			struct pair *q = &ps[n++];
-			q->a = f[0];
-			q->b = f[1];
-			q->y = atoi(f[2]);
-			free(f[2]);
+		struct pair_text *pt = NULL;
+		size_t n = pairs_read(argv[i], rows, &pt);
+		struct pair *ps = malloc((n ? n : 1) * sizeof(*ps));
+		if (!ps)
+			return 1;
+		for (size_t j = 0; j < n; j++) {
+			struct pair *q = &ps[j];
+			q->a = pt[j].a;
+			q->b = pt[j].b;
+			q->y = pt[j].y;
 			embed_local(q->a, strlen(q->a), va, SG_EMBED_LOCAL_DIM);
 			embed_local(q->b, strlen(q->b), vb, SG_EMBED_LOCAL_DIM);
 			q->sim = dot(va, vb, SG_EMBED_LOCAL_DIM);
@@ -238,12 +155,8 @@ int main(int argc, char **argv)
 		}
 		const char *name = strrchr(argv[i], '/');
 		report(name ? name + 1 : argv[i], ps, n, list_t);
-		for (size_t j = 0; j < n; j++) {
-			free(ps[j].a);
-			free(ps[j].b);
-		}
+		pairs_free(pt, n);
 		free(ps);
-		free(text);
 	}
 	printf("\nstrict verify_pair(): %zu calls, %.2f µs per call (mean over every pair)\n",
 	       calls, calls ? spent / (double)calls * 1e6 : 0.0);

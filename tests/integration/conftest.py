@@ -28,6 +28,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def metric(gw, name):
+    """The value of an unlabelled metric in gw's /metrics."""
+    for line in requests.get(gw.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(name + " not in /metrics")
+
+
 def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout * SLOW
     last = None

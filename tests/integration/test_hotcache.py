@@ -7,14 +7,7 @@ import time
 
 import requests
 
-from conftest import SLOW, user, wait_until
-
-
-def metric(gw, name):
-    for line in requests.get(gw.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(name + " not in /metrics")
+from conftest import SLOW, metric, user, wait_until
 
 
 def gets(redis_db):

@@ -9,15 +9,8 @@ import time
 
 import requests
 
-from conftest import SLOW, on_masters, user, wait_until
+from conftest import SLOW, metric, on_masters, user, wait_until
 import keys as K
-
-
-def metric(gw, name):
-    for line in requests.get(gw.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(name + " not in /metrics")
 
 
 def pause_writes(redis_db, ms):

@@ -63,6 +63,8 @@ struct sg_config {
 	long long verify_candidates;
 	long long coalesce_wait_ms;
 	long long store_behind;     /* 1: a miss's store is written behind its answer */
+	long long index_lists_from; /* rows from which a partition has lists; 0: never */
+	long long index_probe;      /* lists a lookup of a clustered partition reads */
 	long long shadow;        /* 0 or 1 */
 	double shadow_agree;
 	char *embed_url;

@@ -2,8 +2,11 @@
  * similarity: per partition one contiguous row-major float32 matrix of
  * L2-normalised rows (the truth) plus an int8 copy scanned with SIMD to find
  * the few rows that can win, re-ranked exactly. Answers are those of an
- * exact scan of the float32 rows. A leaf module: it knows nothing of Redis,
- * HTTP or tenants, and never changes OpenBLAS settings. */
+ * exact scan of the float32 rows, except in a partition clustered into
+ * lists (vindex_tuning.lists_min_rows, "Lists" below), where a single
+ * search reads only the lists nearest to the query. A leaf module: it
+ * knows nothing of Redis, HTTP or tenants, and never changes OpenBLAS
+ * settings. */
 #ifndef SEMGATE_VINDEX_H
 #define SEMGATE_VINDEX_H
 
@@ -52,7 +55,28 @@
  * the caller's minimum; the others cannot win. Near-duplicate queries
  * read little more than the H plane; a query with many close rivals reads
  * about as much as a plain int8 scan. */
-/* Threading.
+/* Lists. With vindex_tuning.lists_min_rows set, a partition that reaches
+ * that many rows is clustered (spherical k-means over a sample, about 32
+ * rows per centroid) into nlist lists, nlist the power of two at most
+ * sqrt(rows) within 16..256, and clustered again whenever it has grown
+ * enough for twice the lists (so at most twice after the first: 128 lists
+ * at 32,768 rows, 256 at 65,536). Each list holds a copy of its rows'
+ * codes, bounds and expiry, so reading a list streams memory as a full
+ * scan does; a row joins the list of its nearest centroid when it is
+ * added. vindex_search() and vindex_search_min() of such a partition read
+ * only the vindex_tuning.probe lists whose centroids are most similar to
+ * the query, and rank their rows exactly as a full search does: the answer
+ * is always a real row with its exact similarity, but a better row in a
+ * list not read is not seen (a missed hit, never a wrong one). A probe of
+ * at least nlist, vindex_search_batch() and vindex_search_top() read every
+ * row. Memory: S + 24 bytes per row for the copy (S as below) and 8 for
+ * its place, 416 bytes at d = 384 (+20 %), and 4*dim per centroid. Clustering runs in the
+ * thread whose add reached the size, with the writer mutex held (other
+ * adds and removes wait; searches go on, reading the old lists or every
+ * row, until the new lists replace them under the partition's lock): about
+ * n*nlist*dim multiply-adds, ~1 s at 65,536 rows of 384.
+ *
+ * Threading.
  * Every function below is safe to call from any number of threads at once,
  * except vindex_destroy(), which must be the last call.
  * - Searches take the partition's reader/writer lock shared; adds, removes,
@@ -223,6 +247,8 @@ size_t vindex_bytes(struct vindex *vi);
 
 /* Number of partitions (each holds at least one row). */
 size_t vindex_partition_count(struct vindex *vi);
+/* Partitions that have lists (vindex_tuning.lists_min_rows). */
+size_t vindex_listed_count(struct vindex *vi);
 
 /* What the calling thread's last search (vindex_search, _min or _batch)
  * did, summed over a batch's queries; all zero after a search that failed
@@ -236,6 +262,7 @@ struct vindex_stats {
 	                    * floor of the moment */
 	size_t reranked;   /* exact float32 dot products computed */
 	int threads;       /* threads that scanned rows: 1 or 2 */
+	int lists;         /* lists read (0: every row, an exact search) */
 	int coalesced;     /* queries the pass served (1: this one alone) */
 	const char *kernel;
 };
@@ -263,6 +290,14 @@ struct vindex_tuning {
 	/* Coalesce concurrent single searches of partitions of at least this
 	 * many rows; 0 = the default, 16384; SIZE_MAX = never. */
 	size_t coalesce_min_rows;
+	/* Approximate search of big partitions ("Lists" above): cluster a
+	 * partition once it holds this many rows; 0 = never (the default:
+	 * every search exact). Set it before the first add. */
+	size_t lists_min_rows;
+	/* Lists a single search of a clustered partition reads, best first;
+	 * 0 = the default, 16. A value >= the partition's lists reads them all
+	 * (an exact search). */
+	int probe;
 };
 /* Returns SG_OK, or SG_ERR_BAD_REQUEST (kernel the CPU lacks, negative or
  * NaN bound_scale; nothing changed) or SG_ERR_INTERNAL (NULL argument). */

@@ -8,6 +8,7 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -914,14 +915,55 @@ static void ref_add(struct vindex *vi, struct ref *r, const char *id, const floa
 
 /* vindex_remove() and the reference's swap-removal, which must mirror the
  * index's (the last row moves into the hole). */
-static void ref_remove(struct vindex *vi, struct ref *r, size_t i)
+static void ref_swap_out(struct ref *r, size_t i)
 {
-	CHECK(vindex_remove(vi, r->ids[i]));
 	size_t last = r->n - 1, d = (size_t)r->dim;
 	memcpy(r->rows + i * d, r->rows + last * d, d * sizeof(float));
 	r->exp[i] = r->exp[last];
 	memcpy(r->ids[i], r->ids[last], sizeof r->ids[0]);
 	r->n = last;
+}
+
+static void ref_remove(struct vindex *vi, struct ref *r, size_t i)
+{
+	CHECK(vindex_remove(vi, r->ids[i]));
+	ref_swap_out(r, i);
+}
+
+/* Row i stored again under its id with vector nv: in place, same row. */
+static void ref_replace(struct vindex *vi, struct ref *r, size_t i, const float *nv)
+{
+	size_t d = (size_t)r->dim;
+	CHECK_INT(vindex_add(vi, "p", r->dim, r->ids[i], nv, 0, NULL), SG_OK);
+	memcpy(r->rows + i * d, nv, d * sizeof(float));
+	vindex_normalize(r->rows + i * d, r->dim);
+	r->exp[i] = 0;
+}
+
+/* Row i's id moved to partition "other" with vector mv (the index
+ * swap-removes it from "p"), then back into "p", at the end. */
+static void ref_move_out_and_back(struct vindex *vi, struct ref *r, size_t i, const float *mv)
+{
+	char moved[sizeof r->ids[0]];
+	memcpy(moved, r->ids[i], sizeof moved);
+	CHECK_INT(vindex_add(vi, "other", r->dim, moved, mv, 0, NULL), SG_OK);
+	ref_swap_out(r, i);
+	ref_add(vi, r, moved, mv, 0);
+}
+
+/* vindex_expire(vi, now) on both: it walks the rows in order and
+ * swap-removes the expired ones. */
+static void ref_expire(struct vindex *vi, struct ref *r, int64_t now)
+{
+	size_t before = vindex_count(vi), gone = vindex_expire(vi, now);
+	CHECK(gone > 0);
+	for (size_t i = 0; i < r->n;) {
+		if (r->exp[i] != 0 && r->exp[i] <= now)
+			ref_swap_out(r, i);
+		else
+			i++;
+	}
+	CHECK_INT(vindex_count(vi), before - gone);
 }
 
 /* Exhaustive exact scan: the best live row (ties: lowest row) whose
@@ -1496,50 +1538,14 @@ static void test_compact_copy_stays_in_sync_through_changes(void)
 		/* change things for the next round */
 		for (int k = 0; k < 300; k++)
 			ref_remove(vi, &r, (size_t)(rng_next(&seed) % r.n));
-		for (int k = 0; k < 50; k++) { /* replace in place: same id, same row */
-			size_t i = (size_t)(rng_next(&seed) % r.n);
-			const float *nv = data + (n + (size_t)k) * (size_t)dim;
-			CHECK_INT(vindex_add(vi, "p", dim, r.ids[i], nv, 0, NULL), SG_OK);
-			memcpy(r.rows + i * (size_t)dim, nv, (size_t)dim * sizeof(float));
-			vindex_normalize(r.rows + i * (size_t)dim, dim);
-			r.exp[i] = 0;
-		}
-		for (int k = 0; k < 20; k++) { /* move out to another partition, then back */
-			size_t i = (size_t)(rng_next(&seed) % r.n);
-			char moved[32];
-			memcpy(moved, r.ids[i], sizeof moved);
-			float *mv = malloc((size_t)dim * sizeof *mv);
-			memcpy(mv, data + (n + 100 + (size_t)k) * (size_t)dim, (size_t)dim * sizeof *mv);
-			CHECK_INT(vindex_add(vi, "other", dim, moved, mv, 0, NULL), SG_OK);
-			/* the index swap-removed it from "p": mirror that */
-			size_t last = r.n - 1;
-			memcpy(r.rows + i * (size_t)dim, r.rows + last * (size_t)dim,
-			       (size_t)dim * sizeof(float));
-			r.exp[i] = r.exp[last];
-			memcpy(r.ids[i], r.ids[last], sizeof r.ids[0]);
-			r.n = last;
-			ref_add(vi, &r, moved, mv, 0); /* and back, at the end */
-			free(mv);
-		}
-		if (round == 2) {
-			size_t before = vindex_count(vi);
-			size_t gone = vindex_expire(vi, 120);
-			CHECK(gone > 0);
-			/* mirror vindex_expire: walk rows, swap-remove the expired */
-			for (size_t i = 0; i < r.n;) {
-				if (r.exp[i] != 0 && r.exp[i] <= 120) {
-					size_t last = r.n - 1;
-					memcpy(r.rows + i * (size_t)dim, r.rows + last * (size_t)dim,
-					       (size_t)dim * sizeof(float));
-					r.exp[i] = r.exp[last];
-					memcpy(r.ids[i], r.ids[last], sizeof r.ids[0]);
-					r.n = last;
-				} else {
-					i++;
-				}
-			}
-			CHECK_INT(vindex_count(vi), before - gone);
-		}
+		for (int k = 0; k < 50; k++) /* replace in place: same id, same row */
+			ref_replace(vi, &r, (size_t)(rng_next(&seed) % r.n),
+			            data + (n + (size_t)k) * (size_t)dim);
+		for (int k = 0; k < 20; k++) /* move out to another partition, then back */
+			ref_move_out_and_back(vi, &r, (size_t)(rng_next(&seed) % r.n),
+			                      data + (n + 100 + (size_t)k) * (size_t)dim);
+		if (round == 2)
+			ref_expire(vi, &r, 120);
 	}
 	/* Ties after swaps: three equal rows; removing the first moves the last
 	 * into its place, which then wins. */
@@ -1928,6 +1934,297 @@ static void test_coalesced_searches_equal_single_searches(void)
 	vindex_destroy(sh.vi);
 }
 
+/* ---- lists: approximate search of big partitions ---- */
+
+/* n rows around nc random centres (centre + spread * noise), as real
+ * embeddings cluster by topic. */
+static float *clustered_vecs(uint64_t *s, size_t n, int dim, size_t nc, float spread)
+{
+	float *c = rand_vecs(s, nc, dim);
+	float *v = malloc(n * (size_t)dim * sizeof *v);
+	for (size_t i = 0; i < n; i++) {
+		const float *ci = c + (size_t)(rng_next(s) % nc) * (size_t)dim;
+		for (int j = 0; j < dim; j++)
+			v[i * (size_t)dim + j] = ci[j] + spread * rng_float(s);
+	}
+	free(c);
+	return v;
+}
+
+static void set_lists(struct vindex *vi, size_t min_rows, int probe)
+{
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0,
+	                           .lists_min_rows = min_rows, .probe = probe };
+	CHECK_INT(vindex_set_tuning(vi, &t, NULL), SG_OK);
+}
+
+/* Every row of the reference, searched for with its own vector, is found
+ * with its exact self-similarity, and the search read only its probe
+ * lists. Returns the rows searched. */
+static size_t every_row_finds_itself(struct vindex *vi, const struct ref *r, int probe,
+                                     const char *what)
+{
+	size_t bad = 0, most = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		struct vindex_hit hit;
+		struct vindex_stats st;
+		const float *row = r->rows + i * (size_t)r->dim;
+		CHECK_INT(vindex_search(vi, "p", r->dim, row, 0, &hit, NULL), SG_OK);
+		vindex_last_stats(&st);
+		if (st.lists != probe)
+			bad++;
+		if (st.rows > most)
+			most = st.rows;
+		if (!hit.found || strcmp(hit.id, r->ids[i]) != 0 ||
+		    hit.similarity != ref_sim(ref_dot(row, row, r->dim))) {
+			if (bad++ < 3)
+				printf("# %s: row %zu (%s) found %s %.9g\n", what, i, r->ids[i],
+				       hit.found ? hit.id : "none", hit.similarity);
+		}
+	}
+	CHECK_INT(bad, 0);
+	CHECK(most < r->n / 2);
+	return r->n;
+}
+
+/* Rows are listed when added, moved within and between lists when they
+ * are replaced, removed, moved to another partition or expired, and the
+ * partition is clustered again as it grows: after every change each row
+ * is still found through its lists, and an answer is always a real row
+ * with its exact similarity, never better than an exact scan's. */
+static void test_lists_keep_every_row_findable_through_changes(void)
+{
+	const int dim = 32, probe = 4;
+	const size_t n = 6000;
+	uint64_t seed = 0x1157;
+	struct vindex *vi = vindex_create();
+	set_lists(vi, 1024, probe);
+	struct ref r;
+	ref_init(&r, dim, n + 100);
+	float *data = clustered_vecs(&seed, n + 400, dim, 48, 0.4f);
+	char id[32];
+	struct vindex_stats st;
+	struct vindex_hit hit;
+	for (size_t i = 0; i < n; i++) {
+		make_id(id, sizeof id, "l", i);
+		ref_add(vi, &r, id, data + i * (size_t)dim, i % 5 == 0 ? (int64_t)(100 + i % 50) : 0);
+		if (i == 1022 || i == 1023) { /* exact below min_rows, listed from it */
+			vindex_search(vi, "p", dim, data, 0, &hit, NULL);
+			vindex_last_stats(&st);
+			CHECK_INT(st.lists, i == 1022 ? 0 : probe);
+		}
+	}
+	every_row_finds_itself(vi, &r, probe, "after adds");
+	float *q = malloc((size_t)dim * sizeof *q);
+	for (int round = 0; round < 3; round++) {
+		for (int k = 0; k < 300; k++)
+			ref_remove(vi, &r, (size_t)(rng_next(&seed) % r.n));
+		for (int k = 0; k < 50; k++) /* in place, mostly into another list */
+			ref_replace(vi, &r, (size_t)(rng_next(&seed) % r.n),
+			            data + (n + (size_t)(round * 50 + k)) * (size_t)dim);
+		for (int k = 0; k < 20; k++) /* out to another partition, then back */
+			ref_move_out_and_back(vi, &r, (size_t)(rng_next(&seed) % r.n),
+			                      data + (n + 200 + (size_t)(round * 20 + k)) * (size_t)dim);
+		if (round == 1)
+			ref_expire(vi, &r, 200);
+		char what[32];
+		snprintf(what, sizeof what, "round %d", round);
+		every_row_finds_itself(vi, &r, probe, what);
+		for (int k = 0; k < 200; k++) { /* random queries: a real row, exact score */
+			for (int j = 0; j < dim; j++)
+				q[j] = rng_float(&seed);
+			struct ref_ans want = ref_answer(&r, q, 0, -INFINITY);
+			CHECK_INT(vindex_search(vi, "p", dim, q, 0, &hit, NULL), SG_OK);
+			CHECK(hit.found);
+			float sim = 0;
+			bool found = false;
+			CHECK_INT(vindex_score(vi, hit.id, dim, q, &sim, &found, NULL), SG_OK);
+			CHECK(found && sim == hit.similarity);
+			CHECK(hit.similarity <= ref_sim(want.sim));
+		}
+	}
+	free(q);
+	free(data);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* Near duplicates (cosine ~0.95 to a stored row) among 20,000 clustered
+ * rows: 8 of 128 lists find nearly all of them while reading a fraction
+ * of the rows, and probing every list is the exact search. */
+static void test_lists_find_near_duplicates_reading_few_rows(void)
+{
+	const int dim = 64;
+	const size_t n = 20000, nq = 400;
+	uint64_t seed = 0xd0b1e;
+	struct vindex *vi = vindex_create();
+	set_lists(vi, 16384, 8);
+	struct ref r;
+	ref_init(&r, dim, n);
+	float *data = clustered_vecs(&seed, n, dim, 200, 0.5f);
+	char id[32];
+	for (size_t i = 0; i < n; i++) {
+		make_id(id, sizeof id, "d", i);
+		ref_add(vi, &r, id, data + i * (size_t)dim, 0);
+	}
+	float *q = malloc((size_t)dim * sizeof *q);
+	size_t found = 0, read = 0;
+	double minsim = 1;
+	for (size_t k = 0; k < nq; k++) {
+		size_t src = (size_t)(rng_next(&seed) % n);
+		const float *row = r.rows + src * (size_t)dim;
+		for (int j = 0; j < dim; j++)
+			q[j] = row[j] + 0.07f * rng_float(&seed);
+		struct vindex_hit hit;
+		struct vindex_stats st;
+		CHECK_INT(vindex_search(vi, "p", dim, q, 0, &hit, NULL), SG_OK);
+		vindex_last_stats(&st);
+		CHECK_INT(st.lists, 8);
+		read += st.rows;
+		double c = cos_naive(q, row, dim);
+		if (c < minsim)
+			minsim = c;
+		if (hit.found && strcmp(hit.id, r.ids[src]) == 0)
+			found++;
+	}
+	printf("# near duplicates (cos >= %.3f): %zu of %zu found, %.1f%% of rows read\n",
+	       minsim, found, nq, 100.0 * (double)read / (double)(nq * n));
+	CHECK(minsim > 0.9);
+	CHECK(found >= nq * 97 / 100);
+	CHECK(read < nq * n / 8);
+	/* every list probed: the exact answers */
+	set_lists(vi, 16384, 256);
+	for (int k = 0; k < 50; k++) {
+		for (int j = 0; j < dim; j++)
+			q[j] = rng_float(&seed);
+		CHECK(same_as_ref(vi, &r, q, 0, -INFINITY, "probe all"));
+		struct vindex_stats st;
+		vindex_last_stats(&st);
+		CHECK_INT(st.lists, 0);
+		CHECK_INT(st.rows, n);
+	}
+	free(q);
+	free(data);
+	ref_finish(&r);
+	vindex_destroy(vi);
+}
+
+/* Lists count in vindex_bytes() and go with their rows (the index ends
+ * as big as one that never had lists); bad probes are refused. */
+static void test_lists_bytes_and_tuning(void)
+{
+	const int dim = 16;
+	uint64_t seed = 77;
+	struct vindex *vi = vindex_create(), *plain = vindex_create();
+	struct sg_error e = { 0 };
+	struct vindex_tuning t = { .kernel = VINDEX_KERNEL_AUTO, .bound_scale = 1.0,
+	                           .lists_min_rows = 512, .probe = -1 };
+	CHECK_INT(vindex_set_tuning(vi, &t, &e), SG_ERR_BAD_REQUEST);
+	t.probe = 257;
+	CHECK_INT(vindex_set_tuning(vi, &t, &e), SG_ERR_BAD_REQUEST);
+	set_lists(vi, 512, 2);
+	float *v = rand_vecs(&seed, 3000, dim);
+	char id[32];
+	for (size_t i = 0; i < 511; i++) {
+		make_id(id, sizeof id, "b", i);
+		vindex_add(vi, "p", dim, id, v + i * dim, 0, NULL);
+	}
+	size_t before = vindex_bytes(vi);
+	CHECK_INT(vindex_listed_count(vi), 0);
+	make_id(id, sizeof id, "b", (size_t)511);
+	vindex_add(vi, "p", dim, id, v + 511 * dim, 0, NULL);
+	CHECK_INT(vindex_listed_count(vi), 1);
+	size_t listed = vindex_bytes(vi);
+	/* 16 centroids of 16 floats and a list entry per row at least */
+	CHECK(listed >= before + 16 * dim * sizeof(float) + 512 * 4);
+	for (size_t i = 512; i < 3000; i++) {
+		make_id(id, sizeof id, "b", i);
+		vindex_add(vi, "p", dim, id, v + i * dim, 0, NULL);
+	}
+	for (size_t i = 0; i < 3000; i++) {
+		make_id(id, sizeof id, "b", i);
+		vindex_add(plain, "p", dim, id, v + i * dim, 0, NULL);
+	}
+	CHECK(vindex_bytes(vi) > vindex_bytes(plain));
+	for (size_t i = 0; i < 3000; i++) {
+		make_id(id, sizeof id, "b", i);
+		CHECK(vindex_remove(vi, id));
+		CHECK(vindex_remove(plain, id));
+	}
+	CHECK_INT(vindex_partition_count(vi), 0);
+	CHECK_INT(vindex_listed_count(vi), 0);
+	CHECK_INT(vindex_bytes(vi), vindex_bytes(plain));
+	vindex_clear(vi);
+	CHECK_INT(vindex_bytes(vi), 0);
+	free(v);
+	vindex_destroy(plain);
+	vindex_destroy(vi);
+}
+
+struct ls_share {
+	struct vindex *vi;
+	const float *stable;
+	size_t nstable;
+	atomic_int stop;
+	atomic_size_t wrong;
+};
+
+static void *ls_searcher(void *arg)
+{
+	struct ls_share *sh = arg;
+	char want[32];
+	for (size_t k = 0; !atomic_load(&sh->stop); k = (k + 7) % sh->nstable) {
+		struct vindex_hit hit;
+		make_id(want, sizeof want, "st", k);
+		if (vindex_search(sh->vi, "p", 24, sh->stable + k * 24, 0, &hit, NULL) != SG_OK ||
+		    !hit.found || strcmp(hit.id, want) != 0)
+			atomic_fetch_add(&sh->wrong, 1);
+	}
+	return NULL;
+}
+
+/* Searches run while the writer adds rows past two clusterings: a stable
+ * row is found by its own vector before, during and after each. */
+static void test_lists_are_built_while_searches_run(void)
+{
+	uint64_t seed = 0xc0c0;
+	struct ls_share sh = { .vi = vindex_create(), .nstable = 200 };
+	set_lists(sh.vi, 1024, 3);
+	float *stable = rand_vecs(&seed, sh.nstable, 24);
+	float *more = clustered_vecs(&seed, 8000, 24, 30, 0.3f);
+	sh.stable = stable;
+	atomic_init(&sh.stop, 0);
+	atomic_init(&sh.wrong, 0);
+	char id[32];
+	for (size_t i = 0; i < sh.nstable; i++) {
+		make_id(id, sizeof id, "st", i);
+		vindex_add(sh.vi, "p", 24, id, stable + i * 24, 0, NULL);
+	}
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, ls_searcher, &sh);
+	for (size_t i = 0; i < 8000; i++) {
+		make_id(id, sizeof id, "m", i);
+		CHECK_INT(vindex_add(sh.vi, "p", 24, id, more + i * 24, 0, NULL), SG_OK);
+		if (i % 3 == 0 && i > 0) {
+			make_id(id, sizeof id, "m", i - 1);
+			CHECK(vindex_remove(sh.vi, id));
+		}
+	}
+	atomic_store(&sh.stop, 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	CHECK_INT(atomic_load(&sh.wrong), 0);
+	struct vindex_hit hit;
+	struct vindex_stats st;
+	vindex_search(sh.vi, "p", 24, stable, 0, &hit, NULL);
+	vindex_last_stats(&st);
+	CHECK_INT(st.lists, 3);
+	free(stable);
+	free(more);
+	vindex_destroy(sh.vi);
+}
+
 int main(void)
 {
 	RUN(test_create_destroy_accept_null_and_empty_index_is_empty);
@@ -1963,5 +2260,9 @@ int main(void)
 	RUN(test_top_k_refuses_bad_arguments_and_misses_cleanly);
 	RUN(test_each_id_visits_every_live_id_once_across_partitions);
 	RUN(test_coalesced_searches_equal_single_searches);
+	RUN(test_lists_keep_every_row_findable_through_changes);
+	RUN(test_lists_find_near_duplicates_reading_few_rows);
+	RUN(test_lists_bytes_and_tuning);
+	RUN(test_lists_are_built_while_searches_run);
 	return TEST_DONE();
 }
