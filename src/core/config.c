@@ -158,7 +158,7 @@ static const struct cfg_row config_rows[] = {
 	  OFF(coalesce_wait_ms),
 	  "concurrent misses that the first one's answer would answer wait this long for it "
 	  "instead of calling the LLM again (0: off)" },
-	{ "SEMGATE_INDEX_LISTS_FROM", "--index-lists-from", CFG_INT, "32768", 0, 2147483647,
+	{ "SEMGATE_INDEX_LISTS_FROM", "--index-lists-from", CFG_INT, "8192", 0, 2147483647,
 	  OFF(index_lists_from),
 	  "a partition of at least this many entries is clustered into lists and a semantic "
 	  "lookup reads only the SEMGATE_INDEX_PROBE nearest ones (0: every lookup reads every "

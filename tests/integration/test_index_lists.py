@@ -4,7 +4,7 @@ SEMGATE_INDEX_PROBE lists whose centroids are nearest to the question.
 Every stored question is still answered by its own entry, near paraphrases
 nearly always, new questions still miss, and the lists are built again
 when a gateway loads the partition at start. The thresholds are small here;
-the same code runs from 32768 entries by default."""
+the same code runs from 8192 entries by default."""
 from concurrent.futures import ThreadPoolExecutor
 
 

@@ -59,8 +59,8 @@
  * that many rows is clustered (spherical k-means over a sample, about 32
  * rows per centroid) into nlist lists, nlist the power of two at most
  * sqrt(rows) within 16..256, and clustered again whenever it has grown
- * enough for twice the lists (so at most twice after the first: 128 lists
- * at 32,768 rows, 256 at 65,536). Each list holds a copy of its rows'
+ * enough for twice the lists (from 8,192 rows: 64 lists, 128 at 16,384,
+ * 256 at 65,536, then never again). Each list holds a copy of its rows'
  * codes, bounds and expiry, so reading a list streams memory as a full
  * scan does; a row joins the list of its nearest centroid when it is
  * added. vindex_search() and vindex_search_min() of such a partition read
