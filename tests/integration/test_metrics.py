@@ -202,8 +202,17 @@ def test_metrics_parse_and_count_requests_cache_outcomes_and_latency(make_gatewa
     r4 = g.chat(user("no cache please"), headers={"Cache-Control": "no-store"})
     assert r4.headers["X-Semgate-Cache"] == "bypass"
     assert requests.get(g.url + "/v1/nope", timeout=5).status_code == 404
-    m = scrape(g)
     route = "/v1/chat/completions"
+
+    def counted():
+        """A request is counted once its answer is sent, so a scrape right
+        after the answer may come before the count."""
+        m = scrape(g)
+        done = (value(m, "semgate_http_requests_total", route=route, method="POST",
+                      status=200) >= 4 and
+                value(m, "semgate_http_requests_total", route="unmatched", status=404) >= 1)
+        return m if done else None
+    m = wait_until(counted, what="the requests to be counted")
     assert value(m, "semgate_http_requests_total", route=route, method="POST", status=200) == 4
     assert value(m, "semgate_http_requests_total", route="unmatched", status=404) == 1
     assert value(m, "semgate_http_requests_total", route="/metrics", status=200) >= 1
