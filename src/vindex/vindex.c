@@ -73,8 +73,12 @@ struct part {
 	int dim;               /* fixed at creation; read without locks */
 	atomic_long refs;      /* the table's reference plus one per search */
 	struct vindex *owner;  /* for byte accounting when the last ref goes */
-	pthread_rwlock_t lock; /* guards everything below */
-	size_t n;
+	/* Guards everything below, with one exception: an add appends its
+	 * row without it when no array has to grow (see vindex_add). The row
+	 * is written past the n rows searches read, then n is stored; so n,
+	 * and each list's len, are atomic, and a search reads each once. */
+	pthread_rwlock_t lock;
+	_Atomic size_t n;
 	/* Each array has its own capacity so that a failed realloc of one never
 	 * leaves another's size unknown; the usable capacity is the minimum. */
 	size_t cap_mat, cap_exp, cap_ids, cap_hi, cap_lo, cap_qs, cap_qe, cap_ql;
@@ -118,7 +122,8 @@ struct idslot {
  * partition's; rows[i] is the partition row entry i stands for. In no
  * particular order. */
 struct vlist {
-	uint32_t len, cap;
+	_Atomic uint32_t len; /* published after its entry (see part.lock) */
+	uint32_t cap;
 	uint32_t *rows;
 	uint8_t *hi, *lo; /* cap x plane each, VQ_ALIGN-aligned */
 	float *scale, *err, *lam;
@@ -691,9 +696,10 @@ static void entry_set(const struct part *p, struct vlist *v, uint32_t pos, size_
 static void list_insert(struct part *p, size_t row, uint32_t l)
 {
 	struct vlist *v = &p->ls->l[l];
-	uint32_t pos = v->len++;
+	uint32_t pos = v->len;
 	entry_set(p, v, pos, row);
 	p->rl[row] = (struct rowlist){ .list = l, .pos = pos };
+	v->len = pos + 1; /* last: a search may be reading the list */
 }
 
 /* Row leaves its list; the list's last entry takes its place there. */
@@ -1217,19 +1223,24 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 		}
 		created = true;
 	}
-	pthread_rwlock_wrlock(&p->lock);
-	if (p->n >= ROWS_MAX) {
-		rc = sg_error_set(e, SG_ERR_TOO_LARGE, "partition is full (%zu rows)", p->n);
-	} else if (p->n == part_cap(p)) {
+	rc = SG_OK;
+	/* Growing an array moves it, so only that takes the lock (and waits
+	 * for the searches reading the partition); an add with room appends
+	 * without it, as searches never read past n. */
+	size_t n = p->n;
+	if (n >= ROWS_MAX) {
+		rc = sg_error_set(e, SG_ERR_TOO_LARGE, "partition is full (%zu rows)", n);
+	} else if (n == part_cap(p) || (p->ls && p->ls->l[list].len == p->ls->l[list].cap)) {
+		pthread_rwlock_wrlock(&p->lock);
 		size_t cap = part_cap(p);
 		size_t want = cap == 0 ? INITIAL_ROWS : cap > ROWS_MAX / 2 ? ROWS_MAX : cap * 2;
-		rc = part_set_cap_locked(vi, p, want) ? SG_OK :
-		     sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a partition to %zu rows",
-		                  want);
+		if (n == cap && !part_set_cap_locked(vi, p, want))
+			rc = sg_error_set(e, SG_ERR_NOMEM,
+			                  "out of memory growing a partition to %zu rows", want);
+		if (rc == SG_OK && p->ls && !list_reserve(vi, p, list))
+			rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a list");
+		pthread_rwlock_unlock(&p->lock);
 	}
-	if (rc == SG_OK && p->ls && !list_reserve(vi, p, list))
-		rc = sg_error_set(e, SG_ERR_NOMEM, "out of memory growing a list");
-	pthread_rwlock_unlock(&p->lock);
 	if (rc != SG_OK) {
 		if (created)
 			part_unref(p);
@@ -1240,13 +1251,11 @@ enum sg_err vindex_add(struct vindex *vi, const char *partition, int dim,
 	 * (and maybe its partition) leaves p and its reserved room alone. */
 	if (old != SIZE_MAX)
 		drop_slot(vi, old);
-	pthread_rwlock_wrlock(&p->lock);
-	size_t row = p->n;
+	size_t row = n;
 	store_row(p, row, id, idlen, vec, inv, expires_at_ms);
 	if (p->ls)
 		list_insert(p, row, list);
-	p->n++;
-	pthread_rwlock_unlock(&p->lock);
+	p->n = row + 1; /* last: the row is whole before a search can see it */
 	if (created)
 		table_link(vi, p);
 	struct idslot s = { .p = p, .row = (uint32_t)row, .hash = ih };
@@ -1497,16 +1506,21 @@ static enum sg_err search(struct vindex *vi, const char *partition, int dim,
 		scanned = 0;
 		for (int i = 0; i < probed; i++) {
 			const struct vlist *v = &ls->l[pick[i]];
+			/* entries added since n was read are left out: dh has
+			 * room for n */
+			uint32_t len = v->len;
+			if (len > n)
+				len = (uint32_t)n;
 			struct vq_rows lr = {
 				.mat = p->mat, .hi = v->hi, .lo = v->lo, .scale = v->scale,
 				.err = v->err, .lam = v->lam, .exp = v->exp, .map = v->rows,
-				.n = v->len, .plane = p->plane, .dim = dim,
+				.n = len, .plane = p->plane, .dim = dim,
 			};
 			int32_t *dh = (int32_t *)(void *)(buf + o_dh);
-			vq_scan_hi(vi->kernel, &lr, q, st, 0, v->len, now_ms, dh);
-			vq_scan_lo(vi->kernel, &lr, q, st, 0, v->len, now_ms, dh);
+			vq_scan_hi(vi->kernel, &lr, q, st, 0, len, now_ms, dh);
+			vq_scan_lo(vi->kernel, &lr, q, st, 0, len, now_ms, dh);
 			vq_drain(&lr, q, st);
-			scanned += v->len;
+			scanned += len;
 		}
 	} else if ((rc = scan_all(vi, &rows, q, st, nq, nt, n, now_ms,
 	                          (int32_t *)(void *)(buf + o_dh), &threads, e)) != SG_OK) {

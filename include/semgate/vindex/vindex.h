@@ -79,9 +79,15 @@
  * Threading.
  * Every function below is safe to call from any number of threads at once,
  * except vindex_destroy(), which must be the last call.
- * - Searches take the partition's reader/writer lock shared; adds, removes,
- *   vindex_expire() and vindex_clear() take it exclusive. The lock prefers
- *   writers, so a stream of searches cannot starve an add.
+ * - Searches take the partition's reader/writer lock shared; removes,
+ *   replacements in place, vindex_expire(), vindex_clear() and adds that
+ *   must grow an array take it exclusive. The lock prefers writers, so a
+ *   stream of searches cannot starve them. An add of a new id with room
+ *   left (nearly all: the arrays grow by halves or doublings) takes no
+ *   partition lock: it writes its row past the rows a search reads and
+ *   only then makes the row count (and its list's length) say so, so it
+ *   never waits for a running scan, and a search sees the row whole or
+ *   not at all.
  * - Writers (add, remove, expire, clear) are serialised with each other by
  *   one mutex; the short table lock that searches take to find a partition
  *   is never held while a scan runs or while a writer waits for a scan.

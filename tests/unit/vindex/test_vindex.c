@@ -2225,6 +2225,78 @@ static void test_lists_are_built_while_searches_run(void)
 	vindex_destroy(sh.vi);
 }
 
+struct ap_share {
+	struct vindex *vi;
+	const float *v;
+	int dim;
+	atomic_size_t added; /* rows whose add has returned */
+	atomic_int stop;
+	atomic_size_t searched, wrong;
+};
+
+static void *ap_searcher(void *arg)
+{
+	struct ap_share *sh = arg;
+	uint64_t seed = (uint64_t)(uintptr_t)arg ^ 0x9e37;
+	char want[32];
+	while (!atomic_load(&sh->stop)) {
+		size_t n = atomic_load(&sh->added);
+		if (n == 0)
+			continue;
+		size_t k = (size_t)(rng_next(&seed) % n);
+		struct vindex_hit hit;
+		make_id(want, sizeof want, "a", k);
+		const float *q = sh->v + k * (size_t)sh->dim;
+		bool ok = vindex_search(sh->vi, "p", sh->dim, q, 0, &hit, NULL) == SG_OK &&
+		          hit.found && strcmp(hit.id, want) == 0 &&
+		          fabs(hit.similarity - cos_naive(q, q, sh->dim)) < 1e-5;
+		atomic_fetch_add(&sh->searched, 1);
+		if (!ok)
+			atomic_fetch_add(&sh->wrong, 1);
+	}
+	return NULL;
+}
+
+/* Adds with room append without the partition's lock while searches run:
+ * a row whose add has returned is found whole (its id and its exact
+ * similarity), exact and with lists, through every growth of the arrays. */
+static void test_adds_publish_whole_rows_to_running_searches(void)
+{
+	const int dim = 24;
+	const size_t n = 6000;
+	for (int listed = 0; listed < 2; listed++) {
+		uint64_t seed = 0xadd5 + (uint64_t)listed;
+		struct ap_share sh = { .vi = vindex_create(), .dim = dim };
+		if (listed)
+			set_lists(sh.vi, 1024, 8);
+		float *v = rand_vecs(&seed, n, dim);
+		sh.v = v;
+		atomic_init(&sh.added, 0);
+		atomic_init(&sh.stop, 0);
+		atomic_init(&sh.searched, 0);
+		atomic_init(&sh.wrong, 0);
+		pthread_t th[2];
+		for (int i = 0; i < 2; i++)
+			pthread_create(&th[i], NULL, ap_searcher, &sh);
+		char id[32];
+		for (size_t i = 0; i < n; i++) {
+			make_id(id, sizeof id, "a", i);
+			CHECK_INT(vindex_add(sh.vi, "p", dim, id, v + i * dim, 0, NULL), SG_OK);
+			atomic_store(&sh.added, i + 1);
+		}
+		atomic_store(&sh.stop, 1);
+		for (int i = 0; i < 2; i++)
+			pthread_join(th[i], NULL);
+		printf("# %s: %zu searches while adding, %zu wrong\n", listed ? "lists" : "exact",
+		       atomic_load(&sh.searched), atomic_load(&sh.wrong));
+		CHECK(atomic_load(&sh.searched) > 0);
+		CHECK_INT(atomic_load(&sh.wrong), 0);
+		CHECK_INT(vindex_count(sh.vi), n);
+		free(v);
+		vindex_destroy(sh.vi);
+	}
+}
+
 int main(void)
 {
 	RUN(test_create_destroy_accept_null_and_empty_index_is_empty);
@@ -2264,5 +2336,6 @@ int main(void)
 	RUN(test_lists_find_near_duplicates_reading_few_rows);
 	RUN(test_lists_bytes_and_tuning);
 	RUN(test_lists_are_built_while_searches_run);
+	RUN(test_adds_publish_whole_rows_to_running_searches);
 	return TEST_DONE();
 }
