@@ -64,6 +64,42 @@ void cache_partition_key(char *out, size_t cap, const char *tenant, const char *
 	partition_key(out, cap, tenant, scope, model);
 }
 
+/* The best row of partition part for vec: one search, timed. */
+static enum sg_err search_best(struct sg_app *app, const char *part, const float *vec, int dim,
+			       struct vindex_hit *best, struct sg_error *e)
+{
+	double t0 = sg_now_ms();
+	enum sg_err rc = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), best, e);
+	metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
+	return rc;
+}
+
+/* The exact key from Redis. With the local embedder the question is also
+ * embedded and searched while the GET is on its way: a miss then pays one
+ * round trip or one search, whichever is longer, not their sum. Only a
+ * lookup the exact key answers wastes the search; a remote embedder is a
+ * paid call, never made before the exact key has missed. *first_ok says
+ * whether *first holds the search's answer. */
+static enum sg_err exact_then_search(struct sg_app *app, struct store *s, struct upstream *up,
+				     const char *tenant, const struct scope_info *si,
+				     bool semantic, const char *part, long long *pttl,
+				     struct store_answer *a, bool *found, struct cache_result *out,
+				     struct vindex_hit *first, bool *first_ok, struct sg_error *e)
+{
+	*first_ok = false;
+	enum sg_err rc = store_exact_send(s, tenant, si->exact, pttl != NULL, e);
+	if (rc != SG_OK)
+		return rc;
+	if (semantic && app->embedder.local &&
+	    !atomic_load_explicit(&app->warming, memory_order_acquire)) {
+		cache_embed_query(app, up, si, out);
+		struct sg_error se = { 0 };
+		/* a refused search is searched (and reported) again by the match */
+		*first_ok = out->vec && search_best(app, part, out->vec, out->dim, first, &se) == SG_OK;
+	}
+	return store_exact_recv(s, a, found, pttl, e);
+}
+
 enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *up,
 			 const char *tenant, const struct scope_info *si,
 			 bool semantic, double threshold, enum verify_mode verify,
@@ -85,13 +121,18 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	}
 	uint64_t token = hot ? hot_token(app->hot, hkey) : 0;
 	long long pttl = -2;
+	char part[VINDEX_KEY_MAX];
+	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
+	struct vindex_hit first;
+	bool first_ok = false;
 	/* an answer whose store is still queued (behind.h) first: asked after
 	 * Redis, it could be written and forgotten in between */
 	bool pending = behind_get_exact(app->behind, tenant, si->exact, &a);
 	found = pending;
 	enum sg_err rc = pending ? SG_OK
-				 : store_exact_get(s, tenant, si->exact, &a, &found,
-						   hot ? &pttl : NULL, e);
+				 : exact_then_search(app, s, up, tenant, si, semantic, part,
+						     hot ? &pttl : NULL, &a, &found, out, &first,
+						     &first_ok, e);
 	if (rc != SG_OK)
 		return rc;
 	if (found && strcmp(a.kind, "chat") != 0) {
@@ -102,6 +143,9 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	if (found && hot && !pending)
 		hot_put(app->hot, hkey, token, a.id, a.answer, a.answer_len, pttl);
 	if (found) {
+		free(out->vec); /* searched ahead for nothing */
+		out->vec = NULL;
+		out->dim = 0;
 		out->hit = true;
 		memcpy(out->id, a.id, sizeof(out->id));
 		out->answer = a.answer;
@@ -114,11 +158,10 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	if (!semantic)
 		return SG_OK;
 
-	cache_embed_query(app, up, si, out);
+	if (!out->vec && !out->embed_failed)
+		cache_embed_query(app, up, si, out);
 	if (!out->vec)
 		return SG_OK;
-	char part[VINDEX_KEY_MAX];
-	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
 	struct cache_match_req mr = {
 		.tenant = tenant,
 		.part = part,
@@ -130,6 +173,7 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 		.query = si->query,
 		.query_len = si->query_len,
 		.candidates = (int)app->cfg->verify_candidates,
+		.first = first_ok ? &first : NULL,
 	};
 	struct cache_match m;
 	rc = cache_match_find(app, s, &mr, &m, e);
@@ -327,10 +371,11 @@ enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct c
 	 * verifier, and a hit that passes one search and one read. */
 	for (int attempt = 0; attempt < 3; attempt++) {
 		struct vindex_hit best;
-		double t0 = sg_now_ms();
-		enum sg_err rc = vindex_search(app->vindex, rq->part, rq->dim, rq->vec, sg_wall_ms(),
-					       &best, e);
-		metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
+		enum sg_err rc = SG_OK;
+		if (attempt == 0 && rq->first)
+			best = *rq->first;
+		else
+			rc = search_best(app, rq->part, rq->vec, rq->dim, &best, e);
 		if (rc != SG_OK)
 			return rc;
 		if (!best.found)

@@ -180,36 +180,32 @@ bool store_exact_keyname(const struct sg_config *cfg, const char *tenant, const 
 	return n > 0 && (size_t)n < cap;
 }
 
-/* GET key and PTTL key pipelined: the GET reply, *pttl_ms set. */
-static redisReply *get_with_pttl(struct store *s, const char *key, long long *pttl_ms,
-				 struct sg_error *e)
+enum sg_err store_exact_send(struct store *s, const char *tenant, const char *exact, bool pttl,
+			     struct sg_error *e)
 {
-	*pttl_ms = -2;
-	const char *argv[] = { "GET", key };
-	redisReply *r, *t;
-	if (!store_run_with_ttl(s, 2, argv, "PTTL", key, &r, &t, e))
-		return NULL;
-	if (t->type == REDIS_REPLY_INTEGER)
-		*pttl_ms = t->integer;
-	freeReplyObject(t);
-	return r;
-}
-
-enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
-			    struct store_answer *out, bool *found, long long *pttl_ms,
-			    struct sg_error *e)
-{
-	memset(out, 0, sizeof(*out));
-	*found = false;
 	char *key = store_key(s, "x", tenant, exact);
 	if (!key)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	const char *argv[] = { "GET", key };
-	redisReply *r = pttl_ms ? get_with_pttl(s, key, pttl_ms, e) :
-				  store_run(s, 2, argv, NULL, e);
+	bool sent = store_send_with_ttl(s, 2, argv, pttl ? "PTTL" : NULL, key, e);
 	free(key);
-	if (!r)
+	return sent ? SG_OK : SG_ERR_REDIS;
+}
+
+enum sg_err store_exact_recv(struct store *s, struct store_answer *out, bool *found,
+			     long long *pttl_ms, struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	*found = false;
+	redisReply *r, *t = NULL;
+	if (pttl_ms)
+		*pttl_ms = -2;
+	if (!store_recv_with_ttl(s, &r, pttl_ms ? &t : NULL, e))
 		return SG_ERR_REDIS;
+	if (t && t->type == REDIS_REPLY_INTEGER)
+		*pttl_ms = t->integer;
+	if (t)
+		freeReplyObject(t);
 	enum sg_err rc = SG_OK;
 	if (r->type == REDIS_REPLY_STRING) {
 		const char *ans;
@@ -231,6 +227,16 @@ enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exa
 	}
 	freeReplyObject(r);
 	return rc;
+}
+
+enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exact,
+			    struct store_answer *out, bool *found, long long *pttl_ms,
+			    struct sg_error *e)
+{
+	memset(out, 0, sizeof(*out));
+	*found = false;
+	enum sg_err rc = store_exact_send(s, tenant, exact, pttl_ms != NULL, e);
+	return rc != SG_OK ? rc : store_exact_recv(s, out, found, pttl_ms, e);
 }
 
 enum sg_err store_entry_answer(struct store *s, const char *tenant, const char *id,

@@ -48,6 +48,7 @@ struct store {
 	size_t qn, qpos, qcap;
 	struct store_cl_addr pin;
 	unsigned long gen;      /* the master generation c is connected to */
+	double sent_ms;         /* when store_send_with_ttl sent (monotonic) */
 };
 
 /* ---- which server is the master (sentinel.c) ---- */
@@ -178,7 +179,6 @@ bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_e
 enum sg_err store_run_key(struct store *s, int argc, const char **argv, char *key,
 			  redisReply **r, struct sg_error *e);
 
-/* Run one command given as argv; the reply belongs to the caller. */
 /* Run argv and "<ttl_cmd> <key>" (TTL or PTTL) in one round trip. True
  * with both replies (caller frees them); false with e set and nothing to
  * free when the connection failed. */
@@ -186,6 +186,17 @@ bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char
 			const char *key, redisReply **reply, redisReply **ttl,
 			struct sg_error *e);
 
+/* store_run_with_ttl in two halves, so the caller can work while Redis
+ * answers: send argv (and "<ttl_cmd> <key>" unless ttl_cmd is NULL) now,
+ * then read the replies (ttl NULL: only the first). On one server the
+ * commands leave at the send; a cluster store routes them at the read.
+ * Nothing else may use s in between. */
+bool store_send_with_ttl(struct store *s, int argc, const char **argv, const char *ttl_cmd,
+			 const char *key, struct sg_error *e);
+bool store_recv_with_ttl(struct store *s, redisReply **reply, redisReply **ttl,
+			 struct sg_error *e);
+
+/* Run one command given as argv; the reply belongs to the caller. */
 redisReply *store_run(struct store *s, int argc, const char **argv,
 		     const size_t *lens, struct sg_error *e);
 

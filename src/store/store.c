@@ -323,31 +323,54 @@ redisReply *store_run(struct store *s, int argc, const char **argv,
 	return r;
 }
 
+bool store_send_with_ttl(struct store *s, int argc, const char **argv, const char *ttl_cmd,
+			 const char *key, struct sg_error *e)
+{
+	if (store_conn(s, e) != SG_OK)
+		return false;
+	const char *targv[] = { ttl_cmd, key };
+	if (redisAppendCommandArgv(s->c, argc, argv, NULL) != REDIS_OK ||
+	    (ttl_cmd && redisAppendCommandArgv(s->c, 2, targv, NULL) != REDIS_OK)) {
+		sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis command");
+		store_drop(s);
+		return false;
+	}
+	s->sent_ms = sg_now_ms();
+	if (s->cluster)
+		return true; /* staged: store_cluster_dispatch routes it at the read */
+	/* on its way now; the replies wait in the socket until the read */
+	int done = 0;
+	while (!done)
+		if (redisBufferWrite(s->c, &done) != REDIS_OK) {
+			sg_error_set(e, SG_ERR_REDIS, "redis connection lost: %s",
+				     s->c->errstr[0] ? s->c->errstr : "write failed");
+			store_drop(s);
+			return false;
+		}
+	return true;
+}
+
+bool store_recv_with_ttl(struct store *s, redisReply **reply, redisReply **ttl,
+			 struct sg_error *e)
+{
+	*reply = store_read_reply(s, e);
+	if (ttl)
+		*ttl = *reply ? store_read_reply(s, e) : NULL;
+	metrics_observe(SG_H_REDIS, sg_now_ms() - s->sent_ms);
+	if (ttl && !*ttl && *reply) {
+		freeReplyObject(*reply);
+		*reply = NULL;
+	}
+	return *reply != NULL;
+}
+
 bool store_run_with_ttl(struct store *s, int argc, const char **argv, const char *ttl_cmd,
 			const char *key, redisReply **reply, redisReply **ttl,
 			struct sg_error *e)
 {
 	*reply = *ttl = NULL;
-	if (store_conn(s, e) != SG_OK)
-		return false;
-	const char *targv[] = { ttl_cmd, key };
-	if (redisAppendCommandArgv(s->c, argc, argv, NULL) != REDIS_OK ||
-	    redisAppendCommandArgv(s->c, 2, targv, NULL) != REDIS_OK) {
-		sg_error_set(e, SG_ERR_NOMEM, "out of memory building a redis command");
-		store_drop(s);
-		return false;
-	}
-	double t0 = sg_now_ms();
-	*reply = store_read_reply(s, e);
-	*ttl = *reply ? store_read_reply(s, e) : NULL;
-	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
-	if (!*ttl) {
-		if (*reply)
-			freeReplyObject(*reply);
-		*reply = NULL;
-		return false;
-	}
-	return true;
+	return store_send_with_ttl(s, argc, argv, ttl_cmd, key, e) &&
+	       store_recv_with_ttl(s, reply, ttl, e);
 }
 
 enum sg_err store_run_status(struct store *s, int argc, const char **argv, struct sg_error *e)

@@ -57,6 +57,9 @@ struct cache_match_req {
 	const char *query;       /* the question's text, for the verifier */
 	size_t query_len;
 	int candidates;          /* most candidates verified, 1..VINDEX_TOPK_MAX */
+	/* the first search's answer when the caller searched already (while
+	 * Redis answered its exact lookup), or NULL: cache_match_find searches */
+	const struct vindex_hit *first;
 };
 
 struct cache_match {

@@ -175,6 +175,15 @@ enum sg_err store_exact_get(struct store *s, const char *tenant, const char *exa
 			    struct store_answer *out, bool *found, long long *pttl_ms,
 			    struct sg_error *e);
 
+/* store_exact_get in two halves, so the caller can work while Redis
+ * answers: send the GET (and a PTTL when pttl), then read the answer
+ * (pttl_ms non-NULL exactly when pttl was asked). Nothing else may use s
+ * in between; a failed send needs no read. */
+enum sg_err store_exact_send(struct store *s, const char *tenant, const char *exact, bool pttl,
+			     struct sg_error *e);
+enum sg_err store_exact_recv(struct store *s, struct store_answer *out, bool *found,
+			     long long *pttl_ms, struct sg_error *e);
+
 /* The exact key's name, "{prefix}x:{tenant}:{exact}", into out[cap];
  * false when it does not fit. */
 bool store_exact_keyname(const struct sg_config *cfg, const char *tenant, const char *exact,
