@@ -80,10 +80,11 @@ static void drain(struct sg_http *http, long long grace_ms)
 /* Load every cached vector from Redis into the index. Redis being down at
  * start is not fatal: the cache fills again as answers are stored. */
 /* The accounting's hook (tally_before_write): hits are counted on entries
- * that Redis has. */
-static void settle_stores(void *b)
+ * that Redis has, so a batch counting hits waits for those entries' own
+ * stores, and for nothing else. */
+static bool settle_stores(void *b, const struct store_entry_hits *eh, size_t n)
 {
-	behind_settle(b);
+	return behind_settle_entries(b, eh, n);
 }
 
 static void rebuild_index(struct sg_app *app)

@@ -146,12 +146,19 @@ static void write_one(struct behind *b, struct job *j)
 	if (rc != SG_OK)
 		sg_log(SG_LOG_WARN, "answer not cached: entry %s: %s", j->id, e.msg);
 	metrics_inc(rc == SG_OK ? SG_C_STORE_BEHIND_STORED : SG_C_STORE_BEHIND_FAILED);
+	/* done one by one, so a wait for this entry (behind_settle_entries)
+	 * or for room ends now, not after the rest of the writer's list */
 	pthread_mutex_lock(&b->mu);
 	forget_locked(b, j);
 	if (rc == SG_OK)
 		b->stored++;
 	else
 		b->failed++;
+	b->count--;
+	b->bytes -= job_bytes(j);
+	b->done++;
+	pthread_cond_broadcast(&b->room);
+	pthread_cond_broadcast(&b->settled);
 	pthread_mutex_unlock(&b->mu);
 }
 
@@ -167,21 +174,13 @@ static void *writer(void *arg)
 		struct job *list = b->head;
 		b->head = b->tail = NULL;
 		pthread_mutex_unlock(&b->mu);
-		size_t n = 0, bytes = 0;
 		while (list) {
 			struct job *j = list;
 			list = j->next;
 			write_one(b, j);
-			n++;
-			bytes += job_bytes(j);
 			job_free(j);
 		}
 		pthread_mutex_lock(&b->mu);
-		b->count -= n;
-		b->bytes -= bytes;
-		b->done += n;
-		pthread_cond_broadcast(&b->room);
-		pthread_cond_broadcast(&b->settled);
 	}
 	pthread_mutex_unlock(&b->mu);
 	return NULL;
@@ -343,6 +342,21 @@ void behind_settle(struct behind *b)
 	while (b->done < target)
 		pthread_cond_wait(&b->settled, &b->mu);
 	pthread_mutex_unlock(&b->mu);
+}
+
+bool behind_settle_entries(struct behind *b, const struct store_entry_hits *eh, size_t n)
+{
+	bool waited = false;
+	for (size_t i = 0; b && i < n; i++) {
+		struct job *j;
+		while ((j = find_lock(b, eh[i].tenant, eh[i].id, true))) {
+			/* locked and still queued: wait for the writer's next store */
+			waited = true;
+			pthread_cond_wait(&b->settled, &b->mu);
+			pthread_mutex_unlock(&b->mu);
+		}
+	}
+	return waited;
 }
 
 void behind_get_stats(struct behind *b, struct behind_stats *out)

@@ -42,12 +42,13 @@ struct tally {
 	pthread_cond_t settled;   /* done advanced */
 	struct job *ring;
 	size_t head, count;
-	unsigned long long queued, done, written, dropped, batches;
+	unsigned long long queued, done, written, dropped, batches, store_waits;
 	bool stop;
 	bool flush;               /* someone settles: write without gathering */
 	bool idle;                /* the writer waits for a first job */
 	bool failing;             /* the last batch could not be written */
-	void (*before)(void *);   /* run before each batch is written */
+	/* run before a batch that counts hits on entries is written */
+	bool (*before)(void *, const struct store_entry_hits *, size_t);
 	void *before_ud;
 	/* the writer's scratch, sized for a full ring */
 	struct job *batch;
@@ -117,8 +118,11 @@ static bool write_batch(struct tally *t, struct job *jobs, size_t n)
 {
 	size_t ntc, neh;
 	sum_batch(t, jobs, n, &ntc, &neh);
-	if (t->before)
-		t->before(t->before_ud);
+	if (t->before && neh && t->before(t->before_ud, t->eh, neh)) {
+		pthread_mutex_lock(&t->mu);
+		t->store_waits++;
+		pthread_mutex_unlock(&t->mu);
+	}
 	struct sg_error e = { 0 };
 	enum sg_err rc = store_record_counts(t->store, t->tc, ntc, t->eh, neh,
 					    t->cfg->cache_ttl, &e);
@@ -297,7 +301,8 @@ void tally_upstream_latency(struct tally *t, const char *tenant, double ms)
 	enqueue(t, tenant, "", JOB_LAT_UP, SG_VERIFY_PASS, store_lat_bucket(ms), 0, -1);
 }
 
-void tally_before_write(struct tally *t, void (*fn)(void *), void *ud)
+void tally_before_write(struct tally *t,
+			bool (*fn)(void *, const struct store_entry_hits *, size_t), void *ud)
 {
 	if (t) {
 		t->before = fn;
@@ -335,5 +340,6 @@ void tally_get_stats(struct tally *t, struct tally_stats *out)
 	out->written = t->written;
 	out->dropped = t->dropped;
 	out->batches = t->batches;
+	out->store_waits = t->store_waits;
 	pthread_mutex_unlock(&t->mu);
 }

@@ -414,6 +414,11 @@ enum sg_err metrics_render(struct sg_buf *out, const struct metrics_extra *x)
 			 "MULTI/EXEC batches of hit and miss counters written to Redis.")) ||
 	    (rc = sg_buf_printf(out, "semgate_cache_accounting_batches_total %llu\n",
 				x->tally_batches)) ||
+	    (rc = header(out, "semgate_cache_accounting_store_waits_total", "counter",
+			 "Accounting batches that first waited for the stores, written behind, "
+			 "of entries whose hits they count.")) ||
+	    (rc = sg_buf_printf(out, "semgate_cache_accounting_store_waits_total %llu\n",
+				x->tally_store_waits)) ||
 	    (rc = header(out, "semgate_cache_accounting_dropped_total", "counter",
 			 "Lookups whose hit or miss could not be counted in Redis.")) ||
 	    (rc = sg_buf_printf(out, "semgate_cache_accounting_dropped_total %llu\n",

@@ -72,6 +72,7 @@ int route_metrics(struct sg_req *req)
 		.index_partitions = vindex_partition_count(req->app->vindex),
 		.index_listed = vindex_listed_count(req->app->vindex),
 		.tally_batches = ts.batches,
+		.tally_store_waits = ts.store_waits,
 		.tally_dropped = ts.dropped,
 		.hot_hits = hs.hits,
 		.hot_keys = hs.keys,

@@ -72,6 +72,27 @@ def test_concurrent_hits_are_each_counted_once_and_visible_to_the_cache_api(gate
     assert metric(gateway, "semgate_cache_accounting_dropped_total") == 0
 
 
+def test_counting_misses_never_waits_for_the_stores_written_behind(gateway, redis_db):
+    # a batch of counts waited for every queued store before it was written:
+    # under load the ring of counts filled meanwhile and held every request
+    waits = metric(gateway, "semgate_cache_accounting_store_waits_total")
+    batches = metric(gateway, "semgate_cache_accounting_batches_total")
+    texts = ["never seen question %d about %s" % (i, "xyz" * i) for i in range(40)]
+    out = hammer(gateway, texts, per_thread=1, threads=40)  # each text once
+    assert all(code == 200 and cache == "miss" for _, code, cache in out), out[:5]
+    st = requests.get(gateway.url + "/v1/cache/stats", timeout=10).json()
+    assert st["lookups"] == 40, st
+    assert metric(gateway, "semgate_cache_accounting_batches_total") > batches
+    assert metric(gateway, "semgate_cache_accounting_store_waits_total") == waits
+    # hits on entries Redis has by now do not wait either, and are counted
+    gateway.settle()
+    r = gateway.chat(user(texts[0]))
+    assert r.headers["X-Semgate-Cache"] == "hit-exact"
+    eid = r.headers["X-Semgate-Entry"]
+    assert requests.get(gateway.url + "/v1/cache/entries/" + eid, timeout=10).json()["hits"] == 1
+    assert metric(gateway, "semgate_cache_accounting_store_waits_total") == waits
+
+
 def test_a_stopping_gateway_writes_the_queued_counts(make_gateway, redis_db):
     g = make_gateway()
     r = g.chat(user("count me on the way out"))

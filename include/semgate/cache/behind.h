@@ -62,6 +62,12 @@ bool behind_get_entry(struct behind *b, const char *tenant, const char *id,
  * failed. Accepts NULL. */
 void behind_settle(struct behind *b);
 
+/* Return once none of the n entries eh (tenant and id; hits ignored) is
+ * queued any more: written, or failed. Stores of other entries are not
+ * waited for. True when it had to wait. Accepts NULL. */
+struct store_entry_hits;
+bool behind_settle_entries(struct behind *b, const struct store_entry_hits *eh, size_t n);
+
 struct behind_stats {
 	unsigned long long queued, stored, failed;
 	size_t pending;                /* queued and not yet written */

@@ -13,6 +13,7 @@
 #include "semgate/cache/verify.h"
 
 struct sg_config;
+struct store_entry_hits;
 struct tally;
 
 /* Start the writer thread with its own Redis connection. */
@@ -41,11 +42,15 @@ void tally_coalesced(struct tally *t, const char *tenant);
  * latency histogram. */
 void tally_upstream_latency(struct tally *t, const char *tenant, double ms);
 
-/* Run fn(ud) in the writer before each batch is written (set it before
- * any lookup is queued). main.c makes it settle the stores written behind
- * (behind.h): a hit on an entry whose store is still queued is then
- * counted on the entry, which exists by the time its count is written. */
-void tally_before_write(struct tally *t, void (*fn)(void *), void *ud);
+/* Run fn(ud, eh, n) in the writer before a batch that counts hits on the
+ * n entries eh is written (set it before any lookup is queued); a batch of
+ * misses alone runs nothing. main.c makes it wait for those entries'
+ * stores written behind (behind.h), so a hit on an entry whose store is
+ * still queued is counted on the entry, which exists by then, and the
+ * accounting never waits for the stores of other answers. fn returns
+ * whether it had to wait (counted in tally_stats.store_waits). */
+void tally_before_write(struct tally *t,
+			bool (*fn)(void *, const struct store_entry_hits *, size_t), void *ud);
 
 /* Return once every lookup queued before the call has been written (or
  * found Redis unavailable, in which case it is dropped and logged). */
@@ -54,6 +59,7 @@ void tally_settle(struct tally *t);
 /* Lookups queued since start, and those written to Redis or dropped. */
 struct tally_stats {
 	unsigned long long queued, written, dropped, batches;
+	unsigned long long store_waits; /* batches that waited for their entries' stores */
 };
 void tally_get_stats(struct tally *t, struct tally_stats *out);
 

@@ -148,6 +148,7 @@ struct metrics_extra {
 	size_t index_partitions;
 	size_t index_listed;      /* partitions searched through lists */
 	unsigned long long tally_batches;   /* accounting batches written */
+	unsigned long long tally_store_waits; /* of them, waited for their entries' stores */
 	unsigned long long tally_dropped;   /* lookups not counted (Redis down) */
 	unsigned long long hot_hits;        /* exact hits served from process memory */
 	size_t hot_keys, hot_bytes;         /* hot copies held */
