@@ -121,8 +121,9 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	}
 	uint64_t token = hot ? hot_token(app->hot, hkey) : 0;
 	long long pttl = -2;
-	char part[VINDEX_KEY_MAX];
-	partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
+	char part[VINDEX_KEY_MAX] = "";
+	if (semantic)
+		partition_key(part, sizeof(part), tenant, si->scope, app->embedder.model);
 	struct vindex_hit first;
 	bool first_ok = false;
 	/* an answer whose store is still queued (behind.h) first: asked after

@@ -48,7 +48,6 @@ struct store {
 	size_t qn, qpos, qcap;
 	struct store_cl_addr pin;
 	unsigned long gen;      /* the master generation c is connected to */
-	double sent_ms;         /* when store_send_with_ttl sent (monotonic) */
 };
 
 /* ---- which server is the master (sentinel.c) ---- */

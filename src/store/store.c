@@ -335,7 +335,6 @@ bool store_send_with_ttl(struct store *s, int argc, const char **argv, const cha
 		store_drop(s);
 		return false;
 	}
-	s->sent_ms = sg_now_ms();
 	if (s->cluster)
 		return true; /* staged: store_cluster_dispatch routes it at the read */
 	/* on its way now; the replies wait in the socket until the read */
@@ -353,10 +352,13 @@ bool store_send_with_ttl(struct store *s, int argc, const char **argv, const cha
 bool store_recv_with_ttl(struct store *s, redisReply **reply, redisReply **ttl,
 			 struct sg_error *e)
 {
+	/* the wait for the replies: for commands sent ahead of other work,
+	 * the part of the round trip that work did not hide */
+	double t0 = sg_now_ms();
 	*reply = store_read_reply(s, e);
 	if (ttl)
 		*ttl = *reply ? store_read_reply(s, e) : NULL;
-	metrics_observe(SG_H_REDIS, sg_now_ms() - s->sent_ms);
+	metrics_observe(SG_H_REDIS, sg_now_ms() - t0);
 	if (ttl && !*ttl && *reply) {
 		freeReplyObject(*reply);
 		*reply = NULL;
