@@ -146,10 +146,19 @@ static bool peer_gone(const redisContext *c)
 	return poll(&p, 1, 0) != 0;
 }
 
+static bool busy_has(redisContext *const *busy, size_t nbusy, const redisContext *c)
+{
+	for (size_t i = 0; i < nbusy; i++)
+		if (busy[i] == c)
+			return true;
+	return false;
+}
+
 /* The store's connection to addr, connected now if need be; NULL (e set)
- * when it cannot be reached. */
+ * when it cannot be reached. busy[0..nbusy) are connections the caller
+ * still holds: never dropped to make room. */
 static redisContext *conn_get(struct store *s, const struct store_cl_addr *addr,
-			      struct sg_error *e)
+			      redisContext *const *busy, size_t nbusy, struct sg_error *e)
 {
 	struct store_cl_conn *cc = NULL;
 	for (int i = 0; i < s->ncl && !cc; i++)
@@ -159,12 +168,19 @@ static redisContext *conn_get(struct store *s, const struct store_cl_addr *addr,
 		if (s->ncl < STORE_CL_MAX_NODES) {
 			cc = &s->cl[s->ncl++];
 		} else {
-			/* more nodes than slots for them: reuse one without a connection */
+			/* more nodes than slots for them: reuse one without a
+			 * connection, else one nobody holds */
 			for (int i = 0; i < s->ncl && !cc; i++)
 				if (!s->cl[i].c)
 					cc = &s->cl[i];
-			if (!cc)
-				cc = &s->cl[0];
+			for (int i = 0; i < s->ncl && !cc; i++)
+				if (!busy_has(busy, nbusy, s->cl[i].c))
+					cc = &s->cl[i];
+			if (!cc) {
+				sg_error_set(e, SG_ERR_REDIS, "redis cluster: more than %d nodes in "
+					     "one pipeline", STORE_CL_MAX_NODES);
+				return NULL;
+			}
 			conn_drop(cc);
 		}
 		memset(cc, 0, sizeof(*cc));
@@ -234,7 +250,7 @@ static bool map_refresh(struct store *s, bool force, struct sg_error *e)
 	static pthread_mutex_t parse_mu = PTHREAD_MUTEX_INITIALIZER;
 	struct sg_error ce = { 0 };
 	for (int i = 0; i < nc; i++) {
-		redisContext *c = conn_get(s, &cand[i], &ce);
+		redisContext *c = conn_get(s, &cand[i], NULL, 0, &ce);
 		if (!c)
 			continue;
 		redisReply *r = redisCommand(c, "CLUSTER SLOTS");
@@ -393,8 +409,14 @@ static bool is_cmd(const struct cmd *c, const char *name)
 	return c->name_len == strlen(name) && strncasecmp(c->name, name, c->name_len) == 0;
 }
 
+/* Arguments of a command parse_cmds keeps: enough to find the key of
+ * every command the store sends (XREADGROUP's comes after STREAMS). */
+#define KEPT_ARGS 12
+
 /* Which argument is the key: 1 for the commands the store sends with a key,
- * 3 for EVAL/EVALSHA with keys, 0 for keyless ones. */
+ * 2 for XGROUP and XINFO (after the subcommand), 3 for EVAL/EVALSHA with
+ * keys, the one after STREAMS for XREADGROUP, 0 for keyless ones. argv
+ * holds the first min(argc, KEPT_ARGS) arguments. */
 static int key_arg(const char *name, size_t len, const char *const *argv,
 		   const size_t *alen, size_t argc)
 {
@@ -410,6 +432,17 @@ static int key_arg(const char *name, size_t len, const char *const *argv,
 		if (argc < 4 || alen[2] == 0 || (alen[2] == 1 && argv[2][0] == '0'))
 			return 0;
 		return 3;
+	}
+	if ((len == 6 && strncasecmp(name, "XGROUP", 6) == 0) ||
+	    (len == 5 && strncasecmp(name, "XINFO", 5) == 0))
+		return argc > 2 ? 2 : 0;
+	if ((len == 10 && strncasecmp(name, "XREADGROUP", 10) == 0) ||
+	    (len == 5 && strncasecmp(name, "XREAD", 5) == 0)) {
+		size_t kept = argc < KEPT_ARGS ? argc : KEPT_ARGS;
+		for (size_t i = 1; i + 1 < kept; i++)
+			if (alen[i] == 7 && strncasecmp(argv[i], "STREAMS", 7) == 0)
+				return (int)i + 1;
+		return 0;
 	}
 	return argc > 1 ? 1 : 0;
 }
@@ -432,14 +465,14 @@ static long parse_cmds(const char *buf, size_t len, struct cmd **out)
 		if (!e || e + 2 > end || e[0] != '\r' || argc < 1 || argc > 1000000)
 			goto bad;
 		p = e + 2;
-		const char *av[5] = { 0 };
-		size_t al[5] = { 0 };
+		const char *av[KEPT_ARGS] = { 0 };
+		size_t al[KEPT_ARGS] = { 0 };
 		for (long long i = 0; i < argc; i++) {
 			const char *str;
 			size_t sl;
 			if (!bulk(&p, end, &str, &sl))
 				goto bad;
-			if (i < 5) {
+			if (i < KEPT_ARGS) {
 				av[i] = str;
 				al[i] = sl;
 			}
@@ -462,6 +495,15 @@ static long parse_cmds(const char *buf, size_t len, struct cmd **out)
 bad:
 	free(v);
 	return -1;
+}
+
+int store_cl_command_slot(const char *cmd, size_t len)
+{
+	struct cmd *c = NULL;
+	long n = parse_cmds(cmd, len, &c);
+	int slot = n == 1 ? c[0].slot : -2;
+	free(c);
+	return slot;
 }
 
 /* Group commands into units: MULTI ... EXEC together, the rest alone. */
@@ -538,7 +580,13 @@ static bool send_units(struct store *s, const char *buf, const struct cmd *c, st
 	}
 	for (size_t i = 0; i < nt; i++) {
 		struct unit *u = todo[i];
-		ctx[i] = conn_get(s, &u->to, e);
+		/* one look-up per node: conn_get drops a connection whose peer has
+		 * gone, and an earlier unit may already hold that one, commands
+		 * appended, and read from it below */
+		size_t j = 0;
+		while (j < i && !addr_eq(&todo[j]->to, &u->to))
+			j++;
+		ctx[i] = j < i ? ctx[j] : conn_get(s, &u->to, ctx, i, e);
 		u->unsent = !ctx[i];
 		if (!ctx[i])
 			continue;

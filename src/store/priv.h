@@ -105,6 +105,11 @@ int store_cl_parse_seeds(const char *list, struct store_cl_addr *out, int cap);
 int store_cl_parse_slots(const redisReply *r, struct store_cl_addr *nodes, int cap,
 			 unsigned short *slot);
 
+/* The slot a command formatted as hiredis formats it (RESP array of bulk
+ * strings) is routed by: its key's, -1 for a keyless command, -2 for bytes
+ * that are not one whole command. */
+int store_cl_command_slot(const char *cmd, size_t len);
+
 /* ---- walking every node (SCAN fans out in cluster mode) ---- */
 
 /* The nodes a SCAN must visit: every master in cluster mode, the one

@@ -5,9 +5,11 @@ follows), and a slot migration during traffic (no error reaches a client).
 Loopback only, bounded; speed is measured in scripts/bench, not here."""
 import re
 import subprocess
+import threading
 import time
 
 import pytest
+import redis
 import requests
 
 from conftest import SLOW, RedisCluster, user, wait_until
@@ -163,3 +165,53 @@ def test_a_slot_migration_under_load_reaches_no_client(make_gateway, redis_db, u
         assert requests.get(g.url + "/v1/cache/entries/" + eid, timeout=10).status_code == 200
     assert requests.post(g.url + "/v1/cache/invalidate", json={"tag": "mv"},
                          timeout=30).json() == {"deleted": len(stored)}
+
+
+def test_connections_cut_during_a_big_resync_pipeline_leave_the_gateway_whole(
+        make_gateway, redis_db, upstream, cluster):
+    """A resync reads entries 1,000 keys at a time: 2,000 commands to one
+    node in one pipeline. Cutting the gateway's connections again and again
+    while it runs (CLIENT KILL on every master) once freed a connection an
+    earlier command of that pipeline still held, and the read crashed (seen
+    by ASan as a use after free). Now each batch fails cleanly, the resync
+    is retried, and once the cutting stops the index holds every entry."""
+    from test_warm_start import fill_partition
+    g = cluster_gateway(make_gateway, cluster, SEMGATE_EMBED_URL="")
+    rc = cluster.client()
+    r = g.chat(user("the template question"))
+    assert r.headers["X-Semgate-Cache"] == "miss"
+    g.settle()
+    fill_partition(rc, K.entry("default", r.headers["X-Semgate-Entry"]).encode(), 3000)
+    stop = threading.Event()
+    kills = [0]
+
+    def cut():
+        nodes = [cluster.node(p) for p in cluster.master_ports()]
+        while not stop.is_set():
+            for n in nodes:
+                for kind in ("pubsub", "normal"):
+                    try:
+                        kills[0] += n.execute_command("CLIENT", "KILL", "TYPE", kind,
+                                                      "SKIPME", "yes")
+                    except redis.RedisError:
+                        pass
+            time.sleep(0.002)
+
+    t = threading.Thread(target=cut)
+    t.start()
+    try:
+        deadline = time.monotonic() + 4 * SLOW
+        while time.monotonic() < deadline:
+            assert g.alive(), g.logs()[-3000:]
+            try:
+                g.chat(user(f"while cut {time.monotonic()}"), timeout=10 * SLOW)
+            except requests.RequestException:
+                pass
+    finally:
+        stop.set()
+        t.join()
+    assert kills[0] > 20
+    assert g.alive(), g.logs()[-3000:]
+    wait_until(lambda: "index resynchronised" in g.logs(), timeout=30,
+               what="a resync to complete")
+    assert g.readyz().get("index_entries", 0) >= 3001

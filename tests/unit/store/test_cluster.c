@@ -1,6 +1,7 @@
 /* Unit tests for the pure parts of the Redis Cluster client: node
  * addresses, the seed list, and CLUSTER SLOTS replies into a slot map
- * (well-formed, with replicas, not covering every slot, and malformed). */
+ * (well-formed, with replicas, not covering every slot, and malformed),
+ * and which slot a command is routed by. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,10 +116,50 @@ static void test_slots(void)
 	CHECK_INT(store_cl_parse_slots(NULL, nodes, 4, slot), -1);
 }
 
+static int slot_of(int argc, const char **argv)
+{
+	char *cmd = NULL;
+	long long len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
+	int slot = len > 0 ? store_cl_command_slot(cmd, (size_t)len) : -3;
+	redisFreeCommand(cmd);
+	return slot;
+}
+
+#define SLOT_OF(...) slot_of((int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(char *)), \
+			     (const char *[]){ __VA_ARGS__ })
+
+static void test_command_slots(void)
+{
+	const char *k = "sg:arch:{b07}:t";
+	int want = (int)store_key_slot(k, strlen(k));
+	CHECK(want != (int)store_key_slot("GROUP", 5));
+	CHECK_INT(SLOT_OF("GET", k), want);
+	CHECK_INT(SLOT_OF("EVALSHA", "0123", "2", k, "other", "a"), want);
+	CHECK_INT(SLOT_OF("EVAL", "return 1", "0"), -1);
+	CHECK_INT(SLOT_OF("PING"), -1);
+	CHECK_INT(SLOT_OF("MULTI"), -1);
+	/* the stream commands name their key after a subcommand or STREAMS */
+	CHECK_INT(SLOT_OF("XGROUP", "CREATE", k, "g", "0", "MKSTREAM"), want);
+	CHECK_INT(SLOT_OF("XGROUP", "DELCONSUMER", k, "g", "c"), want);
+	CHECK_INT(SLOT_OF("XINFO", "STREAM", k), want);
+	CHECK_INT(SLOT_OF("XINFO", "CONSUMERS", k, "g"), want);
+	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "g", "c", "COUNT", "64", "BLOCK", "100",
+			  "STREAMS", k, ">"), want);
+	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "g", "c", "STREAMS", k, ">"), want);
+	CHECK_INT(SLOT_OF("XAUTOCLAIM", k, "g", "c", "1000", "0-0"), want);
+	CHECK_INT(SLOT_OF("XACK", k, "g", "1-1"), want);
+	/* STREAMS past the arguments kept, or with nothing after it: keyless */
+	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "g", "c", "STREAMS"), -1);
+	/* not one whole command */
+	CHECK_INT(store_cl_command_slot("*1\r\n$3\r\nGE", 12), -2);
+	CHECK_INT(store_cl_command_slot("", 0), -2);
+}
+
 int main(void)
 {
 	RUN(test_addr);
 	RUN(test_seeds);
 	RUN(test_slots);
+	RUN(test_command_slots);
 	return TEST_DONE();
 }
