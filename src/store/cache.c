@@ -303,6 +303,14 @@ static enum sg_err scan_batch(struct store *s, redisReply *keys, void *ud, struc
 			return SG_ERR_REDIS;
 		redisReply *k = keys->element[i];
 		char tenant[128], id[128];
+		/* a refused read (CLUSTERDOWN, LOADING, NOPERM) fails the batch:
+		 * an entry left unread would count as gone, and a resync drops
+		 * gone rows. A key that is not a hash (WRONGTYPE) is no entry.
+		 * The rest of the replies are still read, to stay in step. */
+		redisReply *bad = h->type == REDIS_REPLY_ERROR ? h :
+				  t->type == REDIS_REPLY_ERROR ? t : NULL;
+		if (rc == SG_OK && bad && strncmp(bad->str, "WRONGTYPE", 9) != 0)
+			rc = store_reply_error(bad, e);
 		if (rc == SG_OK && h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
 		    h->element[0]->type == REDIS_REPLY_STRING &&
 		    h->element[1]->type == REDIS_REPLY_STRING &&

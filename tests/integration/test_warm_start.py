@@ -9,7 +9,7 @@ import os
 import pytest
 import requests
 
-from conftest import SLOW, wait_until
+from conftest import SLOW, on_masters, wait_until
 import keys as K
 
 FILL = 50000
@@ -164,3 +164,34 @@ def test_a_resync_keeps_entries_searchable_and_drops_those_gone(make_gateway, fi
     wait_until(lambda: g.readyz()["index_entries"] == before - 1,
                what="the deleted entry's row to be dropped")
     assert "(1 gone rows dropped)" in g.logs()
+
+
+def test_a_resync_that_redis_refuses_reads_for_drops_no_rows(make_gateway, filled, redis_db,
+                                                            redis_server, upstream):
+    """A resync whose reads Redis refuses (here NOPERM; in a cluster,
+    CLUSTERDOWN or LOADING) is incomplete, not a proof that every entry is
+    gone: the index keeps its rows, serves them, and the resync is retried
+    until it completes."""
+    g = make_gateway(**LOCAL)
+    before = g.readyz()["index_entries"]
+    assert before >= FILL + 1
+    # a key that is not a hash where entries live is skipped, as before
+    stray = K.entry("default", "0" * 32)
+    redis_db.set(stray, "not an entry")
+    on_masters(redis_db, "ACL", "SETUSER", "default", "-hmget")
+    try:
+        failed = g.logs().count("index rebuild incomplete")
+        assert redis_server.client().client_kill_filter(_type="pubsub") >= 1
+        wait_until(lambda: g.logs().count("index rebuild incomplete") > failed,
+                   timeout=30, what="the refused resync")
+        assert g.readyz()["index_entries"] == before
+    finally:
+        on_masters(redis_db, "ACL", "SETUSER", "default", "+hmget")
+    # the rows were kept: served as soon as the entries can be read again
+    r = ask(g, "what is the capital of france")
+    assert r.headers["X-Semgate-Cache"] == "hit-semantic"
+    assert r.headers["X-Semgate-Entry"] == filled
+    wait_until(lambda: "index resynchronised" in g.logs(), timeout=30 * SLOW,
+               what="the resync to complete once Redis answers")
+    assert g.readyz()["index_entries"] == before
+    assert "(0 gone rows dropped)" in g.logs()
