@@ -19,7 +19,8 @@ BUILD = os.environ.get("SEMGATE_BUILD_DIR", os.path.join(ROOT, "build"))
 SEMGATE_BIN = os.path.join(BUILD, "semgate")
 MOCK_BIN = os.path.join(BUILD, "tests", "upstream", "sg-mock-upstream")
 # Sanitizer builds are slower; every wait below is a deadline, never a sleep.
-SLOW = 3.0 if os.environ.get("SEMGATE_SANITIZED") else 1.0
+SANITIZED = bool(os.environ.get("SEMGATE_SANITIZED"))
+SLOW = 3.0 if SANITIZED else 1.0
 
 
 def free_port():
@@ -127,8 +128,9 @@ class ClusterClient(redis.cluster.RedisCluster):
         out = {}
         for node in self.get_primaries():
             for k, v in super().info(section, target_nodes=node).items():
-                acc = out.setdefault(k, {"calls": 0})
+                acc = out.setdefault(k, {"calls": 0, "failed_calls": 0})
                 acc["calls"] += v.get("calls", 0)
+                acc["failed_calls"] += v.get("failed_calls", 0)
         return out
 
 
@@ -398,7 +400,9 @@ class Gateway:
         return self.proc.poll() is None
 
     def logs(self):
-        self.log.flush()
+        # stop() closes the handle; the file is still there to read
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 

@@ -16,7 +16,7 @@ import pytest
 import redis as redis_lib
 import requests
 
-from conftest import SLOW, free_port, user, wait_until
+from conftest import SANITIZED, SLOW, free_port, user, wait_until
 import keys as K
 
 # DESIGN.md's key layout with the default prefix; tenants are
@@ -622,3 +622,23 @@ def test_sigterm_grace_deadline_cuts_a_hanging_request(make_gateway, redis_db, u
     if "r" in out:
         assert out["r"].status_code >= 500
     assert "cutting them" in g.logs()
+
+
+def test_a_crash_leaves_its_stack_in_the_log(make_gateway, redis_db, upstream):
+    """A gateway that dies of a fatal signal says so in its log, with the
+    stack, and dies of that signal (a core dump where they are on).
+    Sanitizer builds keep the sanitizer's own report instead."""
+    g = make_gateway()
+    assert g.chat(user("before the crash")).status_code == 200
+    g.proc.send_signal(signal.SIGSEGV)
+    rc = g.proc.wait(timeout=15 * SLOW)
+    log = g.logs()
+    if SANITIZED:
+        assert rc != 0 and "AddressSanitizer" in log, (rc, log[-2000:])
+    else:
+        assert rc == -signal.SIGSEGV, rc
+        trace = log[log.index("semgate: fatal signal 11\n"):].splitlines()[1:]
+        # frames of the binary, named where the symbol is exported
+        assert any("semgate(" in f for f in trace), trace
+    g.start()  # the fixture stops a live one
+    assert g.chat(user("after the crash")).status_code == 200
