@@ -1,7 +1,7 @@
 /* Stores written behind the answer (behind.h): a bounded FIFO of owned
  * copies, two small hash tables that find a queued entry by id and by
  * exact key, and one writer thread that takes everything queued at once
- * and stores it in order. A job stays findable until Redis has it (or the
+ * and stores it in order, up to BATCH_MAX stores per round trip. A job stays findable until Redis has it (or the
  * store failed and its index row is gone). */
 #include <pthread.h>
 #include <stdint.h>
@@ -28,6 +28,8 @@
 #define BEHIND_CAP 4096
 #define BEHIND_BYTES_CAP (64u << 20)
 #define BUCKETS 1024 /* per table; a power of two */
+/* Most stores sent in one pipeline (one round trip for all). */
+#define BATCH_MAX 64
 
 struct job {
 	struct job *next;              /* FIFO */
@@ -132,22 +134,18 @@ static void forget_locked(struct behind *b, struct job *j)
 		*pp = j->next_ex;
 }
 
-static void write_one(struct behind *b, struct job *j)
+/* The end of one job's store: its outcome counted and logged, and the
+ * job no longer findable, so a wait for it (behind_settle_entries) or for
+ * room ends now, not after the rest of the writer's list. */
+static void job_done(struct behind *b, struct job *j, enum sg_err rc, const struct sg_error *e)
 {
-	struct sg_error e = { 0 };
-	enum sg_err rc = b->store ? cache_store_redis(b->app, b->store, j->tenant, j->ns, &j->si,
-						      true, j->answer, j->answer_len, j->tokens,
-						      j->vec, j->dim, j->ttl_s, j->id, &e)
-				  : sg_error_set(&e, SG_ERR_NOMEM, "no Redis connection object");
 	/* SG_ERR_REDIS after the command went out may still have stored it;
 	 * a later lookup that finds the row but no entry drops the row */
 	if (rc != SG_OK && rc != SG_ERR_REDIS)
 		vindex_remove(b->app->vindex, j->id);
 	if (rc != SG_OK)
-		sg_log(SG_LOG_WARN, "answer not cached: entry %s: %s", j->id, e.msg);
+		sg_log(SG_LOG_WARN, "answer not cached: entry %s: %s", j->id, e->msg);
 	metrics_inc(rc == SG_OK ? SG_C_STORE_BEHIND_STORED : SG_C_STORE_BEHIND_FAILED);
-	/* done one by one, so a wait for this entry (behind_settle_entries)
-	 * or for room ends now, not after the rest of the writer's list */
 	pthread_mutex_lock(&b->mu);
 	forget_locked(b, j);
 	if (rc == SG_OK)
@@ -162,6 +160,49 @@ static void write_one(struct behind *b, struct job *j)
 	pthread_mutex_unlock(&b->mu);
 }
 
+/* Store up to BATCH_MAX jobs from *list in one pipeline: every put sent,
+ * then every reply read, one round trip for all (as the accounting writes
+ * its counts). Takes the jobs it stored off *list and frees them. */
+static void write_batch(struct behind *b, struct job **list)
+{
+	struct pending {
+		struct job *j;
+		struct store_put p;
+		enum sg_err rc;
+		struct sg_error e;
+		bool sent;
+	} batch[BATCH_MAX];
+	size_t n = 0;
+	while (*list && n < BATCH_MAX) {
+		struct pending *x = &batch[n++];
+		memset(x, 0, sizeof(*x));
+		x->j = *list;
+		*list = x->j->next;
+		struct job *j = x->j;
+		x->rc = b->store ? cache_store_send(b->app, b->store, j->tenant, j->ns, &j->si, true,
+						    j->answer, j->answer_len, j->tokens, j->vec,
+						    j->dim, j->ttl_s, j->id, &x->p, &x->e)
+				 : sg_error_set(&x->e, SG_ERR_NOMEM, "no Redis connection object");
+		x->sent = x->rc == SG_OK;
+		if (!x->sent)
+			break; /* the next batch tries again from a fresh pipeline */
+	}
+	if (batch[0].sent)
+		metrics_inc(SG_C_STORE_BEHIND_BATCHES);
+	for (size_t i = 0; i < n; i++)
+		if (batch[i].sent)
+			batch[i].rc = cache_store_recv(b->app, b->store, batch[i].j->tenant,
+						       &batch[i].j->si, true, &batch[i].p,
+						       &batch[i].e);
+	for (size_t i = 0; i < n; i++) {
+		struct pending *x = &batch[i];
+		if (x->rc == SG_OK)
+			store_entry_put_finish(b->store, x->j->tenant, x->j->id, &x->p);
+		job_done(b, x->j, x->rc, &x->e);
+		job_free(x->j);
+	}
+}
+
 static void *writer(void *arg)
 {
 	struct behind *b = arg;
@@ -174,12 +215,8 @@ static void *writer(void *arg)
 		struct job *list = b->head;
 		b->head = b->tail = NULL;
 		pthread_mutex_unlock(&b->mu);
-		while (list) {
-			struct job *j = list;
-			list = j->next;
-			write_one(b, j);
-			job_free(j);
-		}
+		while (list)
+			write_batch(b, &list);
 		pthread_mutex_lock(&b->mu);
 	}
 	pthread_mutex_unlock(&b->mu);

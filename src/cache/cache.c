@@ -531,11 +531,11 @@ enum sg_err cache_store(struct sg_app *app, struct store *s, const char *tenant,
 			      ttl_s, id_out, e);
 }
 
-enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *tenant,
-			      const char *ns, const struct scope_info *si, bool exact,
-			      const char *answer, size_t answer_len, long long tokens,
-			      const float *vec, int dim, long long ttl_s, const char *id,
-			      struct sg_error *e)
+enum sg_err cache_store_send(struct sg_app *app, struct store *s, const char *tenant,
+			     const char *ns, const struct scope_info *si, bool exact,
+			     const char *answer, size_t answer_len, long long tokens,
+			     const float *vec, int dim, long long ttl_s, const char *id,
+			     struct store_put *p, struct sg_error *e)
 {
 	struct store_entry en = {
 		.id = id,
@@ -553,13 +553,38 @@ enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *t
 		.tokens = tokens,
 		.ttl_s = ttl_s,
 	};
-	enum sg_err rc = store_entry_put(s, tenant, &en, e);
+	return store_entry_put_send(s, tenant, &en, p, e);
+}
+
+enum sg_err cache_store_recv(struct sg_app *app, struct store *s, const char *tenant,
+			     const struct scope_info *si, bool exact, struct store_put *p,
+			     struct sg_error *e)
+{
+	enum sg_err rc = store_pipeline_lost(s)
+		? sg_error_set(e, SG_ERR_REDIS, "redis connection lost before the reply")
+		: store_entry_put_recv(s, p, e);
 	char hkey[512];
 	/* a newer answer under an exact key: this process's next lookup must
 	 * see it at once, not when Redis's invalidation arrives */
-	if (rc != SG_ERR_NOMEM && exact && app->hot &&
+	if (exact && app->hot &&
 	    store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey)))
 		hot_invalidate(app->hot, hkey, strlen(hkey));
+	return rc;
+}
+
+enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *tenant,
+			      const char *ns, const struct scope_info *si, bool exact,
+			      const char *answer, size_t answer_len, long long tokens,
+			      const float *vec, int dim, long long ttl_s, const char *id,
+			      struct sg_error *e)
+{
+	struct store_put p;
+	enum sg_err rc = cache_store_send(app, s, tenant, ns, si, exact, answer, answer_len,
+					  tokens, vec, dim, ttl_s, id, &p, e);
+	if (rc == SG_OK)
+		rc = cache_store_recv(app, s, tenant, si, exact, &p, e);
+	if (rc == SG_OK)
+		store_entry_put_finish(s, tenant, id, &p);
 	return rc;
 }
 

@@ -24,9 +24,11 @@ void store_answer_finish(struct store_answer *a)
 	a->answer = NULL;
 }
 
-enum sg_err store_entry_put(struct store *s, const char *tenant,
-			    const struct store_entry *en, struct sg_error *e)
+enum sg_err store_entry_put_send(struct store *s, const char *tenant,
+				 const struct store_entry *en, struct store_put *p,
+				 struct sg_error *e)
 {
+	memset(p, 0, sizeof(*p));
 	bool text = en->kind && strcmp(en->kind, "text") == 0;
 	/* a text entry's exact value says so, so the chat route never serves it */
 	const char *xmark = text ? ":text" : "";
@@ -142,13 +144,8 @@ enum sg_err store_entry_put(struct store *s, const char *tenant,
 					    en->emb_model, en->dim))
 		queued++;
 	redisAppendCommand(s->c, "EXEC");
-	redisReply *exec = store_read_exec(s, queued, e);
-	if (!exec) {
-		rc = SG_ERR_REDIS;
-	} else {
-		store_acct_check(exec, acct);
-		freeReplyObject(exec);
-	}
+	p->queued = queued;
+	p->acct = acct;
 out:
 	for (size_t i = 0; tkeys && i < en->ntags; i++)
 		free(tkeys[i]);
@@ -157,6 +154,35 @@ out:
 	free(ekey);
 	free(xkey);
 	free(xval);
+	return rc;
+}
+
+enum sg_err store_entry_put_recv(struct store *s, struct store_put *p, struct sg_error *e)
+{
+	redisReply *exec = store_read_exec(s, p->queued, e);
+	if (!exec)
+		return SG_ERR_REDIS;
+	p->acct_body = store_acct_check(exec, p->acct);
+	freeReplyObject(exec);
+	return SG_OK;
+}
+
+void store_entry_put_finish(struct store *s, const char *tenant, const char *id,
+			    const struct store_put *p)
+{
+	if (p->acct_body)
+		store_acct_sync_now(s, tenant, id);
+}
+
+enum sg_err store_entry_put(struct store *s, const char *tenant,
+			    const struct store_entry *en, struct sg_error *e)
+{
+	struct store_put p;
+	enum sg_err rc = store_entry_put_send(s, tenant, en, &p, e);
+	if (rc == SG_OK)
+		rc = store_entry_put_recv(s, &p, e);
+	if (rc == SG_OK)
+		store_entry_put_finish(s, tenant, en->id, &p);
 	return rc;
 }
 

@@ -416,7 +416,8 @@ static enum sg_err delete_batch(struct store *s, const char *tenant, const char 
 		if (delpos[i] < 0 || (size_t)delpos[i] >= exec->elements)
 			continue;
 		redisReply *d = exec->element[delpos[i]];
-		store_acct_check(exec, (size_t)delpos[i] + 1);
+		if (store_acct_check(exec, (size_t)delpos[i] + 1))
+			store_acct_sync_now(s, tenant, ids[i]);
 		if (d->type == REDIS_REPLY_INTEGER && d->integer == 1) {
 			dc->deleted++;
 			if (dc->fn)

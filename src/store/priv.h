@@ -291,9 +291,17 @@ enum sg_err store_scan_tenant(struct store *s, const char *tenant,
  * (nothing appended). */
 bool store_acct_append_sync(struct store *s, const char *tenant, const char *id);
 
-/* Log the accounting EVAL's reply at exec->element[pos] if Redis refused it
- * (the entry itself was still written or deleted). */
-void store_acct_check(const redisReply *exec, size_t pos);
+/* The accounting script's reply at exec->element[pos]: true when Redis
+ * had not the script cached (NOSCRIPT), and the caller must run
+ * store_acct_sync_now for that entry once nothing else is pending on the
+ * connection; any other refusal is logged (the entry itself was still
+ * written or deleted). */
+bool store_acct_check(const redisReply *exec, size_t pos);
+void store_acct_sync_now(struct store *s, const char *tenant, const char *id);
+
+/* The hex SHA1 of the accounting script ("" if it could not be computed:
+ * then the body is sent). */
+const char *store_acct_sync_sha(void);
 
 /* ---- {prefix}ts: series (series.c) ---- */
 

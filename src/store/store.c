@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include <hiredis/sds.h>
 
 #include "semgate/core/clock.h"
 #include "semgate/core/log.h"
@@ -304,6 +305,15 @@ bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_e
 		freeReplyObject(*a);
 	*a = NULL;
 	return false;
+}
+
+bool store_pipeline_lost(const struct store *s)
+{
+	if (!s->c)
+		return true;
+	/* a cluster's staged bytes are sent at the first read, and its
+	 * replies queued: neither left means nothing more will come */
+	return s->cluster && sdslen(s->c->obuf) == 0 && s->qpos >= s->qn;
 }
 
 /* Run one command given as argv; the reply belongs to the caller. */

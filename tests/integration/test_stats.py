@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import BUILD, user, wait_until
+from conftest import BUILD, on_masters, user, wait_until
 import keys as K
 from test_cache_api import API, call, lookup, stats, store
 
@@ -293,3 +293,39 @@ def test_a_stats_read_costs_the_same_few_commands_with_2000_entries(gateway, ups
     assert_exact(gateway, redis_db)
 
 
+
+
+def test_writes_run_the_accounting_by_its_sha_and_a_script_flush_loses_no_count(
+        gateway, upstream, redis_db, redis_server):
+    """Each store and delete runs the accounting script by its SHA1 (EVALSHA:
+    Redis neither receives nor hashes the body); a Redis that lacks it
+    (new, restarted, SCRIPT FLUSH) has it run by its body once, and no
+    count is lost or doubled."""
+    def evalsha():
+        st = redis_db.info("commandstats").get("cmdstat_evalsha", {})
+        return st.get("calls", 0), st.get("failed_calls", 0)
+
+    nodes = len(redis_db.get_primaries()) if hasattr(redis_db, "get_primaries") else 1
+    on_masters(redis_db, "SCRIPT", "FLUSH")
+    calls0, failed0 = evalsha()
+    ids = [store(gateway, query=f"by sha {i}", answer="y" * (i + 1), tags=["s"])
+           for i in range(24)]
+    calls, failed = evalsha()
+    assert calls - calls0 == 24
+    # one NOSCRIPT per Redis at most: the body run after it caches it there
+    assert 1 <= failed - failed0 <= nodes, (failed - failed0, nodes)
+    st = assert_exact(gateway, redis_db)
+    assert st["entries"] == 24
+
+    # a flush between writes: the next delete and overwrite still count once
+    on_masters(redis_db, "SCRIPT", "FLUSH")
+    for i in ids[:6]:
+        assert call(gateway, "DELETE", f"{API}/entries/{i}").status_code == 204
+    assert assert_exact(gateway, redis_db)["entries"] == 18
+    eid = "00112233445566778899aabbccddeeff"
+    store_put(redis_server, "default", eid, "small", "a", 600, 0)
+    on_masters(redis_db, "SCRIPT", "FLUSH")
+    store_put(redis_server, "default", eid, "a larger question", "longer now " * 20, 600, 8)
+    st = assert_exact(gateway, redis_db)
+    assert st["entries"] == 19 and st["indexed_entries"] == 19
+    assert "entry accounting refused" not in gateway.logs()

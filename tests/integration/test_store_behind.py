@@ -111,6 +111,44 @@ def test_concurrent_repeats_of_a_pending_answer_make_no_upstream_call(
         unpause(redis_db)
 
 
+def test_stores_queued_behind_a_slow_redis_go_in_one_round_trip(make_gateway, redis_db,
+                                                                upstream):
+    """The writer sends every store queued (up to 64) and then reads their
+    replies: stores that piled up while Redis was slow cost one round trip
+    together, not one each, and each lands under its own id."""
+    g = make_gateway(SEMGATE_REDIS_TIMEOUT_MS=20000)
+    pause_writes(redis_db, 20000)
+    try:
+        first = g.chat(user("the first of the pile"))
+        assert first.headers["X-Semgate-Cache"] == "miss"
+        # the writer is now held in its first round trip
+        wait_until(lambda: metric(g, "semgate_cache_store_behind_batches_total") == 1,
+                   what="the first store to go out")
+        out = {}
+
+        def ask(i):
+            out[i] = g.chat(user(f"piled question {i}"), timeout=30 * SLOW)
+
+        ts = [threading.Thread(target=ask, args=(i,)) for i in range(40)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(r.status_code == 200 and r.headers["X-Semgate-Cache"] == "miss"
+                   for r in out.values())
+        assert metric(g, "semgate_cache_stores_pending") == 41
+    finally:
+        unpause(redis_db)
+    g.settle()
+    assert metric(g, 'semgate_cache_stores_behind_total{result="stored"}') == 41
+    assert metric(g, "semgate_cache_store_behind_batches_total") == 2
+    for i, r in out.items():
+        h = redis_db.hgetall(K.entry("default", r.headers["X-Semgate-Entry"]))
+        assert h[b"query"] == f"piled question {i}".encode()
+    st = requests.get(g.url + "/v1/cache/stats", timeout=10).json()
+    assert st["entries"] == 41 and st["misses"] == 41, st
+
+
 def test_a_failed_store_is_counted_and_its_entry_is_gone(
         make_gateway, redis_server, redis_db, upstream):
     g = make_gateway(SEMGATE_REDIS_TIMEOUT_MS=20000)

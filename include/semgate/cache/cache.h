@@ -139,6 +139,19 @@ enum sg_err cache_store_redis(struct sg_app *app, struct store *s, const char *t
 			      const char *answer, size_t answer_len, long long tokens,
 			      const float *vec, int dim, long long ttl_s, const char *id,
 			      struct sg_error *e);
+/* cache_store_redis in halves, for stores that share one round trip
+ * (store_entry_put_send and _recv; the writer of behind.h): send appends
+ * the put to s's pipeline; recv reads its replies, in the order sent (a
+ * lost pipeline: SG_ERR_REDIS, outcome unknown). Then
+ * store_entry_put_finish each put read. */
+enum sg_err cache_store_send(struct sg_app *app, struct store *s, const char *tenant,
+			     const char *ns, const struct scope_info *si, bool exact,
+			     const char *answer, size_t answer_len, long long tokens,
+			     const float *vec, int dim, long long ttl_s, const char *id,
+			     struct store_put *p, struct sg_error *e);
+enum sg_err cache_store_recv(struct sg_app *app, struct store *s, const char *tenant,
+			     const struct scope_info *si, bool exact, struct store_put *p,
+			     struct sg_error *e);
 enum sg_err cache_index_add(struct sg_app *app, const char *tenant, const char *scope,
 			    const float *vec, int dim, long long ttl_s, const char *id,
 			    struct sg_error *e);

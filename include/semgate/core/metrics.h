@@ -52,6 +52,8 @@
 	X(STORE_BEHIND_STORED, "semgate_cache_stores_behind_total", "result=\"stored\"", \
 	  "Miss answers stored in Redis behind the reply, by result.") \
 	X(STORE_BEHIND_FAILED, "semgate_cache_stores_behind_total", "result=\"failed\"", "") \
+	X(STORE_BEHIND_BATCHES, "semgate_cache_store_behind_batches_total", "", \
+	  "Pipelines (round trips) the stores written behind the reply went in.") \
 	X(AUTH_FAILURES, "semgate_auth_failures_total", "", \
 	  "Requests refused with 401 (missing or unknown API key).") \
 	X(RATE_LIMITED, "semgate_rate_limited_total", "", \

@@ -158,6 +158,24 @@ struct store_entry {
 enum sg_err store_entry_put(struct store *s, const char *tenant,
 			    const struct store_entry *en, struct sg_error *e);
 
+/* store_entry_put in halves, so that several puts share one round trip:
+ * send appends each put's MULTI block to the pipeline (en is copied into
+ * it), recv reads one put's replies, in the order sent; once every put of
+ * the pipeline is read, finish each one that was read. After a failed send
+ * or recv, store_pipeline_lost says whether the later puts' replies are
+ * gone: then their outcome is unknown, as after a lost connection. */
+struct store_put {
+	size_t queued, acct; /* commands in its MULTI; the accounting's place */
+	bool acct_body;      /* finish runs the accounting script by its body */
+};
+enum sg_err store_entry_put_send(struct store *s, const char *tenant,
+				 const struct store_entry *en, struct store_put *p,
+				 struct sg_error *e);
+enum sg_err store_entry_put_recv(struct store *s, struct store_put *p, struct sg_error *e);
+void store_entry_put_finish(struct store *s, const char *tenant, const char *id,
+			    const struct store_put *p);
+bool store_pipeline_lost(const struct store *s);
+
 /* An answer read back from Redis. answer is malloc'd, owned by the caller
  * (free with store_answer_finish). */
 struct store_answer {
