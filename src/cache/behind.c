@@ -40,6 +40,8 @@ struct job {
 	long long tokens, ttl_s, created;
 	float *vec;
 	int dim;
+	int node;                      /* store_node_of, once node_known */
+	bool node_known;
 	char id[65];
 };
 
@@ -136,12 +138,14 @@ static void forget_locked(struct behind *b, struct job *j)
 
 /* The end of one job's store: its outcome counted and logged, and the
  * job no longer findable, so a wait for it (behind_settle_entries) or for
- * room ends now, not after the rest of the writer's list. */
-static void job_done(struct behind *b, struct job *j, enum sg_err rc, const struct sg_error *e)
+ * room ends now, not after the rest of the writer's list. maybe: a failure
+ * after the put went out, which may still have stored it. */
+static void job_done(struct behind *b, struct job *j, enum sg_err rc, bool maybe,
+		     const struct sg_error *e)
 {
-	/* SG_ERR_REDIS after the command went out may still have stored it;
-	 * a later lookup that finds the row but no entry drops the row */
-	if (rc != SG_OK && rc != SG_ERR_REDIS)
+	/* a put that went out may have been stored: its row stays, and a
+	 * later lookup that finds the row but no entry drops it */
+	if (rc != SG_OK && !maybe)
 		vindex_remove(b->app->vindex, j->id);
 	if (rc != SG_OK)
 		sg_log(SG_LOG_WARN, "answer not cached: entry %s: %s", j->id, e->msg);
@@ -160,9 +164,34 @@ static void job_done(struct behind *b, struct job *j, enum sg_err rc, const stru
 	pthread_mutex_unlock(&b->mu);
 }
 
-/* Store up to BATCH_MAX jobs from *list in one pipeline: every put sent,
+/* The node j's keys live on (store_node_of), looked up once. */
+static int job_node(struct behind *b, struct job *j)
+{
+	if (!j->node_known) {
+		j->node = store_node_of(b->store, j->tenant, j->id);
+		j->node_known = true;
+	}
+	return j->node;
+}
+
+/* The next job for a pipeline to node at or after *pp, unlinked (the
+ * others keep their order; *pp moves past those skipped), or NULL. One
+ * key's jobs are all on one node, so each key's stores stay in order. */
+static struct job *take_for(struct behind *b, struct job ***pp, int node)
+{
+	while (**pp && job_node(b, **pp) != node)
+		*pp = &(**pp)->next;
+	struct job *j = **pp;
+	if (j)
+		**pp = j->next;
+	return j;
+}
+
+/* Store up to BATCH_MAX jobs of *list in one pipeline: every put sent,
  * then every reply read, one round trip for all (as the accounting writes
- * its counts). Takes the jobs it stored off *list and frees them. */
+ * its counts). On a cluster the jobs of one pipeline are those of one
+ * node, so a node that fails fails its own stores only. Takes the jobs it
+ * stored off *list and frees them. */
 static void write_batch(struct behind *b, struct job **list)
 {
 	struct pending {
@@ -173,21 +202,39 @@ static void write_batch(struct behind *b, struct job **list)
 		bool sent;
 	} batch[BATCH_MAX];
 	size_t n = 0;
-	while (*list && n < BATCH_MAX) {
+	/* (behind_start made b->store, or did not start the writer) */
+	int node = job_node(b, *list);
+	unsigned long serial = 0;
+	struct job *j, **pp = list;
+	while (n < BATCH_MAX && (j = take_for(b, &pp, node))) {
 		struct pending *x = &batch[n++];
 		memset(x, 0, sizeof(*x));
-		x->j = *list;
-		*list = x->j->next;
-		struct job *j = x->j;
-		x->rc = b->store ? cache_store_send(b->app, b->store, j->tenant, j->ns, &j->si, true,
-						    j->answer, j->answer_len, j->tokens, j->vec,
-						    j->dim, j->ttl_s, j->id, &x->p, &x->e)
-				 : sg_error_set(&x->e, SG_ERR_NOMEM, "no Redis connection object");
+		x->j = j;
+		x->rc = cache_store_send(b->app, b->store, j->tenant, j->ns, &j->si, true,
+					 j->answer, j->answer_len, j->tokens, j->vec, j->dim,
+					 j->ttl_s, j->id, &x->p, &x->e);
 		x->sent = x->rc == SG_OK;
+		/* nothing goes out before the first read: a pipeline dropped or
+		 * replaced by this send took the earlier puts with it, unsent */
+		if (n > 1 && (store_pipeline_lost(b->store) ||
+			      store_conn_serial(b->store) != serial)) {
+			for (size_t i = 0; i + 1 < n; i++) {
+				if (!batch[i].sent)
+					continue;
+				batch[i].sent = false;
+				batch[i].rc = sg_error_set(&batch[i].e, SG_ERR_REDIS,
+							   "redis connection replaced before "
+							   "the store went out");
+			}
+		}
+		serial = store_conn_serial(b->store);
 		if (!x->sent)
 			break; /* the next batch tries again from a fresh pipeline */
 	}
-	if (batch[0].sent)
+	bool any = false;
+	for (size_t i = 0; i < n; i++)
+		any |= batch[i].sent;
+	if (any)
 		metrics_inc(SG_C_STORE_BEHIND_BATCHES);
 	for (size_t i = 0; i < n; i++)
 		if (batch[i].sent)
@@ -198,7 +245,7 @@ static void write_batch(struct behind *b, struct job **list)
 		struct pending *x = &batch[i];
 		if (x->rc == SG_OK)
 			store_entry_put_finish(b->store, x->j->tenant, x->j->id, &x->p);
-		job_done(b, x->j, x->rc, &x->e);
+		job_done(b, x->j, x->rc, x->sent, &x->e);
 		job_free(x->j);
 	}
 }

@@ -310,6 +310,19 @@ static bool map_node(int slot, struct store_cl_addr *out)
 	return ok;
 }
 
+int store_cluster_node_of(struct store *s, const char *tenant, const char *id)
+{
+	char *k = store_key(s, "e", tenant, id);
+	if (!k)
+		return -1;
+	unsigned slot = store_key_slot(k, strlen(k));
+	free(k);
+	pthread_mutex_lock(&g_map.mu);
+	int node = g_map.loaded && g_map.slot[slot] < g_map.nnodes ? g_map.slot[slot] : -1;
+	pthread_mutex_unlock(&g_map.mu);
+	return node;
+}
+
 int store_cluster_masters(struct store *s, struct store_cl_addr *out, int cap,
 			  struct sg_error *e)
 {

@@ -48,6 +48,7 @@ struct store {
 	size_t qn, qpos, qcap;
 	struct store_cl_addr pin;
 	unsigned long gen;      /* the master generation c is connected to */
+	unsigned long serial;   /* one more each time c is a new connection */
 };
 
 /* ---- which server is the master (sentinel.c) ---- */
@@ -87,6 +88,7 @@ enum sg_err store_cluster_dispatch(struct store *s, struct sg_error *e);
 redisReply *store_cluster_next(struct store *s, struct sg_error *e);
 /* Forget what is staged and the unread replies. */
 void store_cluster_discard(struct store *s);
+int store_cluster_node_of(struct store *s, const char *tenant, const char *id);
 void store_cluster_discard_replies(struct store *s);
 /* Close every node connection and the staging context. */
 void store_cluster_close(struct store *s);

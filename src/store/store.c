@@ -237,6 +237,7 @@ enum sg_err store_conn(struct store *s, struct sg_error *e)
 	}
 	s->c = c;
 	s->gen = gen;
+	s->serial++;
 	if (s->had_connection) {
 		atomic_fetch_add(&g_reconnects, 1);
 		sg_log(SG_LOG_INFO, "reconnected to redis at %s:%d", at.host, at.port);
@@ -305,6 +306,16 @@ bool store_read_two(struct store *s, redisReply **a, redisReply **b, struct sg_e
 		freeReplyObject(*a);
 	*a = NULL;
 	return false;
+}
+
+unsigned long store_conn_serial(const struct store *s)
+{
+	return s->serial;
+}
+
+int store_node_of(struct store *s, const char *tenant, const char *id)
+{
+	return s->cluster ? store_cluster_node_of(s, tenant, id) : 0;
 }
 
 bool store_pipeline_lost(const struct store *s)

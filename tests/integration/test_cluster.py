@@ -12,8 +12,9 @@ import pytest
 import redis
 import requests
 
-from conftest import SLOW, RedisCluster, user, wait_until
+from conftest import SLOW, RedisCluster, metric, user, wait_until
 from test_faults import Load, assert_whole_turns
+from test_store_behind import pile_stores
 import keys as K
 
 
@@ -26,8 +27,8 @@ def cluster(tmpdir_session):
 
 
 def cluster_gateway(make_gateway, cluster, **env):
-    return make_gateway(SEMGATE_REDIS_CLUSTER=cluster.seeds(), SEMGATE_REDIS_TIMEOUT_MS=300,
-                        **env)
+    return make_gateway(**{"SEMGATE_REDIS_CLUSTER": cluster.seeds(),
+                           "SEMGATE_REDIS_TIMEOUT_MS": 300, **env})
 
 
 def master_of(cluster, key):
@@ -215,3 +216,38 @@ def test_connections_cut_during_a_big_resync_pipeline_leave_the_gateway_whole(
     wait_until(lambda: "index resynchronised" in g.logs(), timeout=30,
                what="a resync to complete")
     assert g.readyz().get("index_entries", 0) >= 3001
+
+
+def test_stores_piled_behind_a_paused_cluster_fail_only_on_the_node_that_dies(
+        make_gateway, redis_db, upstream, cluster):
+    """The store writer pipelines the stores of one node at a time, so a
+    master killed while stores pile up costs only the stores whose keys it
+    serves; those of the other nodes are stored, and counted as stored."""
+    g = cluster_gateway(make_gateway, cluster, SEMGATE_REDIS_TIMEOUT_MS=20000)
+    nodes = {p: cluster.node(p) for p in cluster.master_ports()}
+    for n in nodes.values():
+        n.execute_command("CLIENT", "PAUSE", 20000, "WRITE")
+    victim = sorted(nodes)[0]
+    try:
+        first, out = pile_stores(g, "cluster pile", 30)
+        ids = [first.headers["X-Semgate-Entry"]] + [r.headers["X-Semgate-Entry"]
+                                                     for r in out.values()]
+        on_victim = {i for i in ids if master_of(cluster, K.entry("default", i)) == victim}
+        assert 0 < len(on_victim) < len(ids)
+        cluster.kill(victim)
+    finally:
+        for p, n in nodes.items():
+            if p != victim:
+                n.execute_command("CLIENT", "UNPAUSE")
+    wait_until(lambda: metric(g, "semgate_cache_stores_pending") == 0, timeout=30 * SLOW,
+               what="every store to end")
+    failed = metric(g, 'semgate_cache_stores_behind_total{result="failed"}')
+    stored = metric(g, 'semgate_cache_stores_behind_total{result="stored"}')
+    assert failed + stored == len(ids)
+    # only stores on the killed master may fail (its replica may take over
+    # in time for some of them)
+    assert failed <= len(on_victim), (failed, len(on_victim), len(ids))
+    rc = cluster.client()
+    for i in set(ids) - on_victim:
+        assert rc.exists(K.entry("default", i)), i
+    assert g.alive()

@@ -175,6 +175,15 @@ enum sg_err store_entry_put_recv(struct store *s, struct store_put *p, struct sg
 void store_entry_put_finish(struct store *s, const char *tenant, const char *id,
 			    const struct store_put *p);
 bool store_pipeline_lost(const struct store *s);
+/* Nothing of a pipeline is written before its first read: a connection
+ * replaced meanwhile (a Sentinel failover seen by the next put's send)
+ * took the puts appended before with it. This changes at every new
+ * connection; compare it before and after each send. */
+unsigned long store_conn_serial(const struct store *s);
+/* Which node entry id of tenant lives on: 0 on one server, the master's
+ * index in the slot map on a cluster (-1: not known). Puts of one pipeline
+ * kept to one node fail together only when that node does. */
+int store_node_of(struct store *s, const char *tenant, const char *id);
 
 /* An answer read back from Redis. answer is malloc'd, owned by the caller
  * (free with store_answer_finish). */
