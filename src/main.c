@@ -46,27 +46,43 @@ static void on_signal(int sig)
 
 /* A crash leaves its stack in the log (addresses resolve with addr2line
  * against this binary), then dies of the same signal, core and all. Only
- * async-signal-safe calls; backtrace() is called once at start so that it
- * loads what it needs then. Sanitizer builds keep their own handlers. */
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+ * async-signal-safe calls, but backtrace(): it is called once at start, so
+ * that it has loaded what it needs by then. Sanitizer builds keep their own
+ * handlers. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SG_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SG_SANITIZED 1
+#endif
+
+#ifndef SG_SANITIZED
 static void on_fatal(int sig)
 {
 	static const char head[] = "semgate: fatal signal ";
-	char num[4] = { (char)('0' + sig / 10 % 10), (char)('0' + sig % 10), '\n', 0 };
+	char num[4];
+	size_t k = 0;
+	if (sig >= 10)
+		num[k++] = (char)('0' + sig / 10 % 10);
+	num[k++] = (char)('0' + sig % 10);
+	num[k++] = '\n';
 	void *frames[64];
 	ssize_t w = write(STDERR_FILENO, head, sizeof(head) - 1);
-	w += write(STDERR_FILENO, num, 3);
+	w += write(STDERR_FILENO, num, k);
 	(void)w;
 	backtrace_symbols_fd(frames, backtrace(frames, 64), STDERR_FILENO);
-	signal(sig, SIG_DFL);
-	raise(sig);
+	raise(sig); /* SA_RESETHAND: the default action now */
 }
 #endif
 
 static void catch_fatal(void)
 {
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-	static char alt[64 * 1024]; /* a stack overflow still gets its trace */
+#ifndef SG_SANITIZED
+	/* the main thread's overflow gets its trace on this stack; other
+	 * threads have none, and die of such a crash without one */
+	static char alt[64 * 1024];
 	stack_t ss = { .ss_sp = alt, .ss_size = sizeof(alt) };
 	void *warm[1];
 	backtrace(warm, 1);

@@ -452,7 +452,9 @@ static int key_arg(const char *name, size_t len, const char *const *argv,
 	if ((len == 10 && strncasecmp(name, "XREADGROUP", 10) == 0) ||
 	    (len == 5 && strncasecmp(name, "XREAD", 5) == 0)) {
 		size_t kept = argc < KEPT_ARGS ? argc : KEPT_ARGS;
-		for (size_t i = 1; i + 1 < kept; i++)
+		/* past XREADGROUP's GROUP <group> <consumer>, which may be
+		 * named "streams" */
+		for (size_t i = len == 5 ? 1 : 4; i + 1 < kept; i++)
 			if (alen[i] == 7 && strncasecmp(argv[i], "STREAMS", 7) == 0)
 				return (int)i + 1;
 		return 0;

@@ -146,6 +146,8 @@ static void test_command_slots(void)
 	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "g", "c", "COUNT", "64", "BLOCK", "100",
 			  "STREAMS", k, ">"), want);
 	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "g", "c", "STREAMS", k, ">"), want);
+	CHECK_INT(SLOT_OF("XREADGROUP", "GROUP", "streams", "STREAMS", "STREAMS", k, ">"), want);
+	CHECK_INT(SLOT_OF("XREAD", "COUNT", "1", "STREAMS", k, "0"), want);
 	CHECK_INT(SLOT_OF("XAUTOCLAIM", k, "g", "c", "1000", "0-0"), want);
 	CHECK_INT(SLOT_OF("XACK", k, "g", "1-1"), want);
 	/* STREAMS past the arguments kept, or with nothing after it: keyless */
