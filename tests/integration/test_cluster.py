@@ -247,6 +247,10 @@ def test_stores_piled_behind_a_paused_cluster_fail_only_on_the_node_that_dies(
     # only stores on the killed master may fail (its replica may take over
     # in time for some of them)
     assert failed <= len(on_victim), (failed, len(on_victim), len(ids))
+    # a client of the cluster as it is once the replica has taken over
+    wait_until(lambda: len(cluster.master_ports()) == 3, timeout=30, interval=0.1,
+               what="a replica to take over")
+    cluster.wait_ok(timeout=30)
     rc = cluster.client()
     for i in set(ids) - on_victim:
         assert rc.exists(K.entry("default", i)), i
