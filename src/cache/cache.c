@@ -64,12 +64,18 @@ void cache_partition_key(char *out, size_t cap, const char *tenant, const char *
 	partition_key(out, cap, tenant, scope, model);
 }
 
-/* The best row of partition part for vec: one search, timed. */
+/* The best row of partition part for vec at or above the similarity
+ * floor (SEMGATE_SIMILARITY_FLOOR, or the threshold when that is lower):
+ * one search, timed. Rows below the floor can be neither served nor worth
+ * reporting, and leaving them out spares the search re-reading the codes
+ * of every close rival of a miss (docs/PERFORMANCE.md). */
 static enum sg_err search_best(struct sg_app *app, const char *part, const float *vec, int dim,
-			       struct vindex_hit *best, struct sg_error *e)
+			       double threshold, struct vindex_hit *best, struct sg_error *e)
 {
+	double lo = app->cfg->similarity_floor < threshold ? app->cfg->similarity_floor : threshold;
 	double t0 = sg_now_ms();
-	enum sg_err rc = vindex_search(app->vindex, part, dim, vec, sg_wall_ms(), best, e);
+	enum sg_err rc = vindex_search_min(app->vindex, part, dim, vec, (float)lo,
+					   sg_wall_ms(), best, e);
 	metrics_observe(SG_H_SEARCH, sg_now_ms() - t0);
 	return rc;
 }
@@ -82,7 +88,7 @@ static enum sg_err search_best(struct sg_app *app, const char *part, const float
  * whether *first holds the search's answer. */
 static enum sg_err exact_then_search(struct sg_app *app, struct store *s, struct upstream *up,
 				     const char *tenant, const struct scope_info *si,
-				     bool semantic, const char *part, long long *pttl,
+				     bool semantic, double threshold, const char *part, long long *pttl,
 				     struct store_answer *a, bool *found, struct cache_result *out,
 				     struct vindex_hit *first, bool *first_ok, struct sg_error *e)
 {
@@ -95,7 +101,7 @@ static enum sg_err exact_then_search(struct sg_app *app, struct store *s, struct
 		cache_embed_query(app, up, si, out);
 		struct sg_error se = { 0 };
 		/* a refused search is searched (and reported) again by the match */
-		*first_ok = out->vec && search_best(app, part, out->vec, out->dim, first, &se) == SG_OK;
+		*first_ok = out->vec && search_best(app, part, out->vec, out->dim, threshold, first, &se) == SG_OK;
 	}
 	return store_exact_recv(s, a, found, pttl, e);
 }
@@ -131,7 +137,7 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	bool pending = behind_get_exact(app->behind, tenant, si->exact, &a);
 	found = pending;
 	enum sg_err rc = pending ? SG_OK
-				 : exact_then_search(app, s, up, tenant, si, semantic, part,
+				 : exact_then_search(app, s, up, tenant, si, semantic, threshold, part,
 						     hot ? &pttl : NULL, &a, &found, out, &first,
 						     &first_ok, e);
 	if (rc != SG_OK)
@@ -376,7 +382,7 @@ enum sg_err cache_match_find(struct sg_app *app, struct store *s, const struct c
 		if (attempt == 0 && rq->first)
 			best = *rq->first;
 		else
-			rc = search_best(app, rq->part, rq->vec, rq->dim, &best, e);
+			rc = search_best(app, rq->part, rq->vec, rq->dim, rq->threshold, &best, e);
 		if (rc != SG_OK)
 			return rc;
 		if (!best.found)

@@ -148,6 +148,11 @@ static const struct cfg_row config_rows[] = {
 	{ "SEMGATE_SEMANTIC_THRESHOLD", "--semantic-threshold", CFG_RATIO, "0.85", 0, 1,
 	  OFF(semantic_threshold),
 	  "cosine similarity needed for a semantic hit, in (0, 1] (per request: X-Semgate-Threshold)" },
+	{ "SEMGATE_SIMILARITY_FLOOR", "--similarity-floor", CFG_RATIO, "0.6", 0, 1,
+	  OFF(similarity_floor),
+	  "a semantic lookup looks only for entries at least this similar (or the threshold, "
+	  "when lower): a miss reports its best similarity only from here up, and a lower "
+	  "floor makes misses in big scopes slower" },
 	{ "SEMGATE_VERIFY", "--verify", CFG_CHOICE, "strict", 0, 0, OFF(verify),
 	  "hit verifier: strict (every rule), basic (numbers, negation, opposed words) or off "
 	  "(per request: X-Semgate-Verify)", .choices = "strict|basic|off" },

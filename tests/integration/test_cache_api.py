@@ -99,6 +99,26 @@ def test_semantic_lookup_uses_the_threshold_and_reports_the_best_similarity(gate
     assert hit["hit"] is True and hit["id"] == eid
 
 
+def test_the_similarity_floor_bounds_what_a_miss_reports_never_what_hits(make_gateway, redis_db,
+                                                                        upstream):
+    off = {"X-Semgate-Verify": "off"}
+    eid = store(make_gateway(), query="vector question", answer="an answer", vector=[1, 0, 0, 0])
+    # similarities 0.5 and 0.55, both below the default floor of 0.6
+    half, more = [0.5, math.sqrt(0.75), 0, 0], [0.55, math.sqrt(1 - 0.55 ** 2), 0, 0]
+    for env, reported in (({}, None), ({"SEMGATE_SIMILARITY_FLOOR": "0.3"}, 0.5)):
+        gw = make_gateway(env)
+        miss = lookup(gw, query="q1", vector=half, headers=off)
+        assert miss["hit"] is False
+        if reported is None:
+            assert miss["best_similarity"] is None
+        else:
+            assert abs(miss["best_similarity"] - reported) < 1e-4
+        # a threshold below the floor still finds its hits
+        hit = lookup(gw, query="q2", vector=more, threshold=0.52, headers=off)
+        assert hit["hit"] is True and hit["id"] == eid and abs(hit["similarity"] - 0.55) < 1e-4
+        gw.stop()
+
+
 def test_lookup_in_an_empty_cache_has_no_best_similarity(gateway, upstream):
     assert lookup(gateway, query="anything at all") == {"hit": False, "best_similarity": None}
 
@@ -186,8 +206,11 @@ def test_storing_with_a_caller_vector_makes_no_embedding_call(gateway, upstream,
     hit = lookup(gateway, query="another wording", vector=[0.9, 0.1, 0, 0], headers=off)
     assert hit["hit"] is True and hit["id"] == eid and hit["match"] == "semantic"
     assert abs(hit["similarity"] - 0.9 / math.sqrt(0.82)) < 1e-4
+    # orthogonal: below SEMGATE_SIMILARITY_FLOOR (0.6), so nothing is reported
     miss = lookup(gateway, query="another wording", vector=[0, 1, 0, 0], headers=off)
-    assert miss["hit"] is False and abs(miss["best_similarity"]) < 1e-6
+    assert miss == {"hit": False, "best_similarity": None}
+    miss = lookup(gateway, query="another wording", vector=[0.7, 0.7, 0.1, 0], headers=off)
+    assert miss["hit"] is False and abs(miss["best_similarity"] - 0.7 / math.sqrt(0.99)) < 1e-4
     assert upstream.stats()["embedding_requests"] == 0
     # a text-only lookup uses the embedder's partition, never the caller's vectors
     upstream.set_similarity("another wording", "vec question", 0.999)

@@ -250,6 +250,8 @@ def test_help_lists_every_option_with_its_variable_and_default():
     ({"SEMGATE_LOG_LEVEL": "loud"}, "SEMGATE_LOG_LEVEL"),
     ({"SEMGATE_UPSTREAM_URL": "ftp://x"}, "SEMGATE_UPSTREAM_URL"),
     ({"SEMGATE_REDIS_PREFIX": "a*b"}, "SEMGATE_REDIS_PREFIX"),
+    ({"SEMGATE_SIMILARITY_FLOOR": "0"}, "SEMGATE_SIMILARITY_FLOOR"),
+    ({"SEMGATE_SIMILARITY_FLOOR": "1.5"}, "SEMGATE_SIMILARITY_FLOOR"),
 ])
 def test_invalid_configuration_is_refused_naming_the_option(env, needle):
     r = run_bin(env=env)

@@ -59,6 +59,7 @@ struct sg_config {
 	long long cache_ttl;
 	long long hot_cache_entries;
 	double semantic_threshold;
+	double similarity_floor;   /* lookups seek rows at least this similar */
 	char *verify;            /* "strict", "basic" or "off" */
 	long long verify_candidates;
 	long long coalesce_wait_ms;
