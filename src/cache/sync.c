@@ -26,6 +26,11 @@
 #define POLL_MS 100
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+/* Cluster mode: a hot cache left off by a tracking set-up that failed while
+ * the events connection lived is tried again, this often at first, the
+ * wait doubling up to the maximum. */
+#define RETRACK_MIN_MS 1000
+#define RETRACK_MAX_MS 60000
 #define BACKLOG_READ_MAX 1024   /* messages read in one go */
 #define BACKLOG_MAX 65536       /* queued entry events; past it, reading waits */
 
@@ -217,10 +222,11 @@ static size_t drop_unseen(struct vindex *vi, const struct idset *set)
 /* Subscribe, then rebuild: events that arrive during the scan wait in the
  * socket and are applied after it, so nothing falls between the two. */
 static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struct store *s,
-			     bool *warned)
+			     bool *warned, bool *tracked)
 {
 	struct sg_error e = { 0 };
 	bool tracking = false;
+	*tracked = false;
 	/* no copies while nothing invalidates them */
 	hot_set_enabled(cs->app->hot, false);
 	if (store_sub_connect(sub, cs->app->hot != NULL, &tracking, &e) != SG_OK) {
@@ -250,6 +256,7 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 	if (atomic_exchange_explicit(&cs->app->warming, false, memory_order_acq_rel))
 		sg_log(SG_LOG_INFO, "index warm: semantic lookups on");
 	hot_set_enabled(cs->app->hot, tracking);
+	*tracked = tracking;
 	sg_log(SG_LOG_INFO, "index %s from redis: %zu entries in %.0f ms (%zu gone rows "
 	       "dropped); following entry events", n > 0 ? "resynchronised" : "rebuilt",
 	       loaded, sg_now_ms() - t0, dropped);
@@ -329,6 +336,11 @@ static void *run(void *arg)
 	struct backlog b = { 0 };
 	int backoff = BACKOFF_MIN_MS;
 	bool warned = false;
+	/* the hot cache's tracking, and when to ask for it again (cluster) */
+	bool tracked = false;
+	bool cluster = cs->app->cfg->redis_cluster && cs->app->cfg->redis_cluster[0];
+	int retrack_wait = RETRACK_MIN_MS;
+	double retrack_at = 0;
 	if (!s || !sub) {
 		sg_log(SG_LOG_ERROR, "events: out of memory; other gateways' entries will not "
 		       "be followed, and the index stays cold");
@@ -338,12 +350,27 @@ static void *run(void *arg)
 		if (!store_sub_connected(sub)) {
 			/* the resync's scan covers whatever was still queued */
 			backlog_clear(&b);
-			if (!connect_and_sync(cs, sub, s, &warned)) {
+			if (!connect_and_sync(cs, sub, s, &warned, &tracked)) {
 				nap(cs, backoff);
 				backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 				continue;
 			}
 			backoff = BACKOFF_MIN_MS;
+			retrack_wait = RETRACK_MIN_MS;
+			retrack_at = sg_now_ms() + retrack_wait;
+		}
+		if (cluster && cs->app->hot && !tracked && sg_now_ms() >= retrack_at) {
+			char why[256] = "";
+			if ((tracked = store_sub_track_again(sub, why, sizeof(why)))) {
+				hot_set_enabled(cs->app->hot, true);
+				sg_log(SG_LOG_INFO, "hot exact cache on: every master tracks the "
+				       "exact keys again");
+			} else {
+				sg_log(SG_LOG_DEBUG, "hot exact cache still off: %s", why);
+				retrack_wait = retrack_wait * 2 > RETRACK_MAX_MS ? RETRACK_MAX_MS
+										 : retrack_wait * 2;
+				retrack_at = sg_now_ms() + retrack_wait;
+			}
 		}
 		if (!take_messages(cs, sub, s, &b, b.head < b.n ? 0 : POLL_MS))
 			continue;

@@ -250,6 +250,16 @@ fail:
 	return false;
 }
 
+bool store_sub_track_again(struct store_sub *sub, char *why, size_t cap)
+{
+	bool cluster = sub->cfg->redis_cluster && sub->cfg->redis_cluster[0];
+	if (!sub->c || !cluster) {
+		snprintf(why, cap, "%s", sub->c ? "not a cluster" : "not connected");
+		return false;
+	}
+	return sub->ntrk > 0 || track_masters(sub, why, cap);
+}
+
 /* Cluster mode: connect to one node, trying in turn every node the slot map
  * knows and the seeds, from where the last attempt stopped (a classic
  * PUBLISH reaches every node of a Redis 7 cluster, so any node will do; after

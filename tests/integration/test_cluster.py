@@ -253,3 +253,40 @@ def test_stores_piled_behind_a_paused_cluster_fail_only_on_the_node_that_dies(
     for i in set(ids) - on_victim:
         assert cluster.node(home[i]).exists(K.entry("default", i)), i
     assert g.alive()
+
+
+def test_a_hot_cache_refused_by_a_master_comes_on_once_the_master_allows_it(
+        make_gateway, cluster, upstream):
+    # one master refuses CLIENT TRACKING while the gateway starts: its events
+    # connection lives, so only a retry can turn the hot exact cache on
+    port = cluster.master_ports()[0]
+    cluster.node(port).execute_command("ACL", "SETUSER", "default", "-client|tracking")
+    g = cluster_gateway(make_gateway, cluster)
+    wait_until(lambda: "hot exact cache off" in g.logs(), timeout=10 * SLOW)
+    q = user("hot after a refusal")
+    r = g.chat(q)
+    assert r.headers.get("X-Semgate-Cache") == "miss", r.text
+    g.settle()
+    for _ in range(3):
+        assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
+    assert metric(g, "semgate_hot_cache_keys") == 0
+    assert metric(g, "semgate_hot_cache_hits_total") == 0
+    cluster.node(port).execute_command("ACL", "SETUSER", "default", "+client|tracking")
+    wait_until(lambda: "hot exact cache on" in g.logs(), timeout=20 * SLOW,
+               what="the tracking retried")
+    # the copy comes from a read made after the tracking took, and is used
+    assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
+    assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
+    assert metric(g, "semgate_hot_cache_hits_total") >= 1
+    assert metric(g, "semgate_hot_cache_keys") == 1
+    # and a change in Redis, on whichever master holds the key, takes it away
+    gone = 0
+    for p in cluster.master_ports():
+        for k in cluster.node(p).scan_iter(match=K.pattern("x")):
+            gone += cluster.node(p).delete(k)
+    assert gone == 1
+    wait_until(lambda: metric(g, "semgate_hot_cache_keys") == 0, timeout=5 * SLOW,
+               what="the invalidation")
+    hot = metric(g, "semgate_hot_cache_hits_total")
+    assert g.chat(q).headers["X-Semgate-Cache"] != "hit-exact"
+    assert metric(g, "semgate_hot_cache_hits_total") == hot

@@ -262,6 +262,14 @@ void store_sub_destroy(struct store_sub *sub);
 enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tracking,
 			      struct sg_error *e);
 
+/* Cluster mode, connected, with tracking wanted but not set up (a master
+ * refused it or dropped the connection while store_sub_connect asked):
+ * set up the per-master tracking connections again, without touching the
+ * events connection. True once every master tracks; false (a reason in
+ * why) otherwise, and always on one server, where the events connection
+ * itself tracks and only a new connect can ask again. */
+bool store_sub_track_again(struct store_sub *sub, char *why, size_t cap);
+
 /* Close the connection (the next connect starts afresh). */
 void store_sub_drop(struct store_sub *sub);
 
