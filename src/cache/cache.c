@@ -88,9 +88,10 @@ static enum sg_err search_best(struct sg_app *app, const char *part, const float
  * whether *first holds the search's answer. */
 static enum sg_err exact_then_search(struct sg_app *app, struct store *s, struct upstream *up,
 				     const char *tenant, const struct scope_info *si,
-				     bool semantic, double threshold, const char *part, long long *pttl,
-				     struct store_answer *a, bool *found, struct cache_result *out,
-				     struct vindex_hit *first, bool *first_ok, struct sg_error *e)
+				     bool semantic, double threshold, const char *part,
+				     long long *pttl, struct store_answer *a, bool *found,
+				     struct cache_result *out, struct vindex_hit *first, bool *first_ok,
+				     struct sg_error *e)
 {
 	*first_ok = false;
 	enum sg_err rc = store_exact_send(s, tenant, si->exact, pttl != NULL, e);
@@ -101,7 +102,8 @@ static enum sg_err exact_then_search(struct sg_app *app, struct store *s, struct
 		cache_embed_query(app, up, si, out);
 		struct sg_error se = { 0 };
 		/* a refused search is searched (and reported) again by the match */
-		*first_ok = out->vec && search_best(app, part, out->vec, out->dim, threshold, first, &se) == SG_OK;
+		*first_ok = out->vec && search_best(app, part, out->vec, out->dim, threshold, first,
+						    &se) == SG_OK;
 	}
 	return store_exact_recv(s, a, found, pttl, e);
 }
@@ -137,8 +139,8 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	bool pending = behind_get_exact(app->behind, tenant, si->exact, &a);
 	found = pending;
 	enum sg_err rc = pending ? SG_OK
-				 : exact_then_search(app, s, up, tenant, si, semantic, threshold, part,
-						     hot ? &pttl : NULL, &a, &found, out, &first,
+				 : exact_then_search(app, s, up, tenant, si, semantic, threshold,
+						     part, hot ? &pttl : NULL, &a, &found, out, &first,
 						     &first_ok, e);
 	if (rc != SG_OK)
 		return rc;
