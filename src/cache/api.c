@@ -20,6 +20,7 @@
 #include "semgate/cache/series.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/core/clock.h"
+#include "semgate/core/digest.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/store/layout.h"
@@ -421,32 +422,6 @@ cJSON *cache_api_calibration_json(const struct store_calibration *cal, double ta
 
 /* ---- sidecar scope ---- */
 
-/* Each field: tag byte, 8-byte big-endian length, bytes (prefix-free). */
-static bool feed(EVP_MD_CTX *ctx, char tag, const void *data, size_t len)
-{
-	unsigned char hdr[9];
-	hdr[0] = (unsigned char)tag;
-	for (int i = 0; i < 8; i++)
-		hdr[1 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-	return EVP_DigestUpdate(ctx, hdr, sizeof(hdr)) == 1 &&
-	       (!len || EVP_DigestUpdate(ctx, data, len) == 1);
-}
-
-static bool digest_hex(EVP_MD_CTX *ctx, char out[65])
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int n = 0;
-	if (EVP_DigestFinal_ex(ctx, md, &n) != 1 || n != 32)
-		return false;
-	for (unsigned int i = 0; i < n; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 15];
-	}
-	out[64] = '\0';
-	return true;
-}
-
 enum sg_err cache_api_scope(const char *tenant, const char *ns, const char *scope,
 			    const char *query, size_t query_len, struct scope_info *out,
 			    struct sg_error *e)
@@ -454,18 +429,18 @@ enum sg_err cache_api_scope(const char *tenant, const char *ns, const char *scop
 	memset(out, 0, sizeof(*out));
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	bool ok = ctx &&
-		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+		EVP_DigestInit_ex(ctx, sg_sha256(), NULL) == 1 &&
 		/* "semgate-sidecar-v1" never starts a chat scope ("semgate-scope-v1") */
-		feed(ctx, 'V', "semgate-sidecar-v1", 18) &&
-		feed(ctx, 'T', tenant, strlen(tenant)) &&
-		feed(ctx, 'N', ns ? ns : "", ns ? strlen(ns) : 0) &&
-		feed(ctx, 'S', scope ? scope : "", scope ? strlen(scope) : 0) &&
-		digest_hex(ctx, out->scope) &&
-		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-		feed(ctx, 'V', "semgate-sidecar-exact-v1", 24) &&
-		feed(ctx, 'S', out->scope, 64) &&
-		feed(ctx, 'Q', query, query_len) &&
-		digest_hex(ctx, out->exact);
+		sg_digest_field(ctx, 'V', "semgate-sidecar-v1", 18) &&
+		sg_digest_field(ctx, 'T', tenant, strlen(tenant)) &&
+		sg_digest_field(ctx, 'N', ns ? ns : "", ns ? strlen(ns) : 0) &&
+		sg_digest_field(ctx, 'S', scope ? scope : "", scope ? strlen(scope) : 0) &&
+		sg_digest_hex(ctx, out->scope) &&
+		EVP_DigestInit_ex(ctx, sg_sha256(), NULL) == 1 &&
+		sg_digest_field(ctx, 'V', "semgate-sidecar-exact-v1", 24) &&
+		sg_digest_field(ctx, 'S', out->scope, 64) &&
+		sg_digest_field(ctx, 'Q', query, query_len) &&
+		sg_digest_hex(ctx, out->exact);
 	EVP_MD_CTX_free(ctx);
 	if (ok && !(out->query = malloc(query_len + 1)))
 		ok = false;

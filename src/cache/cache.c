@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include <openssl/evp.h>
@@ -15,6 +14,7 @@
 #include "semgate/cache/behind.h"
 #include "semgate/cache/cache.h"
 #include "semgate/core/clock.h"
+#include "semgate/core/digest.h"
 #include "semgate/embed/embed.h"
 #include "semgate/cache/hotcache.h"
 #include "semgate/core/json.h"
@@ -37,19 +37,7 @@ void cache_result_finish(struct cache_result *r)
 
 void cache_new_id(char out[65])
 {
-	unsigned char raw[16];
-	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
-		/* getrandom on Linux does not fail for 16 bytes once seeded; keep
-		 * ids unique anyway */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		static _Atomic unsigned long seq;
-		unsigned long x = (unsigned long)ts.tv_nsec ^ ((unsigned long)ts.tv_sec << 20) ^ seq++;
-		for (size_t i = 0; i < sizeof(raw); i++)
-			raw[i] = (unsigned char)(x >> ((i % 8) * 8)) ^ (unsigned char)(i * 131);
-	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(out + 2 * i, 3, "%02x", raw[i]);
+	sg_random_hex(out, 16);
 }
 
 static void partition_key(char *out, size_t cap, const char *tenant, const char *scope,
@@ -225,7 +213,7 @@ void cache_question_key(const char *q, size_t len, char out[17])
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int n = 0;
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+	bool ok = ctx && EVP_DigestInit_ex(ctx, sg_sha256(), NULL) == 1;
 	/* ASCII lowercased, runs of white space as one space, none at the ends */
 	bool space = false, any = false;
 	for (size_t i = 0; ok && i < len; i++) {

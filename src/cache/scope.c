@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 
+#include "semgate/core/digest.h"
 #include "semgate/core/json.h"
 #include "semgate/cache/scope.h"
 
@@ -403,18 +404,10 @@ static bool keep_not(const cJSON *it, const void *skip)
 	return it != skip;
 }
 
-/* Each field enters the digest as tag byte, 8-byte big-endian length, bytes:
- * a prefix-free encoding, so no two different field sequences collide. */
+/* Each field enters the digest tagged and length-prefixed (digest.h). */
 static enum sg_err feed(EVP_MD_CTX *ctx, char tag, const void *data, size_t len)
 {
-	unsigned char hdr[9];
-	hdr[0] = (unsigned char)tag;
-	for (int i = 0; i < 8; i++)
-		hdr[1 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-	if (EVP_DigestUpdate(ctx, hdr, sizeof(hdr)) != 1 ||
-	    (len && EVP_DigestUpdate(ctx, data, len) != 1))
-		return SG_ERR_INTERNAL;
-	return SG_OK;
+	return sg_digest_field(ctx, tag, data, len) ? SG_OK : SG_ERR_INTERNAL;
 }
 
 static enum sg_err feed_str(EVP_MD_CTX *ctx, char tag, const char *s)
@@ -424,17 +417,7 @@ static enum sg_err feed_str(EVP_MD_CTX *ctx, char tag, const char *s)
 
 static enum sg_err digest_hex(EVP_MD_CTX *ctx, char hex_out[65])
 {
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int n = 0;
-	if (EVP_DigestFinal_ex(ctx, md, &n) != 1 || n != 32)
-		return SG_ERR_INTERNAL;
-	for (unsigned int i = 0; i < n; i++) {
-		hex_out[2 * i] = hex[md[i] >> 4];
-		hex_out[2 * i + 1] = hex[md[i] & 15];
-	}
-	hex_out[64] = '\0';
-	return SG_OK;
+	return sg_digest_hex(ctx, hex_out) ? SG_OK : SG_ERR_INTERNAL;
 }
 
 static const char *role_of(const cJSON *m)
@@ -518,7 +501,7 @@ enum sg_err scope_compute(const char *tenant, const char *namespace_,
 	if (!ctx)
 		goto fail;
 	rc = SG_ERR_INTERNAL;
-	if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+	if (EVP_DigestInit_ex(ctx, sg_sha256(), NULL) != 1)
 		goto fail;
 	if ((rc = feed_str(ctx, 'V', "semgate-scope-v1")) != SG_OK ||
 	    (rc = feed_str(ctx, 'T', tenant ? tenant : "")) != SG_OK ||
@@ -547,7 +530,7 @@ enum sg_err scope_compute(const char *tenant, const char *namespace_,
 
 	sg_buf_reset(&tmp);
 	rc = SG_ERR_INTERNAL;
-	if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+	if (EVP_DigestInit_ex(ctx, sg_sha256(), NULL) != 1)
 		goto fail;
 	if (content && (rc = canon_value(content, &tmp, 0)) != SG_OK)
 		goto fail;

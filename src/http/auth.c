@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include "semgate/http/auth.h"
+#include "semgate/core/digest.h"
 #include "semgate/core/log.h"
 
 struct auth_entry {
@@ -61,7 +62,7 @@ bool auth_tenant_valid(const char *t, size_t len)
 static bool sha256(const void *data, size_t len, unsigned char out[32])
 {
 	unsigned int n = 0;
-	return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+	return EVP_Digest(data, len, out, &n, sg_sha256(), NULL) == 1 && n == 32;
 }
 
 /* Visible ASCII only: a key is sent in a header and typed into configs. */

@@ -15,6 +15,7 @@
 
 #include "semgate/app/app.h"
 #include "semgate/http/auth.h"
+#include "semgate/core/digest.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
@@ -245,13 +246,13 @@ static bool sha256_hex(const char *prefix, size_t plen, const char *s, size_t le
 	unsigned char md[32];
 	unsigned int n = 0;
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	bool ok = ctx && EVP_DigestInit_ex(ctx, sg_sha256(), NULL) == 1 &&
 		  (!plen || EVP_DigestUpdate(ctx, prefix, plen) == 1) &&
 		  EVP_DigestUpdate(ctx, s, len) == 1 &&
 		  EVP_DigestFinal_ex(ctx, md, &n) == 1 && n == 32;
 	EVP_MD_CTX_free(ctx);
-	for (size_t i = 0; ok && i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	if (ok)
+		sg_hex(out, md, 32);
 	return ok;
 }
 

@@ -10,13 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "semgate/core/buf.h"
+#include "semgate/core/digest.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/store/ops.h"
@@ -34,15 +34,7 @@ static pthread_once_t g_origin_once = PTHREAD_ONCE_INIT;
 
 static void origin_init(void)
 {
-	unsigned char raw[16];
-	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
-		/* not secret, only distinct between processes */
-		unsigned long x = (unsigned long)getpid() ^ (unsigned long)time(NULL) << 16;
-		for (size_t i = 0; i < sizeof(raw); i++)
-			raw[i] = (unsigned char)(x >> ((i % 8) * 8)) ^ (unsigned char)(i * 37);
-	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(g_origin + 2 * i, 3, "%02x", raw[i]);
+	sg_random_hex(g_origin, 16);
 }
 
 const char *store_event_origin(void)

@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
+#include "semgate/core/digest.h"
 #include "semgate/store/store.h"
 #include "priv.h"
 
@@ -38,16 +38,7 @@ static const char rate_lua[] =
 
 static void unique_member(char out[33])
 {
-	unsigned char raw[16];
-	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
-		/* never expected for 16 bytes; a counter keeps members distinct */
-		static _Atomic unsigned long long seq;
-		unsigned long long x = ++seq ^ (unsigned long long)(uintptr_t)out;
-		for (size_t i = 0; i < sizeof(raw); i++)
-			raw[i] = (unsigned char)(x >> ((i % 8) * 8));
-	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(out + 2 * i, 3, "%02x", raw[i]);
+	sg_random_hex(out, 16);
 }
 
 enum sg_err store_rate_limit(struct store *s, const char *tenant, long long max,

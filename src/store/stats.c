@@ -22,6 +22,7 @@
 
 #include <openssl/evp.h>
 
+#include "semgate/core/digest.h"
 #include "semgate/core/log.h"
 #include "semgate/store/layout.h"
 #include "semgate/store/ops.h"
@@ -158,8 +159,7 @@ static void sync_sha_make(void)
 	if (EVP_Digest(lua_sync, sizeof(lua_sync) - 1, md, &len, EVP_sha1(), NULL) != 1 ||
 	    len != 20)
 		return; /* left empty: EVAL with the body */
-	for (unsigned i = 0; i < len; i++)
-		snprintf(sync_sha + 2 * i, 3, "%02x", md[i]);
+	sg_hex(sync_sha, md, len);
 }
 
 const char *store_acct_sync_sha(void)

@@ -7,12 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "semgate/app/app.h"
 #include "semgate/core/buf.h"
 #include "semgate/core/clock.h"
+#include "semgate/core/digest.h"
 #include "semgate/core/json.h"
 #include "semgate/core/log.h"
 #include "semgate/core/metrics.h"
@@ -594,14 +594,7 @@ void summarizer_get_stats(struct summarizer *z, struct summarizer_stats *out)
 
 static void new_epoch(char out[33])
 {
-	unsigned char raw[16] = { 0 };
-	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
-		/* never expected; an epoch only has to differ from the last one */
-		double t = sg_now_ms() * 1e3;
-		memcpy(raw, &t, sizeof(t));
-	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(out + 2 * i, 3, "%02x", raw[i]);
+	sg_random_hex(out, 16);
 }
 
 enum sg_err summary_append(struct sg_app *app, struct store *s, const char *tenant,
