@@ -228,9 +228,14 @@ static enum sg_err format_head(struct sg_req *req, struct sg_buf *out, int statu
 		version, status, mg_get_response_code_text(req->conn, status), content_type,
 		length ? "Content-Length: " : "Transfer-Encoding: ", length ? length : "chunked",
 		"\r\n", cache_control, http_date(), close ? "close" : "keep-alive");
-	for (size_t i = 0; rc == SG_OK && headers && headers[i] && headers[i + 1]; i += 2)
-		if (header_value_ok(headers[i]) && header_value_ok(headers[i + 1]))
-			rc = sg_buf_printf(out, "%s: %s\r\n", headers[i], headers[i + 1]);
+	for (size_t i = 0; rc == SG_OK && headers && headers[i] && headers[i + 1]; i += 2) {
+		if (!header_value_ok(headers[i]) || !header_value_ok(headers[i + 1]))
+			continue;
+		if ((rc = sg_buf_puts(out, headers[i])) == SG_OK &&
+		    (rc = sg_buf_append(out, ": ", 2)) == SG_OK &&
+		    (rc = sg_buf_puts(out, headers[i + 1])) == SG_OK)
+			rc = sg_buf_append(out, "\r\n", 2);
+	}
 	if (rc == SG_OK)
 		rc = sg_buf_append(out, "\r\n", 2);
 	return rc;
@@ -415,6 +420,37 @@ static enum sg_err buf_json_string(struct sg_buf *b, const char *s)
 	return rc;
 }
 
+/* The access log's time, 2026-01-31T23:59:59.999Z: the part up to the
+ * seconds formatted once per second per thread. */
+static enum sg_err log_time(struct sg_buf *b)
+{
+	static _Thread_local time_t last;
+	static _Thread_local char secs[32];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (ts.tv_sec != last || !secs[0]) {
+		struct tm tm;
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(secs, sizeof(secs), "%Y-%m-%dT%H:%M:%S", &tm);
+		last = ts.tv_sec;
+	}
+	long msec = ts.tv_nsec / 1000000;
+	char frac[6] = { '.', (char)('0' + msec / 100), (char)('0' + msec / 10 % 10),
+			 (char)('0' + msec % 10), 'Z', 0 };
+	enum sg_err rc = sg_buf_puts(b, secs);
+	return rc == SG_OK ? sg_buf_append(b, frac, 5) : rc;
+}
+
+/* ,"name":ms with three decimals */
+static enum sg_err put_ms(struct sg_buf *b, const char *name, double ms)
+{
+	enum sg_err rc = sg_buf_append(b, ",\"", 2);
+	if (rc == SG_OK && (rc = sg_buf_puts(b, name)) == SG_OK &&
+	    (rc = sg_buf_append(b, "\":", 2)) == SG_OK)
+		rc = sg_buf_put_fixed3(b, ms);
+	return rc;
+}
+
 /* One JSON line per request, formatted directly (no tree) and written
  * with one write. Durations in ms with microsecond resolution. */
 static void access_log(const struct sg_req *req, double ms)
@@ -424,20 +460,16 @@ static void access_log(const struct sg_req *req, double ms)
 	char stack[1024];
 	struct sg_buf b;
 	sg_buf_init_on(&b, stack, sizeof(stack), 0);
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
-	char when[40];
-	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(when + n, sizeof(when) - n, ".%03ldZ", ts.tv_nsec / 1000000);
 	/* the raw path is client data: keep it short and valid UTF-8 */
 	char path[256];
 	snprintf(path, sizeof(path), "%s", req->path);
 	if (!sg_utf8_valid(path, strlen(path)))
 		snprintf(path, sizeof(path), "(invalid utf-8)");
-	enum sg_err rc = sg_buf_printf(&b, "{\"time\":\"%s\",\"msg\":\"request\",\"method\":",
-				       when);
+	enum sg_err rc = sg_buf_puts(&b, "{\"time\":\"");
+	if (rc == SG_OK)
+		rc = log_time(&b);
+	if (rc == SG_OK)
+		rc = sg_buf_puts(&b, "\",\"msg\":\"request\",\"method\":");
 	if (rc == SG_OK)
 		rc = buf_json_string(&b, req->method);
 	if (rc == SG_OK)
@@ -448,8 +480,9 @@ static void access_log(const struct sg_req *req, double ms)
 		rc = sg_buf_puts(&b, ",\"route\":");
 	if (rc == SG_OK)
 		rc = buf_json_string(&b, req->route ? req->route : "-");
-	if (rc == SG_OK)
-		rc = sg_buf_printf(&b, ",\"status\":%d,\"tenant\":", req->status);
+	if (rc == SG_OK && (rc = sg_buf_puts(&b, ",\"status\":")) == SG_OK &&
+	    (rc = sg_buf_put_int(&b, req->status)) == SG_OK)
+		rc = sg_buf_puts(&b, ",\"tenant\":");
 	if (rc == SG_OK)
 		rc = buf_json_string(&b, req->tenant);
 	if (rc == SG_OK && req->cache_outcome) {
@@ -465,9 +498,9 @@ static void access_log(const struct sg_req *req, double ms)
 			rc = buf_json_string(&b, req->verify);
 	}
 	if (rc == SG_OK)
-		rc = sg_buf_printf(&b, ",\"ms\":%.3f", ms);
+		rc = put_ms(&b, "ms", ms);
 	if (rc == SG_OK && req->upstream_ms >= 0)
-		rc = sg_buf_printf(&b, ",\"upstream_ms\":%.3f", req->upstream_ms);
+		rc = put_ms(&b, "upstream_ms", req->upstream_ms);
 	/* this request's embedding, vector search and Redis time (metrics.h) */
 	static const struct { enum sg_hist h; const char *name; } per_req[] = {
 		{ SG_H_EMBED, "embed_ms" }, { SG_H_SEARCH, "search_ms" },
@@ -477,7 +510,7 @@ static void access_log(const struct sg_req *req, double ms)
 		unsigned cnt;
 		double v = metrics_req_ms(per_req[i].h, &cnt);
 		if (cnt)
-			rc = sg_buf_printf(&b, ",\"%s\":%.3f", per_req[i].name, v);
+			rc = put_ms(&b, per_req[i].name, v);
 	}
 	if (rc == SG_OK)
 		rc = sg_buf_append(&b, "}\n", 2);

@@ -30,6 +30,11 @@ enum sg_err sg_buf_append(struct sg_buf *b, const void *data, size_t len);
 enum sg_err sg_buf_puts(struct sg_buf *b, const char *s);
 enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* Append v in decimal, as "%lld" would, without printf's cost. */
+enum sg_err sg_buf_put_int(struct sg_buf *b, long long v);
+/* Append v with three decimals, as "%.3f" would (halfway cases of the
+ * binary value round away from zero; printf rounds them to even). */
+enum sg_err sg_buf_put_fixed3(struct sg_buf *b, double v);
 
 /* Take ownership of the data (caller frees); the buffer becomes empty. */
 char *sg_buf_steal(struct sg_buf *b, size_t *len);

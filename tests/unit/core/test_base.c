@@ -1,4 +1,5 @@
 /* Unit tests for the base layer: capped buffer, UTF-8 check, strict JSON. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,46 @@ static void test_buf_on_caller_storage_moves_to_the_heap_when_outgrown(void)
 	free(s);
 	sg_buf_init_on(&b, mem, sizeof(mem), 0);
 	CHECK_INT(sg_buf_append(&b, "x", 1), SG_OK);
+	sg_buf_finish(&b);
+}
+
+static void test_buf_number_appenders_write_what_printf_would(void)
+{
+	static const long long ints[] = { 0, 7, -7, 200, 503, 1234567890123LL,
+					  LLONG_MAX, LLONG_MIN };
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+		struct sg_buf b;
+		sg_buf_init(&b, 0);
+		char want[32];
+		snprintf(want, sizeof(want), "%lld", ints[i]);
+		CHECK(sg_buf_put_int(&b, ints[i]) == SG_OK);
+		CHECK_STR(b.data, want);
+		sg_buf_finish(&b);
+	}
+	/* not halfway cases: printf and the appender agree on every digit */
+	static const double ms[] = { 0.0, 0.0004, 0.001, 0.25, 0.999, 0.9996, 1.5,
+				     12.3456, 999.9994, 86400000.125, -0.0001, -2.5 };
+	for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+		struct sg_buf b;
+		sg_buf_init(&b, 0);
+		char want[48];
+		snprintf(want, sizeof(want), "%.3f", ms[i]);
+		CHECK(sg_buf_put_fixed3(&b, ms[i]) == SG_OK);
+		CHECK_STR(b.data, want);
+		sg_buf_finish(&b);
+	}
+	/* out of the fast range, printf's own text */
+	struct sg_buf b;
+	sg_buf_init(&b, 0);
+	CHECK(sg_buf_put_fixed3(&b, 1e300) == SG_OK && strlen(b.data) > 300);
+	sg_buf_reset(&b);
+	CHECK(sg_buf_put_fixed3(&b, NAN) == SG_OK && strcmp(b.data, "nan") == 0);
+	sg_buf_finish(&b);
+	/* the cap holds for them too */
+	sg_buf_init(&b, 3);
+	CHECK(sg_buf_put_int(&b, 1234) == SG_ERR_TOO_LARGE);
+	CHECK(sg_buf_put_fixed3(&b, 1.0) == SG_ERR_TOO_LARGE);
+	CHECK_INT(b.len, 0);
 	sg_buf_finish(&b);
 }
 
@@ -251,6 +292,7 @@ int main(void)
 	RUN(test_buf_refuses_to_grow_past_its_cap);
 	RUN(test_buf_printf_handles_long_output);
 	RUN(test_buf_on_caller_storage_moves_to_the_heap_when_outgrown);
+	RUN(test_buf_number_appenders_write_what_printf_would);
 	RUN(test_utf8_validation);
 	RUN(test_json_accepts_one_value_with_whitespace);
 	RUN(test_json_refuses_trailing_bytes_and_bad_input);
