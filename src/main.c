@@ -254,7 +254,7 @@ int main(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
-	if (cfg.redis_cluster && cfg.redis_cluster[0] &&
+	if (config_is_cluster(&cfg) &&
 	    ((cfg.redis_sentinels && cfg.redis_sentinels[0]) || cfg.redis_wait_replicas > 0)) {
 		fprintf(stderr, "semgate: SEMGATE_REDIS_CLUSTER cannot be combined with %s\n",
 			cfg.redis_sentinels && cfg.redis_sentinels[0] ? "SEMGATE_REDIS_SENTINELS" :

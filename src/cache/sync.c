@@ -338,7 +338,7 @@ static void *run(void *arg)
 	bool warned = false;
 	/* the hot cache's tracking, and when to ask for it again (cluster) */
 	bool tracked = false;
-	bool cluster = cs->app->cfg->redis_cluster && cs->app->cfg->redis_cluster[0];
+	bool cluster = config_is_cluster(cs->app->cfg);
 	int retrack_wait = RETRACK_MIN_MS;
 	double retrack_at = 0;
 	if (!s || !sub) {

@@ -244,7 +244,7 @@ fail:
 
 bool store_sub_track_again(struct store_sub *sub, char *why, size_t cap)
 {
-	bool cluster = sub->cfg->redis_cluster && sub->cfg->redis_cluster[0];
+	bool cluster = config_is_cluster(sub->cfg);
 	if (!sub->c || !cluster) {
 		snprintf(why, cap, "%s", sub->c ? "not a cluster" : "not connected");
 		return false;
@@ -281,7 +281,7 @@ enum sg_err store_sub_connect(struct store_sub *sub, bool track_exact, bool *tra
 	const struct sg_config *cfg = sub->cfg;
 	*tracking = false;
 	store_sub_drop(sub);
-	bool cluster = cfg->redis_cluster && cfg->redis_cluster[0];
+	bool cluster = config_is_cluster(cfg);
 	struct store_hostport at;
 	unsigned long gen = 0;
 	redisContext *c = NULL;

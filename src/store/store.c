@@ -46,7 +46,7 @@ struct store *store_create(const struct sg_config *cfg)
 	struct store *s = calloc(1, sizeof(*s));
 	if (s) {
 		s->cfg = cfg;
-		s->cluster = cfg->redis_cluster && cfg->redis_cluster[0];
+		s->cluster = config_is_cluster(cfg);
 	}
 	return s;
 }

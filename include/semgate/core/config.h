@@ -123,4 +123,11 @@ void config_log_summary(const struct sg_config *cfg);
  * False (nothing written) otherwise. */
 bool config_host_port(const char *p, size_t len, char *host, size_t hcap, int *port);
 
+/* True when the gateway talks to a Redis Cluster (SEMGATE_REDIS_CLUSTER
+ * names seed nodes), false for one server or Sentinel. */
+static inline bool config_is_cluster(const struct sg_config *cfg)
+{
+	return cfg->redis_cluster && cfg->redis_cluster[0];
+}
+
 #endif
