@@ -468,7 +468,8 @@ static void record(struct sg_app *app, struct store *s, struct store_tenant_coun
 	tc->lookups = 1;
 	tc->minute = (long long)time(NULL) / 60;
 	cache_series_reject(tc, rejected);
-	if (store_record_counts(s, tc, 1, &eh, id ? 1 : 0, app->cfg->cache_ttl, &e) != SG_OK)
+	if (store_record_counts(s, tc, 1, &eh, id ? 1 : 0, app->cfg->cache_ttl, NULL, &e) !=
+	    SG_OK)
 		sg_log(SG_LOG_DEBUG, "lookup%s%s not counted: %s", id ? " of " : "", id ? id : "",
 		       e.msg);
 }

@@ -114,7 +114,8 @@ static void sum_batch(struct tally *t, struct job *jobs, size_t n, size_t *ntc, 
 	}
 }
 
-static bool write_batch(struct tally *t, struct job *jobs, size_t n)
+/* Write one batch; returns the requests of it that are not counted. */
+static size_t write_batch(struct tally *t, struct job *jobs, size_t n)
 {
 	size_t ntc, neh;
 	sum_batch(t, jobs, n, &ntc, &neh);
@@ -124,15 +125,21 @@ static bool write_batch(struct tally *t, struct job *jobs, size_t n)
 		pthread_mutex_unlock(&t->mu);
 	}
 	struct sg_error e = { 0 };
+	size_t unapplied = 0;
 	enum sg_err rc = store_record_counts(t->store, t->tc, ntc, t->eh, neh,
-					    t->cfg->cache_ttl, &e);
-	if (rc != SG_OK && !t->failing)
-		sg_log(SG_LOG_WARN, "cache accounting: %zu lookups not counted: %s "
-		       "(further failures are not logged until it works again)", n, e.msg);
+					    t->cfg->cache_ttl, &unapplied, &e);
+	if (rc != SG_OK && !t->failing && unapplied)
+		sg_log(SG_LOG_WARN, "cache accounting: %zu requests not counted: %s "
+		       "(further failures are not logged until it works again)", unapplied,
+		       e.msg);
+	else if (rc != SG_OK && !t->failing)
+		sg_log(SG_LOG_WARN, "cache accounting: the requests are counted, some entry "
+		       "hits are not: %s (further failures are not logged until it works "
+		       "again)", e.msg);
 	else if (rc == SG_OK && t->failing)
 		sg_log(SG_LOG_INFO, "cache accounting: written again");
 	t->failing = rc != SG_OK;
-	return rc == SG_OK;
+	return unapplied;
 }
 
 static void *run(void *arg)
@@ -172,14 +179,14 @@ static void *run(void *arg)
 		size_t requests = 0;
 		for (size_t i = 0; i < n; i++)
 			requests += t->batch[i].kind <= JOB_BYPASS;
-		bool ok = write_batch(t, t->batch, n);
+		size_t unapplied = write_batch(t, t->batch, n);
+		if (unapplied > requests)
+			unapplied = requests;
 		pthread_mutex_lock(&t->mu);
 		t->done += n;
 		t->batches++;
-		if (ok)
-			t->written += requests;
-		else
-			t->dropped += requests;
+		t->written += requests - unapplied;
+		t->dropped += unapplied;
 		pthread_cond_broadcast(&t->settled);
 	}
 	pthread_mutex_unlock(&t->mu);

@@ -616,7 +616,7 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 
 enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
 				size_t ntc, const struct store_entry_hits *eh, size_t neh,
-				long long top_ttl_s, struct sg_error *e)
+				long long top_ttl_s, size_t *unapplied, struct sg_error *e)
 {
 	static const struct {
 		const char *name;
@@ -630,6 +630,12 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		{ "tokens_saved_completion",
 		  offsetof(struct store_tenant_counts, tokens_completion) },
 	};
+	size_t none = 0, all = 0;
+	if (!unapplied)
+		unapplied = &none;
+	for (size_t i = 0; i < ntc; i++)
+		all += (size_t)(tc[i].lookups + tc[i].bypass);
+	*unapplied = all;
 	if (ntc == 0 && neh == 0)
 		return SG_OK;
 	enum sg_err rc = store_conn(s, e);
@@ -706,15 +712,31 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		free(queued);
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
 	}
+	/* Every block was sent, so Redis ran each one it accepted: a refused
+	 * block (EXECABORT) leaves the others counted, and their replies are
+	 * read so the connection stays in step. Only a lost connection leaves
+	 * the later blocks unknown. */
+	*unapplied = 0;
 	for (size_t i = 0; i < nblocks; i++) {
-		redisReply *exec = store_read_exec(s, queued[i], e);
-		if (!exec) {
-			/* the later blocks' replies are never read */
+		struct sg_error be = { 0 };
+		redisReply *exec = store_read_exec(s, queued[i], &be);
+		if (exec) {
+			freeReplyObject(exec);
+			continue;
+		}
+		if (rc == SG_OK) {
+			rc = be.code ? be.code : SG_ERR_REDIS;
+			if (e)
+				*e = be;
+		}
+		if (i + 1 < nblocks && !store_replies_pending(s)) {
+			for (size_t k = i; k < ntc; k++)
+				*unapplied += (size_t)(tc[k].lookups + tc[k].bypass);
 			store_drop(s);
-			rc = SG_ERR_REDIS;
 			break;
 		}
-		freeReplyObject(exec);
+		if (i < ntc)
+			*unapplied += (size_t)(tc[i].lookups + tc[i].bypass);
 	}
 	free(queued);
 	return rc;

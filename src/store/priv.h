@@ -219,6 +219,9 @@ enum sg_err store_reply_error(redisReply *r, struct sg_error *e);
 /* Read the replies of MULTI + ncmds queued commands + EXEC; returns the
  * EXEC array (caller frees) or NULL with e set. */
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e);
+/* True when the replies of further commands already sent can still be
+ * read: the connection lives (one server) or they are queued (cluster). */
+bool store_replies_pending(const struct store *s);
 
 /* Copy an array reply of strings into out (caller finishes it). */
 enum sg_err store_copy_list(redisReply *r, struct store_strlist *out, struct sg_error *e);

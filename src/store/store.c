@@ -645,6 +645,11 @@ enum sg_err store_history_get(struct store *s, const char *tenant, const char *c
 
 /* Read the replies of a MULTI ... EXEC block of ncmds queued commands and
  * return the EXEC array reply (caller frees) or NULL with e set. */
+bool store_replies_pending(const struct store *s)
+{
+	return s->cluster ? s->qpos < s->qn : s->c != NULL;
+}
+
 redisReply *store_read_exec(struct store *s, size_t ncmds, struct sg_error *e)
 {
 	/* the queued commands are written by the first read: this is the

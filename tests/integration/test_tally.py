@@ -160,3 +160,35 @@ def test_counts_refused_by_redis_are_dropped_and_counted_without_stalling_hits(
     assert int(redis_db.hget(K.entry("default", eid), "hits") or 0) == st["hits_exact"]
     assert metric(g, "semgate_cache_accounting_dropped_total") == dropped
     assert g.alive()
+
+
+def test_a_block_redis_refuses_leaves_the_others_counted_and_not_dropped(
+        make_gateway, redis_db):
+    g = make_gateway()
+    q = user("one block refused")
+    eid = g.chat(q).headers["X-Semgate-Entry"]
+    assert requests.get(g.url + "/v1/cache/stats", timeout=10).json()["misses"] == 1
+    # ZINCRBY (the leaderboard, in every entry's block) is refused when it is
+    # queued: that block aborts; the tenant's counters, in their own block of
+    # the same write, still count, and the requests are not reported dropped
+    on_masters(redis_db, "ACL", "SETUSER", "default", "-zincrby")
+    try:
+        for _ in range(4):
+            assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
+        st = requests.get(g.url + "/v1/cache/stats", timeout=10).json()
+        assert st["hits_exact"] == 4 and st["lookups"] == 5, st
+        assert metric(g, "semgate_cache_accounting_dropped_total") == 0
+        assert int(redis_db.hget(K.entry("default", eid), "hits") or 0) == 0
+        wait_until(lambda: "some entry hits are not" in g.logs(), timeout=5 * SLOW,
+                   what="the refused block logged")
+    finally:
+        on_masters(redis_db, "ACL", "SETUSER", "default", "+zincrby")
+    # the replies of the blocks after the refused one were read: the next
+    # write finds the connection in step
+    assert g.chat(q).headers["X-Semgate-Cache"] == "hit-exact"
+    st = requests.get(g.url + "/v1/cache/stats", timeout=10).json()
+    assert st["hits_exact"] == 5 and st["lookups"] == 6, st
+    assert int(redis_db.hget(K.entry("default", eid), "hits")) == 1
+    assert metric(g, "semgate_cache_accounting_dropped_total") == 0
+    assert "written again" in g.logs()
+    assert g.alive()

@@ -167,10 +167,14 @@ struct store_entry_hits {
  * (their TTLs SEMGATE_SERIES_MINUTES_TTL and SEMGATE_SERIES_HOURS_TTL),
  * and per entry its hits (only while it exists) and ZINCRBY on the
  * leaderboard, whose TTL is set to top_ttl_s. Several rows may name the
- * same tenant (one per minute). */
+ * same tenant (one per minute). Each tenant row and each entry is its own
+ * MULTI block: when Redis refuses one, the others still count, and the
+ * first refusal is returned. *unapplied (may be NULL) gets the requests
+ * (lookups + bypass) of the tenant rows that are not known to be counted:
+ * the refused ones, and every one from a lost connection on. */
 enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
 				size_t ntc, const struct store_entry_hits *eh, size_t neh,
-				long long top_ttl_s, struct sg_error *e);
+				long long top_ttl_s, size_t *unapplied, struct sg_error *e);
 
 /* ---- per-minute series (src/store/series.c) ---- */
 
