@@ -266,16 +266,23 @@ enum sg_err sg_buf_printf(struct sg_buf *b, const char *fmt, ...)
 	return rc;
 }
 
+/* Write u in decimal (at least min digits, zero-padded) ending just
+ * before end; returns where it starts. */
+static char *digits_before(char *end, unsigned long long u, int min)
+{
+	for (int n = 0; n < min || u; n++) {
+		*--end = (char)('0' + u % 10);
+		u /= 10;
+	}
+	return end;
+}
+
 enum sg_err sg_buf_put_int(struct sg_buf *b, long long v)
 {
 	char tmp[24];
-	char *p = tmp + sizeof(tmp);
 	/* (unsigned: LLONG_MIN has no positive counterpart) */
 	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-	do {
-		*--p = (char)('0' + u % 10);
-		u /= 10;
-	} while (u);
+	char *p = digits_before(tmp + sizeof(tmp), u, 1);
 	if (v < 0)
 		*--p = '-';
 	return sg_buf_append(b, p, (size_t)(tmp + sizeof(tmp) - p));
@@ -285,16 +292,11 @@ enum sg_err sg_buf_put_fixed3(struct sg_buf *b, double v)
 {
 	if (!isfinite(v) || fabs(v) >= 9e15)
 		return sg_buf_printf(b, "%.3f", v);
-	long long m = llround(fabs(v) * 1000.0);
+	unsigned long long m = (unsigned long long)llround(fabs(v) * 1000.0);
 	char tmp[32];
-	char *p = tmp + sizeof(tmp);
-	for (int i = 0; i < 3; i++, m /= 10)
-		*--p = (char)('0' + m % 10);
+	char *p = digits_before(tmp + sizeof(tmp), m % 1000, 3);
 	*--p = '.';
-	do {
-		*--p = (char)('0' + m % 10);
-		m /= 10;
-	} while (m);
+	p = digits_before(p, m / 1000, 1);
 	if (signbit(v))
 		*--p = '-'; /* as printf: -0.0001 is "-0.000" */
 	return sg_buf_append(b, p, (size_t)(tmp + sizeof(tmp) - p));

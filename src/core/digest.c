@@ -3,7 +3,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -43,21 +42,17 @@ void sg_random_hex(char *out, size_t n)
 {
 	static _Thread_local unsigned char pool[POOL_BYTES];
 	static _Thread_local size_t left;
-	unsigned char raw[RANDOM_MAX];
 	if (n > RANDOM_MAX)
 		n = RANDOM_MAX;
-	if (left < n) {
-		if (getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool))
-			left = sizeof(pool);
-		else
-			left = 0;
-	}
+	if (left < n)
+		left = getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool) ? sizeof(pool) : 0;
 	if (left >= n) {
-		memcpy(raw, pool + sizeof(pool) - left, n);
+		sg_hex(out, pool + sizeof(pool) - left, n);
 		left -= n;
-	} else {
-		fallback_bytes(raw, n);
+		return;
 	}
+	unsigned char raw[RANDOM_MAX];
+	fallback_bytes(raw, n);
 	sg_hex(out, raw, n);
 }
 

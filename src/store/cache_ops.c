@@ -614,6 +614,12 @@ enum sg_err store_invalidate(struct store *s, const char *tenant, const char *ns
 
 /* ---- accounting ---- */
 
+/* The requests one tenant row counts. */
+static size_t row_requests(const struct store_tenant_counts *c)
+{
+	return (size_t)(c->lookups + c->bypass);
+}
+
 enum sg_err store_record_counts(struct store *s, const struct store_tenant_counts *tc,
 				size_t ntc, const struct store_entry_hits *eh, size_t neh,
 				long long top_ttl_s, size_t *unapplied, struct sg_error *e)
@@ -634,7 +640,7 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 	if (!unapplied)
 		unapplied = &none;
 	for (size_t i = 0; i < ntc; i++)
-		all += (size_t)(tc[i].lookups + tc[i].bypass);
+		all += row_requests(&tc[i]);
 	*unapplied = all;
 	if (ntc == 0 && neh == 0)
 		return SG_OK;
@@ -731,12 +737,12 @@ enum sg_err store_record_counts(struct store *s, const struct store_tenant_count
 		}
 		if (i + 1 < nblocks && !store_replies_pending(s)) {
 			for (size_t k = i; k < ntc; k++)
-				*unapplied += (size_t)(tc[k].lookups + tc[k].bypass);
+				*unapplied += row_requests(&tc[k]);
 			store_drop(s);
 			break;
 		}
 		if (i < ntc)
-			*unapplied += (size_t)(tc[i].lookups + tc[i].bypass);
+			*unapplied += row_requests(&tc[i]);
 	}
 	free(queued);
 	return rc;
