@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "semgate/app/app.h"
+#include "semgate/cache/api.h"
 #include "semgate/cache/behind.h"
 #include "semgate/cache/cache.h"
 #include "semgate/core/clock.h"
@@ -110,7 +111,8 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 	char hkey[512];
 	bool hot = hot_enabled(app->hot) &&
 		   store_exact_keyname(app->cfg, tenant, si->exact, hkey, sizeof(hkey));
-	if (hot && hot_get(app->hot, hkey, out->id, &out->answer, &out->answer_len)) {
+	if (hot && hot_get(app->hot, hkey, out->id, &out->answer, &out->answer_len,
+			   &out->meta)) {
 		out->hit = true;
 		out->similarity = 1.0;
 		return SG_OK;
@@ -137,8 +139,11 @@ enum sg_err cache_lookup(struct sg_app *app, struct store *s, struct upstream *u
 		store_answer_finish(&a);
 		found = false;
 	}
-	if (found && hot && !pending)
-		hot_put(app->hot, hkey, token, a.id, a.answer, a.answer_len, pttl);
+	if (found && hot && !pending) {
+		struct hot_meta meta;
+		cache_answer_meta(a.answer, a.answer_len, &meta);
+		hot_put(app->hot, hkey, token, a.id, a.answer, a.answer_len, pttl, &meta);
+	}
 	if (found) {
 		free(out->vec); /* searched ahead for nothing */
 		out->vec = NULL;
@@ -631,6 +636,64 @@ static void set_member(cJSON *obj, const char *key, cJSON *item)
 		cJSON_AddItemToObject(obj, key, item);
 }
 
+/* A fresh completion id and created for a hit. */
+struct fresh {
+	char cid[80], quoted[90], created[24];
+	long long now;
+};
+
+static void fresh_make(struct fresh *f)
+{
+	char id[65];
+	cache_new_id(id);
+	snprintf(f->cid, sizeof(f->cid), "chatcmpl-sg%.24s", id);
+	snprintf(f->quoted, sizeof(f->quoted), "\"%s\"", f->cid);
+	f->now = (long long)time(NULL);
+	snprintf(f->created, sizeof(f->created), "%lld", f->now);
+}
+
+/* The stored bytes with f's values replaced in place (absent ones added
+ * first, id before created); NULL when not possible (a member name with an
+ * escape) or out of memory. */
+static char *splice_fresh(const char *answer, size_t len, const struct fresh *f)
+{
+	char *step = sg_json_member_put(answer, len, "created", f->created);
+	char *out = step ? sg_json_member_put(step, strlen(step), "id", f->quoted) : NULL;
+	free(step);
+	return out;
+}
+
+/* A stored answer that names id or created twice keeps only the new one,
+ * rendered from the tree. */
+static bool has_duplicate_fresh(const cJSON *doc)
+{
+	return count_members(doc, "id") > 1 || count_members(doc, "created") > 1;
+}
+
+char *cache_render_hit_spliced(const char *answer, size_t len)
+{
+	struct fresh f;
+	fresh_make(&f);
+	return splice_fresh(answer, len, &f);
+}
+
+void cache_answer_meta(const char *answer, size_t len, struct hot_meta *m)
+{
+	cJSON *doc = NULL;
+	*m = (struct hot_meta){ 0 };
+	if (sg_json_parse(answer, len, &doc, NULL) != SG_OK || !cJSON_IsObject(doc)) {
+		cJSON_Delete(doc);
+		return;
+	}
+	char *spliced = has_duplicate_fresh(doc) ? NULL : cache_render_hit_spliced(answer, len);
+	m->spliceable = spliced != NULL;
+	free(spliced);
+	m->tokens = cache_answer_tokens(doc);
+	cache_api_usage(doc, &m->prompt, &m->completion);
+	m->known = true;
+	cJSON_Delete(doc);
+}
+
 char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 {
 	cJSON *doc = NULL;
@@ -639,21 +702,17 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 		cJSON_Delete(doc);
 		return NULL;
 	}
-	char id[65], cid[80], created[24];
-	cache_new_id(id);
-	snprintf(cid, sizeof(cid), "chatcmpl-sg%.24s", id);
-	long long now = (long long)time(NULL);
-	snprintf(created, sizeof(created), "%lld", now);
-	cJSON *nid = cJSON_CreateString(cid);
-	cJSON *ncreated = cJSON_CreateNumber((double)now);
+	struct fresh f;
+	fresh_make(&f);
+	cJSON *nid = cJSON_CreateString(f.cid);
+	cJSON *ncreated = cJSON_CreateNumber((double)f.now);
 	if (!nid || !ncreated) {
 		cJSON_Delete(nid);
 		cJSON_Delete(ncreated);
 		cJSON_Delete(doc);
 		return NULL;
 	}
-	/* a stored answer that names id or created twice keeps only the new one */
-	bool dup = count_members(doc, "id") > 1 || count_members(doc, "created") > 1;
+	bool dup = has_duplicate_fresh(doc);
 	while (dup && cJSON_GetObjectItemCaseSensitive(doc, "id"))
 		cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
 	while (dup && cJSON_GetObjectItemCaseSensitive(doc, "created"))
@@ -665,15 +724,7 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc_out)
 	 * in place (absent ones added first, id before created); only when
 	 * that is not possible (a member name with an escape, a duplicate)
 	 * are they rendered from the tree. */
-	char *out = NULL;
-	if (!dup) {
-		char quoted[90];
-		snprintf(quoted, sizeof(quoted), "\"%s\"", cid);
-		char *step = sg_json_member_put(answer, len, "created", created);
-		if (step)
-			out = sg_json_member_put(step, strlen(step), "id", quoted);
-		free(step);
-	}
+	char *out = dup ? NULL : splice_fresh(answer, len, &f);
 	if (!out)
 		out = sg_json_render(doc);
 	if (!out) {

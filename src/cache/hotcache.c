@@ -20,6 +20,7 @@ struct slot {
 	char id[65];
 	char *answer;
 	size_t len;
+	struct hot_meta meta;
 	double expires;     /* sg_now_ms() clock */
 	uint32_t epoch;
 };
@@ -142,7 +143,7 @@ uint64_t hot_token(struct hotcache *hc, const char *key)
 }
 
 void hot_put(struct hotcache *hc, const char *key, uint64_t token, const char *id,
-	     const char *answer, size_t len, long long ttl_ms)
+	     const char *answer, size_t len, long long ttl_ms, const struct hot_meta *meta)
 {
 	if (!hc || !atomic_load(&hc->enabled) || len > hc->max_answer || ttl_ms <= 0)
 		return;
@@ -166,6 +167,7 @@ void hot_put(struct hotcache *hc, const char *key, uint64_t token, const char *i
 		s->key = k;
 		s->answer = a;
 		s->len = len;
+		s->meta = meta ? *meta : (struct hot_meta){ 0 };
 		snprintf(s->id, sizeof(s->id), "%s", id);
 		s->expires = sg_now_ms() + (double)ttl_ms;
 		atomic_fetch_add(&hc->keys, 1);
@@ -179,7 +181,7 @@ void hot_put(struct hotcache *hc, const char *key, uint64_t token, const char *i
 }
 
 bool hot_get(struct hotcache *hc, const char *key, char id[65], char **answer,
-	     size_t *len)
+	     size_t *len, struct hot_meta *meta)
 {
 	if (!hc || !atomic_load(&hc->enabled))
 		return false;
@@ -193,6 +195,7 @@ bool hot_get(struct hotcache *hc, const char *key, char id[65], char **answer,
 		} else if ((*answer = malloc(s->len + 1))) {
 			memcpy(*answer, s->answer, s->len + 1);
 			*len = s->len;
+			*meta = s->meta;
 			memcpy(id, s->id, 65);
 			found = true;
 		}

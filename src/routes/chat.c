@@ -358,7 +358,10 @@ static void add_cache_headers(struct chat *c)
 	if (c->cr.warming)
 		add_hdr(c, "X-Semgate-Index", "warming");
 	if (c->cr.similarity >= -1.0) {
-		snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
+		if (c->cr.similarity == 1.0) /* every exact hit: no printf */
+			memcpy(c->hdr_sim, "1.000000", sizeof("1.000000"));
+		else
+			snprintf(c->hdr_sim, sizeof(c->hdr_sim), "%.6f", c->cr.similarity);
 		add_hdr(c, "X-Semgate-Similarity", c->hdr_sim);
 		c->req->similarity = c->cr.similarity;
 	}
@@ -414,31 +417,38 @@ static void count_upstream_latency(struct chat *c)
 		tally_upstream_latency(req->app->tally, req->tenant, req->upstream_ms);
 }
 
-/* Send a cached answer (doc, rendered as body; both freed here) as outcome
- * for entry id: headers, savings, the tenant's counts (with the verifier's
- * refusal of a better candidate, if any), the turn in memory mode. Returns
- * the status sent. */
+/* Send a cached answer (rendered as body; freed here) as outcome for entry
+ * id: headers, savings, the tenant's counts (with the verifier's refusal
+ * of a better candidate, if any), the turn in memory mode. doc is its
+ * parsed tree (freed here), or NULL when meta holds what the hit needs of
+ * it (a hot copy's, neither streamed nor in memory mode). Returns the
+ * status sent. */
 static int send_hit(struct chat *c, const char *outcome, const char *id, bool semantic,
-		    enum verify_reason rejected, cJSON *doc, char *body)
+		    enum verify_reason rejected, cJSON *doc, const struct hot_meta *meta,
+		    char *body)
 {
 	struct sg_req *req = c->req;
 	struct store *s = worker_store(req->worker);
 	c->outcome = outcome;
 	snprintf(c->entry, sizeof(c->entry), "%s", id);
-	long long tokens = cache_answer_tokens(doc);
-	route_metrics_hit_tokens(doc);
+	long long tokens = meta->tokens, saved_prompt = meta->prompt,
+		  saved_completion = meta->completion;
+	if (doc) {
+		tokens = cache_answer_tokens(doc);
+		cache_api_usage(doc, &saved_prompt, &saved_completion);
+	}
+	route_metrics_hit_tokens(saved_prompt, saved_completion);
 	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
 	add_cache_headers(c);
 	add_hdr(c, "X-Semgate-Tokens-Saved", c->hdr_tokens);
-	long long saved_prompt = 0, saved_completion = 0;
-	cache_api_usage(doc, &saved_prompt, &saved_completion);
 	if (req->app->tally && id[0])
 		tally_hit(req->app->tally, req->tenant, id, semantic, saved_prompt,
 			  saved_completion, rejected, sg_now_ms() - c->t0);
 	else if (s && id[0])
 		cache_api_record_hit(req->app, s, req->tenant, id, semantic, saved_prompt,
 				     saved_completion, rejected);
-	remember(c, doc);
+	if (doc)
+		remember(c, doc);
 	int status = c->stream ? replay_stream(c, doc)
 			       : http_send(req, 200, "application/json", body, strlen(body), c->hdrs);
 	cJSON_Delete(doc);
@@ -496,6 +506,16 @@ static bool try_cache(struct chat *c, int *status)
 		c->miss_pending = true; /* counted once no flight answers it */
 		return false;
 	}
+	const char *outcome = c->cr.semantic ? "hit-semantic" : "hit-exact";
+	/* a hot copy's meta says what the answer holds: no parse to send it */
+	if (c->cr.meta.known && c->cr.meta.spliceable && !c->stream && !c->conv) {
+		char *body = cache_render_hit_spliced(c->cr.answer, c->cr.answer_len);
+		if (body) {
+			*status = send_hit(c, outcome, c->cr.id, c->cr.semantic, c->cr.rejected,
+					   NULL, &c->cr.meta, body);
+			return true;
+		}
+	}
 	cJSON *doc = NULL;
 	char *body = cache_render_hit(c->cr.answer, c->cr.answer_len, &doc);
 	if (!body) {
@@ -503,8 +523,8 @@ static bool try_cache(struct chat *c, int *status)
 		record_miss(c);
 		return false;
 	}
-	*status = send_hit(c, c->cr.semantic ? "hit-semantic" : "hit-exact", c->cr.id,
-			   c->cr.semantic, c->cr.rejected, doc, body);
+	*status = send_hit(c, outcome, c->cr.id, c->cr.semantic, c->cr.rejected, doc,
+			   &(struct hot_meta){ 0 }, body);
 	return true;
 }
 
@@ -589,6 +609,7 @@ static int serve_coalesced(struct chat *c, struct flight_answer *fa)
 	if (c->req->app->tally)
 		tally_coalesced(c->req->app->tally, c->req->tenant);
 	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, c->cr.rejected, doc,
+			&(struct hot_meta){ 0 },
 			body);
 }
 

@@ -95,13 +95,10 @@ int route_metrics(struct sg_req *req)
 	return status;
 }
 
-void route_metrics_hit_tokens(const cJSON *completion)
+void route_metrics_hit_tokens(long long prompt, long long completion)
 {
-	const cJSON *usage = sg_json_obj(completion, "usage");
-	const cJSON *p = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-	const cJSON *c = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
-	if (cJSON_IsNumber(p) && p->valuedouble >= 1 && p->valuedouble < 1e15)
-		metrics_add(SG_C_TOKENS_SAVED_PROMPT, (uint64_t)p->valuedouble);
-	if (cJSON_IsNumber(c) && c->valuedouble >= 1 && c->valuedouble < 1e15)
-		metrics_add(SG_C_TOKENS_SAVED_COMPLETION, (uint64_t)c->valuedouble);
+	if (prompt >= 1 && prompt < 1000000000000000LL)
+		metrics_add(SG_C_TOKENS_SAVED_PROMPT, (uint64_t)prompt);
+	if (completion >= 1 && completion < 1000000000000000LL)
+		metrics_add(SG_C_TOKENS_SAVED_COMPLETION, (uint64_t)completion);
 }

@@ -3,6 +3,7 @@ from process memory without a Redis round trip, and every change of the
 exact key anywhere (another gateway, a direct DEL, FLUSHDB, expiry) takes
 the copy away; this process's own deletes and stores at once."""
 import json
+import re
 import time
 
 import requests
@@ -43,6 +44,64 @@ def test_repeated_question_is_served_from_memory_without_redis(gateway, redis_db
     # and the hits are still counted on the entry
     st = requests.get(gateway.url + "/v1/cache/stats", timeout=10).json()
     assert st["hits_exact"] == 6
+
+
+def tokens_saved(gw, kind):
+    m = re.search(r'^semgate_tokens_saved_total\{kind="%s"\} (\S+)$' % kind,
+                  requests.get(gw.url + "/metrics", timeout=10).text, re.M)
+    assert m, "semgate_tokens_saved_total{kind=%s} not in /metrics" % kind
+    return float(m.group(1))
+
+
+def without_fresh(body):
+    d = dict(body)
+    assert isinstance(d.pop("id"), str) and isinstance(d.pop("created"), int)
+    return d
+
+
+def test_a_hit_from_the_copy_says_and_counts_what_a_hit_from_redis_does(gateway, upstream):
+    """A hot copy keeps what its answer holds (its usage, whether the fresh
+    id goes in place), so a hit from it sends the stored bytes without
+    parsing them: the same answer, headers and counts as a hit read from
+    Redis, streamed and memory-mode hits included."""
+    _, _, miss = outcome(gateway, "what the copy knows")
+    usage = miss.json()["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    seen = []
+    for _ in range(3):          # the first is read from Redis, then the copy
+        p0, c0 = tokens_saved(gateway, "prompt"), tokens_saved(gateway, "completion")
+        cache, _, r = outcome(gateway, "what the copy knows")
+        assert cache == "hit-exact"
+        assert r.headers["X-Semgate-Tokens-Saved"] == str(usage["total_tokens"])
+        assert r.headers["X-Semgate-Similarity"] == "1.000000"
+        assert tokens_saved(gateway, "prompt") == p0 + usage["prompt_tokens"]
+        assert tokens_saved(gateway, "completion") == c0 + usage["completion_tokens"]
+        seen.append(r.json())
+    assert metric(gateway, "semgate_hot_cache_hits_total") >= 2
+    assert len({b["id"] for b in seen}) == 3
+    assert all(b["id"].startswith("chatcmpl-sg") for b in seen)
+    stored = without_fresh(miss.json())
+    assert all(without_fresh(b) == stored for b in seen)
+    # the tenant's counts: every hit's usage, from the copy or not
+    st = requests.get(gateway.url + "/v1/cache/stats", timeout=10).json()
+    assert st["hits_exact"] == 3
+    assert st["tokens_saved_prompt"] == 3 * usage["prompt_tokens"]
+    assert st["tokens_saved_completion"] == 3 * usage["completion_tokens"]
+    # a streamed hit and a memory-mode hit of the same copy still read the
+    # answer itself: the events, and the turn kept in memory
+    s = gateway.chat(user("what the copy knows"), stream=True)
+    assert s.status_code == 200 and s.headers["X-Semgate-Cache"] == "hit-exact"
+    assert "Mock answer: what the copy knows" in "".join(
+        json.loads(l[6:])["choices"][0]["delta"].get("content", "")
+        for l in s.text.splitlines() if l.startswith("data: {"))
+    m = gateway.chat(user("what the copy knows"), headers={"X-Conversation-Id": "hot-conv"})
+    assert m.status_code == 200 and m.headers["X-Semgate-Cache"] == "hit-exact"
+    hist = requests.get(gateway.url + "/v1/conversations/hot-conv", timeout=10)
+    assert hist.status_code == 200, hist.text
+    assert hist.json()["messages"] == [
+        {"role": "user", "content": "what the copy knows"},
+        {"role": "assistant", "content": "Mock answer: what the copy knows"}]
+    assert upstream.stats()["chat_requests"] == 1
 
 
 def test_a_direct_delete_in_redis_takes_the_copy_away(gateway, redis_db, upstream):

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <cjson/cJSON.h>
 #include "semgate/core/err.h"
+#include "semgate/cache/hotcache.h"
 #include "semgate/cache/scope.h"
 #include "semgate/cache/verify.h"
 #include "semgate/store/ops.h"
@@ -31,6 +32,7 @@ struct cache_result {
 	enum verify_reason rejected; /* the verifier refused the best candidate */
 	char rejected_id[65];    /* that candidate, "" when none was refused */
 	bool warming;            /* no semantic lookup: the index is still loading */
+	struct hot_meta meta;    /* known when answered from the hot copy */
 };
 void cache_result_finish(struct cache_result *r);
 
@@ -162,6 +164,16 @@ enum sg_err cache_index_add(struct sg_app *app, const char *tenant, const char *
  * and created (caller deletes both); NULL (and *doc NULL) when the entry
  * is not a JSON object or memory ran out. */
 char *cache_render_hit(const char *answer, size_t len, cJSON **doc);
+
+/* What cache_render_hit, cache_answer_tokens and cache_api_usage would
+ * make of a stored completion, from one parse: m->known false when it is
+ * not a JSON object (or memory ran out). */
+void cache_answer_meta(const char *answer, size_t len, struct hot_meta *m);
+
+/* cache_render_hit's bytes for an answer whose meta says spliceable,
+ * without parsing it: the stored bytes with a fresh id and created.
+ * malloc'd; NULL when out of memory or the splice is not possible. */
+char *cache_render_hit_spliced(const char *answer, size_t len);
 
 /* Add (or replace) the index row of every entry in Redis: at start and on
  * every resync. Entries of the layout before slot buckets are moved into

@@ -16,6 +16,17 @@
 
 struct hotcache;
 
+/* What serving a stored completion needs besides its bytes, worked out
+ * once from its parse (cache_answer_meta) and kept with the hot copy, so
+ * that a hit served from it parses nothing. */
+struct hot_meta {
+	bool known;          /* the fields below are filled */
+	bool spliceable;     /* a fresh id and created go in place (no duplicate) */
+	long long tokens;    /* usage.total_tokens (cache_answer_tokens) */
+	long long prompt;    /* usage.prompt_tokens (cache_api_usage) */
+	long long completion;
+};
+
 /* Longest answer the gateway keeps a hot copy of. */
 #define HOT_MAX_ANSWER ((size_t)16 * 1024)
 
@@ -36,14 +47,15 @@ bool hot_enabled(struct hotcache *hc);
 uint64_t hot_token(struct hotcache *hc, const char *key);
 
 /* Keep a copy of the value read for key (answer, entry id, kind "chat"),
- * valid for ttl_ms (its PTTL). Ignored when disabled, when the token is
- * stale, or when the answer is too long. */
+ * valid for ttl_ms (its PTTL), with meta (NULL: none known). Ignored when
+ * disabled, when the token is stale, or when the answer is too long. */
 void hot_put(struct hotcache *hc, const char *key, uint64_t token, const char *id,
-	     const char *answer, size_t len, long long ttl_ms);
+	     const char *answer, size_t len, long long ttl_ms, const struct hot_meta *meta);
 
-/* A live copy of key: *answer malloc'd (caller frees), id filled. */
+/* A live copy of key: *answer malloc'd (caller frees), id and *meta
+ * filled (meta->known false when none was kept). */
 bool hot_get(struct hotcache *hc, const char *key, char id[65], char **answer,
-	     size_t *len);
+	     size_t *len, struct hot_meta *meta);
 
 /* Forget one key (an invalidation message) or every key (a flush, or a
  * change this process made itself and wants visible at once). */

@@ -35,9 +35,9 @@ int route_admin_tenants(struct sg_req *req);
 int route_guard(struct sg_req *req);
 
 /* Count the prompt and completion tokens of a cached completion served as
- * a hit (from its usage) in the tokens-saved metrics. */
-struct cJSON;
-void route_metrics_hit_tokens(const struct cJSON *completion);
+ * a hit (its usage's, as cache_api_usage reads them) in the tokens-saved
+ * metrics. */
+void route_metrics_hit_tokens(long long prompt, long long completion);
 
 /* The hit verifier's mode for req: X-Semgate-Verify when given, else
  * SEMGATE_VERIFY. SG_ERR_BAD_REQUEST (e filled) for a bad header value. */

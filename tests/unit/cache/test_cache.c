@@ -1,11 +1,14 @@
 /* Unit tests for serving a stored completion (cache_render_hit): a fresh
  * id and created spliced into the stored bytes, everything else as stored,
- * and the tree handed back agreeing with the bytes. */
+ * and the tree handed back agreeing with the bytes; and the meta a hot
+ * copy keeps (cache_answer_meta) saying what that render and the usage
+ * readers would. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "semgate/cache/api.h"
 #include "semgate/cache/cache.h"
 #include "semgate/core/json.h"
 #include "sg_test.h"
@@ -190,8 +193,83 @@ static void test_question_key_ignores_case_and_spacing_only(void)
 	CHECK(strcmp(d, a) != 0);
 }
 
+/* The tree of a rendered answer without its fresh id and created, as
+ * compact JSON (malloc'd). */
+static char *without_fresh(const char *rendered)
+{
+	cJSON *t = NULL;
+	CHECK_INT(sg_json_parse(rendered, strlen(rendered), &t, NULL), SG_OK);
+	cJSON_DeleteItemFromObjectCaseSensitive(t, "id");
+	cJSON_DeleteItemFromObjectCaseSensitive(t, "created");
+	char *out = cJSON_PrintUnformatted(t);
+	cJSON_Delete(t);
+	return out;
+}
+
+static void test_meta_says_what_a_render_and_the_usage_readers_would(void)
+{
+	static const char *const cases[] = {
+		"{\"id\":\"x\",\"created\":1,\"choices\":[],\"usage\":{\"prompt_tokens\":7,"
+		"\"completion_tokens\":5,\"total_tokens\":12}}",
+		"{\"choices\":[{\"message\":{\"content\":\"no usage\"}}]}",
+		"{\"usage\":{\"prompt_tokens\":-3,\"completion_tokens\":1e300,\"total_tokens\":\"9\"}}",
+		"{\"usage\":{\"prompt_tokens\":1.9,\"completion_tokens\":0,\"total_tokens\":1e15}}",
+		"{\"usage\":null,\"created\":5}",
+		"{\"id\":\"a\",\"k\":1,\"id\":\"b\"}",           /* duplicate: from the tree */
+		"{\"\\u0069d\":\"x\",\"usage\":{\"total_tokens\":3}}", /* escaped name */
+		"\xef\xbb\xbf{\"id\":\"bom\"}",
+		"[]", "{", "{\"a\":1} x", "",
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *stored = cases[i];
+		struct hot_meta m;
+		cache_answer_meta(stored, strlen(stored), &m);
+		cJSON *doc = NULL;
+		char *rendered = cache_render_hit(stored, strlen(stored), &doc);
+		CHECK(m.known == (rendered != NULL));
+		if (!rendered) {
+			CHECK(!m.spliceable);
+			continue;
+		}
+		CHECK_INT(m.tokens, cache_answer_tokens(doc));
+		long long p = -1, c = -1;
+		cache_api_usage(doc, &p, &c);
+		CHECK_INT(m.prompt, p);
+		CHECK_INT(m.completion, c);
+		char *spliced = cache_render_hit_spliced(stored, strlen(stored));
+		if (m.spliceable) {
+			/* the same bytes as the render but for the two fresh values */
+			CHECK(spliced != NULL);
+			cJSON *sent = NULL;
+			CHECK_INT(sg_json_parse(spliced, strlen(spliced), &sent, NULL), SG_OK);
+			check_fresh(sent, sent);
+			cJSON_Delete(sent);
+			char *a = without_fresh(rendered), *b = without_fresh(spliced);
+			CHECK_STR(a, b);
+			free(a);
+			free(b);
+		}
+		free(spliced);
+		free(rendered);
+		cJSON_Delete(doc);
+	}
+	/* a plain answer goes in place; a duplicate and an escaped name do not */
+	struct hot_meta m;
+	cache_answer_meta(cases[0], strlen(cases[0]), &m);
+	CHECK(m.known && m.spliceable);
+	CHECK_INT(m.tokens, 12);
+	CHECK_INT(m.prompt, 7);
+	CHECK_INT(m.completion, 5);
+	cache_answer_meta(cases[5], strlen(cases[5]), &m);
+	CHECK(m.known && !m.spliceable);
+	cache_answer_meta(cases[6], strlen(cases[6]), &m);
+	CHECK(m.known && !m.spliceable);
+	CHECK_INT(m.tokens, 3);
+}
+
 int main(void)
 {
+	RUN(test_meta_says_what_a_render_and_the_usage_readers_would);
 	RUN(test_question_key_ignores_case_and_spacing_only);
 	RUN(test_id_and_created_are_replaced_in_place);
 	RUN(test_created_before_id_and_whitespace);

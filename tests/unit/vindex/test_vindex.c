@@ -8,6 +8,7 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -2283,6 +2284,10 @@ static void test_adds_publish_whole_rows_to_running_searches(void)
 			make_id(id, sizeof id, "a", i);
 			CHECK_INT(vindex_add(sh.vi, "p", dim, id, v + i * dim, 0, NULL), SG_OK);
 			atomic_store(&sh.added, i + 1);
+			/* on a loaded machine the searchers may not have run yet:
+			 * the second half of the adds waits for their first search */
+			while (i == n / 2 && atomic_load(&sh.searched) == 0)
+				sched_yield();
 		}
 		atomic_store(&sh.stop, 1);
 		for (int i = 0; i < 2; i++)
