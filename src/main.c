@@ -150,7 +150,7 @@ static void rebuild_index(struct sg_app *app)
 	double t0 = sg_now_ms();
 	if (!s)
 		return;
-	if (cache_rebuild(app, s, NULL, NULL, &loaded, &e) != SG_OK)
+	if (cache_rebuild(app, s, NULL, NULL, NULL, &loaded, &e) != SG_OK)
 		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s", loaded, e.msg);
 	else
 		sg_log(SG_LOG_INFO, "index rebuilt from redis: %zu entries in %.0f ms", loaded,

@@ -756,8 +756,8 @@ static void rebuild_one(void *ud, const char *tenant, const char *id, const char
 }
 
 enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
-			  void (*seen)(void *ud, const char *id), void *ud, size_t *loaded,
-			  struct sg_error *e)
+			  void (*seen)(void *ud, const char *id), void *ud,
+			  const atomic_bool *stop, size_t *loaded, struct sg_error *e)
 {
 	struct rebuild rb = { .app = app, .seen = seen, .ud = ud };
 	size_t scanned = 0;
@@ -769,7 +769,7 @@ enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
 	if (store_legacy_migrate(s, &lc, &le) != SG_OK)
 		sg_log(SG_LOG_WARN, "moving the old-layout cache stopped after %zu entries: %s; "
 		       "retried at the next resync", lc.entries, le.msg);
-	enum sg_err rc = store_scan_entries(s, rebuild_one, &rb, &scanned, e);
+	enum sg_err rc = store_scan_entries(s, rebuild_one, &rb, stop, &scanned, e);
 	*loaded = rb.added;
 	return rc;
 }

@@ -243,9 +243,13 @@ static bool connect_and_sync(struct cache_sync *cs, struct store_sub *sub, struc
 	if (seen.failed)
 		sg_log(SG_LOG_WARN, "resync: no snapshot of the index's ids; entries deleted "
 		       "meanwhile stay indexed until their TTL or their next lookup");
-	if (cache_rebuild(cs->app, s, idset_mark, &seen, &loaded, &e) != SG_OK) {
-		sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s; retrying",
-		       loaded, e.msg);
+	if (cache_rebuild(cs->app, s, idset_mark, &seen, &cs->stop, &loaded, &e) != SG_OK) {
+		if (atomic_load(&cs->stop))
+			sg_log(SG_LOG_INFO, "index load stopped after %zu entries: shutting down",
+			       loaded);
+		else
+			sg_log(SG_LOG_WARN, "index rebuild incomplete (%zu entries): %s; retrying",
+			       loaded, e.msg);
 		idset_finish(&seen);
 		store_sub_drop(sub);
 		return false;

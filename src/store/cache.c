@@ -307,6 +307,7 @@ static bool parse_entry_key(const struct store *s, const char *key, size_t len,
 struct entry_scan {
 	store_entry_fn fn;
 	void *ud;
+	const atomic_bool *stop;
 	size_t *scanned;
 };
 
@@ -315,6 +316,8 @@ static enum sg_err scan_batch(struct store *s, redisReply *keys, void *ud, struc
 	const struct entry_scan *es = ud;
 	store_entry_fn fn = es->fn;
 	size_t *scanned = es->scanned;
+	if (es->stop && atomic_load(es->stop))
+		return sg_error_set(e, SG_ERR_INTERNAL, "stopped");
 	enum sg_err rc = store_conn(s, e);
 	if (rc != SG_OK)
 		return rc;
@@ -364,13 +367,13 @@ static enum sg_err scan_batch(struct store *s, redisReply *keys, void *ud, struc
 }
 
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
-			       size_t *scanned, struct sg_error *e)
+			       const atomic_bool *stop, size_t *scanned, struct sg_error *e)
 {
 	*scanned = 0;
 	char *pattern = store_key_pattern(s, "e", NULL);
 	if (!pattern)
 		return sg_error_set(e, SG_ERR_NOMEM, "out of memory");
-	struct entry_scan es = { .fn = fn, .ud = ud, .scanned = scanned };
+	struct entry_scan es = { .fn = fn, .ud = ud, .stop = stop, .scanned = scanned };
 	enum sg_err rc = store_scan_every_node(s, pattern, scan_batch, &es, e);
 	free(pattern);
 	return rc;

@@ -5,6 +5,7 @@
 #ifndef SEMGATE_CACHE_H
 #define SEMGATE_CACHE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
@@ -180,10 +181,12 @@ char *cache_render_hit_spliced(const char *answer, size_t len);
  * it first (store_legacy_migrate; once). Rows already in the index stay searchable throughout.
  * seen, when not NULL, is called with the id (borrowed) of each entry
  * found, so the caller can drop the rows Redis no longer has. *loaded
- * receives the count. */
+ * receives the count. stop (NULL: never) ends the scan early, between two
+ * batches of entries (store_scan_entries): a gateway shutting down does not
+ * wait for a load of millions of entries to finish. */
 enum sg_err cache_rebuild(struct sg_app *app, struct store *s,
-			  void (*seen)(void *ud, const char *id), void *ud, size_t *loaded,
-			  struct sg_error *e);
+			  void (*seen)(void *ud, const char *id), void *ud,
+			  const atomic_bool *stop, size_t *loaded, struct sg_error *e);
 
 /* Make a new random entry id (32 hex chars). */
 void cache_new_id(char out[65]);

@@ -5,6 +5,7 @@
 #ifndef SEMGATE_STORE_H
 #define SEMGATE_STORE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include "semgate/core/config.h"
@@ -228,9 +229,11 @@ typedef void (*store_entry_fn)(void *ud, const char *tenant, const char *id,
 
 /* SCAN every entry key under the prefix and HMGET their vectors in
  * pipelined batches; entries without a vector or with a blob whose length
- * does not match dim are skipped. *scanned gets how many were delivered. */
+ * does not match dim are skipped. *scanned gets how many were delivered.
+ * stop (NULL: never) is read before every batch: once it is true the scan
+ * ends with SG_ERR_INTERNAL ("stopped") and delivers nothing more. */
 enum sg_err store_scan_entries(struct store *s, store_entry_fn fn, void *ud,
-			       size_t *scanned, struct sg_error *e);
+			       const atomic_bool *stop, size_t *scanned, struct sg_error *e);
 
 /* ---- rate limit window: {prefix}rl:{tenant} (src/store/limits.c) ---- */
 
