@@ -162,6 +162,53 @@ def test_counts_refused_by_redis_are_dropped_and_counted_without_stalling_hits(
     assert g.alive()
 
 
+# Redis 7's key permissions are an allow-list of glob patterns: every key
+# may be read, and read and written (one pattern must grant both to a
+# command such as HINCRBY) unless it is tenant tb's stats hash
+# (sg:stats:{tag}:tb).
+ALL_BUT_TB_STATS = ["%R~*", "~[^s]*", "~s[^g]*", "~sg[^:]*", "~sg:[^s]*", "~sg:s[^t]*",
+                    "~sg:st[^a]*", "~sg:sta[^t]*", "~sg:stat[^s]*", "~sg:stats[^:]*",
+                    "~sg:stats:*:[^t]*", "~sg:stats:*:t[^b]*", "~sg:stats:*:tb?*"]
+
+
+def test_a_refused_tenant_block_drops_only_that_tenants_requests(make_gateway, redis_db):
+    g = make_gateway(SEMGATE_API_KEYS="ka:ta,kb:tb")
+    ha, hb = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
+    for h in (ha, hb):
+        assert g.chat(user("tenant block"), headers=h).headers["X-Semgate-Cache"] == "miss"
+        assert g.chat(user("tenant block"), headers=h).headers["X-Semgate-Cache"] == "hit-exact"
+    g.settle(ha)
+    g.settle(hb)
+    before = requests.get(g.url + "/v1/cache/stats", headers=ha, timeout=10).json()
+    assert before["hits_exact"] == 1 and before["lookups"] == 2, before
+    on_masters(redis_db, "ACL", "SETUSER", "default", "resetkeys", *ALL_BUT_TB_STATS)
+    try:
+        # writes held for a moment: the first count's batch waits in Redis
+        # while the others queue, so the next batch carries both tenants
+        on_masters(redis_db, "CLIENT", "PAUSE", str(int(300 * SLOW)), "WRITE")
+        for h in (ha, hb, ha, hb, ha):
+            assert g.chat(user("tenant block"), headers=h).headers["X-Semgate-Cache"] == \
+                "hit-exact"
+        g.settle(ha)   # the cache API settles the accounting queue first
+        st = requests.get(g.url + "/v1/cache/stats", headers=ha, timeout=10).json()
+        # tenant ta's three hits are counted; tb's two are the only drops
+        assert st["hits_exact"] == 4 and st["lookups"] == 5, st
+        assert metric(g, "semgate_cache_accounting_dropped_total") == 2
+        tb_hits = sum(int(redis_db.hget(k, "hits_exact") or 0)
+                      for k in K.tenant_keys("stats", "tb"))
+        assert tb_hits == 1, tb_hits   # its hit from before the refusal only
+    finally:
+        on_masters(redis_db, "ACL", "SETUSER", "default", "resetkeys", "~*")
+    # the connection is in step: both tenants count again
+    for h in (ha, hb):
+        assert g.chat(user("tenant block"), headers=h).headers["X-Semgate-Cache"] == "hit-exact"
+    st_a = requests.get(g.url + "/v1/cache/stats", headers=ha, timeout=10).json()
+    st_b = requests.get(g.url + "/v1/cache/stats", headers=hb, timeout=10).json()
+    assert st_a["hits_exact"] == 5 and st_b["hits_exact"] == 2, (st_a, st_b)
+    assert metric(g, "semgate_cache_accounting_dropped_total") == 2
+    assert g.alive()
+
+
 def test_a_block_redis_refuses_leaves_the_others_counted_and_not_dropped(
         make_gateway, redis_db):
     g = make_gateway()
