@@ -677,19 +677,28 @@ char *cache_render_hit_spliced(const char *answer, size_t len)
 	return splice_fresh(answer, len, &f);
 }
 
+void cache_answer_usage(const cJSON *doc, struct hot_meta *m)
+{
+	m->tokens = cache_answer_tokens(doc);
+	cache_api_usage(doc, &m->prompt, &m->completion);
+}
+
 void cache_answer_meta(const char *answer, size_t len, struct hot_meta *m)
 {
+	/* whether a splice succeeds depends on the stored bytes, not on the
+	 * values spliced in: placeholders of the same shape spare an id */
+	static const struct fresh probe = { .cid = "chatcmpl-sg", .quoted = "\"chatcmpl-sg\"",
+					    .created = "0", .now = 0 };
 	cJSON *doc = NULL;
 	*m = (struct hot_meta){ 0 };
 	if (sg_json_parse(answer, len, &doc, NULL) != SG_OK || !cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
 		return;
 	}
-	char *spliced = has_duplicate_fresh(doc) ? NULL : cache_render_hit_spliced(answer, len);
+	char *spliced = has_duplicate_fresh(doc) ? NULL : splice_fresh(answer, len, &probe);
 	m->spliceable = spliced != NULL;
 	free(spliced);
-	m->tokens = cache_answer_tokens(doc);
-	cache_api_usage(doc, &m->prompt, &m->completion);
+	cache_answer_usage(doc, m);
 	m->known = true;
 	cJSON_Delete(doc);
 }

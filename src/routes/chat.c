@@ -420,9 +420,9 @@ static void count_upstream_latency(struct chat *c)
 /* Send a cached answer (rendered as body; freed here) as outcome for entry
  * id: headers, savings, the tenant's counts (with the verifier's refusal
  * of a better candidate, if any), the turn in memory mode. doc is its
- * parsed tree (freed here), or NULL when meta holds what the hit needs of
- * it (a hot copy's, neither streamed nor in memory mode). Returns the
- * status sent. */
+ * parsed tree (freed here), or NULL and meta says what the hit needs of it
+ * (a hot copy's, neither streamed nor in memory mode). Returns the status
+ * sent. */
 static int send_hit(struct chat *c, const char *outcome, const char *id, bool semantic,
 		    enum verify_reason rejected, cJSON *doc, const struct hot_meta *meta,
 		    char *body)
@@ -431,12 +431,12 @@ static int send_hit(struct chat *c, const char *outcome, const char *id, bool se
 	struct store *s = worker_store(req->worker);
 	c->outcome = outcome;
 	snprintf(c->entry, sizeof(c->entry), "%s", id);
-	long long tokens = meta->tokens, saved_prompt = meta->prompt,
-		  saved_completion = meta->completion;
-	if (doc) {
-		tokens = cache_answer_tokens(doc);
-		cache_api_usage(doc, &saved_prompt, &saved_completion);
-	}
+	struct hot_meta m = { 0 };
+	if (doc)
+		cache_answer_usage(doc, &m);
+	else
+		m = *meta;
+	long long tokens = m.tokens, saved_prompt = m.prompt, saved_completion = m.completion;
 	route_metrics_hit_tokens(saved_prompt, saved_completion);
 	snprintf(c->hdr_tokens, sizeof(c->hdr_tokens), "%lld", tokens);
 	add_cache_headers(c);
@@ -523,8 +523,8 @@ static bool try_cache(struct chat *c, int *status)
 		record_miss(c);
 		return false;
 	}
-	*status = send_hit(c, outcome, c->cr.id, c->cr.semantic, c->cr.rejected, doc,
-			   &(struct hot_meta){ 0 }, body);
+	*status = send_hit(c, outcome, c->cr.id, c->cr.semantic, c->cr.rejected, doc, NULL,
+			   body);
 	return true;
 }
 
@@ -609,8 +609,7 @@ static int serve_coalesced(struct chat *c, struct flight_answer *fa)
 	if (c->req->app->tally)
 		tally_coalesced(c->req->app->tally, c->req->tenant);
 	return send_hit(c, "hit-coalesced", fa->id, fa->similarity < 1.0, c->cr.rejected, doc,
-			&(struct hot_meta){ 0 },
-			body);
+			NULL, body);
 }
 
 /* A miss about to go upstream: lead its flight, or wait for the one that

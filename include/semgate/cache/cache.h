@@ -171,6 +171,10 @@ char *cache_render_hit(const char *answer, size_t len, cJSON **doc);
  * not a JSON object (or memory ran out). */
 void cache_answer_meta(const char *answer, size_t len, struct hot_meta *m);
 
+/* m's three token counts from a parsed completion (cache_answer_tokens,
+ * cache_api_usage); the rest of m is left as it is. */
+void cache_answer_usage(const cJSON *doc, struct hot_meta *m);
+
 /* cache_render_hit's bytes for an answer whose meta says spliceable,
  * without parsing it: the stored bytes with a fresh id and created.
  * malloc'd; NULL when out of memory or the splice is not possible. */
